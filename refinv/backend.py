@@ -1,0 +1,164 @@
+"""Array-API backend: namespaces, devices, dtypes, host transfers, RNG.
+
+refinv's solvers are written against the Python array API standard, through
+``array-api-compat``. The rules, as scipy and scikit-learn adopted them:
+
+* the namespace comes from the inputs (:func:`namespace`); arrays from two
+  namespaces or two devices are refused with :class:`~refinv.errors.BackendError`,
+  nothing is moved silently;
+* the array type that comes in is the array type that goes out;
+* host <-> device copies happen only at explicit boundaries
+  (:func:`to_numpy`, :func:`from_numpy`): loading data, calling onnxruntime on
+  the CPU provider, writing results;
+* float32 and float64 are both first-class (:func:`result_float_dtype`); a
+  float64 solver feeding a float32 ONNX model casts at the model boundary
+  (:class:`refinv.onnx.OnnxModel` does it and casts the output back);
+* the standard has no RNG: random draws use an explicit
+  :class:`numpy.random.Generator` (or a seed, see :func:`as_generator`) on
+  the host and are moved once with :func:`from_numpy`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import device as _device
+
+from .errors import BackendError, DTypeError, NonFiniteError, ShapeError
+
+__all__ = [
+    "namespace",
+    "device_of",
+    "same_device",
+    "to_numpy",
+    "from_numpy",
+    "as_generator",
+    "result_float_dtype",
+    "require_floating",
+    "require_finite",
+    "require_batch_shape",
+    "is_numpy",
+    "is_cupy",
+    "all_finite",
+]
+
+
+def namespace(*arrays: Any):
+    """Return the array-API namespace shared by ``arrays`` (``None`` entries ignored).
+
+    Raises :class:`BackendError` if the arrays come from different libraries or
+    live on different devices.
+    """
+    arrs = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
+    if not arrs:
+        raise BackendError("namespace(): expected at least one array, got none")
+    for a in arrs:
+        if not is_array_api_obj(a):
+            raise BackendError(
+                f"expected an array-API array (NumPy, CuPy, array-api-strict, ...), "
+                f"got {type(a).__module__}.{type(a).__name__}"
+            )
+    try:
+        xp = array_namespace(*arrs)
+    except TypeError as exc:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrs})
+        raise BackendError(
+            f"arrays from different namespaces cannot be mixed: got {kinds}; "
+            "convert them explicitly (refinv never moves data silently)"
+        ) from exc
+    devs = {str(_device(a)) for a in arrs}
+    if len(devs) > 1:
+        raise BackendError(
+            f"arrays live on different devices {sorted(devs)}; move them explicitly first"
+        )
+    return xp
+
+
+def device_of(x: Any):
+    """The device an array lives on (``'cpu'`` for NumPy)."""
+    return _device(x)
+
+
+def same_device(a: Any, b: Any) -> bool:
+    return str(_device(a)) == str(_device(b))
+
+
+def is_numpy(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def is_cupy(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Explicit boundary: copy (or view) an array onto the host as NumPy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_cupy(x):
+        return x.get()
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, BufferError, AttributeError, RuntimeError):
+        return np.asarray(x)
+
+
+def from_numpy(a: np.ndarray, like: Any = None, *, xp: Any = None, dtype: Any = None):
+    """Explicit boundary: bring a NumPy array into the namespace/device of ``like`` (or ``xp``)."""
+    if xp is None:
+        xp = np if like is None else namespace(like)
+    kw = {}
+    if like is not None and not isinstance(like, np.ndarray):
+        kw["device"] = _device(like)
+    if dtype is not None:
+        kw["dtype"] = dtype
+    if xp is np or getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy"):
+        return np.asarray(a, dtype=dtype)
+    return xp.asarray(a, **kw)
+
+
+def as_generator(rng: int | np.random.Generator | None) -> np.random.Generator:
+    """An explicit NumPy Generator from a seed, a Generator, or ``None`` (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng: expected an int seed, a numpy.random.Generator or None, got {rng!r}")
+
+
+def result_float_dtype(xp: Any, x: Any):
+    """float32 stays float32, float64 stays float64, anything else is refused."""
+    if x.dtype == xp.float32 or x.dtype == xp.float64:
+        return x.dtype
+    raise DTypeError(f"expected a float32 or float64 array, got dtype {x.dtype}")
+
+
+def require_floating(x: Any, name: str) -> None:
+    xp = namespace(x)
+    if not (x.dtype == xp.float32 or x.dtype == xp.float64):
+        raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
+
+
+def all_finite(x: Any) -> bool:
+    xp = namespace(x)
+    return bool(xp.all(xp.isfinite(x)))
+
+
+def require_finite(x: Any, name: str) -> None:
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf (one device sync)."""
+    xp = namespace(x)
+    bad = ~xp.isfinite(x)
+    if bool(xp.any(bad)):
+        n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+        raise NonFiniteError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries")
+
+
+def require_batch_shape(x: Any, sample_shape: tuple[int, ...], name: str) -> None:
+    """``x`` must be ``(batch, *sample_shape)``."""
+    if tuple(x.shape[1:]) != tuple(sample_shape) or x.ndim != len(sample_shape) + 1:
+        raise ShapeError(
+            f"{name}: expected shape (batch, {', '.join(map(str, sample_shape))}), "
+            f"got {tuple(x.shape)}"
+        )

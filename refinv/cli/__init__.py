@@ -1,0 +1,65 @@
+"""The ``refinv`` command line.
+
+Each command lives in its own module exposing ``register(subparsers)``; the
+commands and their JSON output are the product's contract (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import RefinvError
+
+# command modules, in the order `refinv --help` lists them
+_COMMANDS = [
+    "demo",
+    "recover",
+    "evaluate",
+    "inspect",
+    "invert",
+    "bregman",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="refinv",
+        description="Regularized inversion of neural networks: how much of its training data "
+        "did an autoencoder memorize?",
+    )
+    parser.add_argument("--version", action="version", version=f"refinv {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            mod = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RefinvError as exc:
+        print(f"refinv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

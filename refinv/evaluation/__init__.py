@@ -1,0 +1,1 @@
+"""Evaluation: metrics (MSE, PSNR, SNR), the memorization report, diagnostics."""

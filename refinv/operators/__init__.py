@@ -1,0 +1,3 @@
+"""Operators: degradations (pixel erasure and mask families), linear operators
+with adjoints (dense, convolution, transposed convolution, discrete gradient)
+and proximal activations."""

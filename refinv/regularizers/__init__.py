@@ -1,0 +1,1 @@
+"""Regularizers: total variation (value and prox), the autoencoder as an implicit prior."""

@@ -1,0 +1,162 @@
+"""The shared solver loop: per-sample stopping, divergence, callback, history, order."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import array_api_strict as xps
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refinv.backend import namespace
+from refinv.errors import ConfigError, DivergenceWarning
+from refinv.solvers import SolverResult, run_loop
+
+
+class S(NamedTuple):
+    x: Any
+    a: Any  # per-sample contraction factor (batched constant)
+    k: Any  # per-sample step counter, to check each sample's state is its own
+
+
+def geometric_step(state: S):
+    xp = namespace(state.x)
+    x = state.a * state.x
+    res = xp.max(xp.abs(x), axis=1)
+    return S(x, state.a, state.k + 1), res
+
+
+def expected_iters(x0: float, a: float, tol: float) -> int:
+    # smallest k with |a|^k |x0| < tol
+    k = math.floor(math.log(tol / abs(x0)) / math.log(abs(a))) + 1
+    while abs(a) ** k * abs(x0) >= tol:  # guard against rounding at the boundary
+        k += 1
+    return max(k, 1)
+
+
+def make_state(xp, x0, a, dtype):
+    n = len(x0)
+    return S(
+        xp.asarray(np.asarray(x0, dtype)[:, None] * np.ones((1, 3), dtype)),
+        xp.asarray(np.asarray(a, dtype)[:, None]),
+        xp.zeros((n,), dtype=xp.int64),
+    )
+
+
+@pytest.mark.parametrize("xp", [np, xps], ids=["numpy", "strict"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_per_sample_counts_and_own_state(xp, dtype):
+    x0 = [1.0, 1.0, 2.0, 0.5]
+    a = [0.5, 0.9, 0.1, 0.7]
+    tol = 1e-3
+    r = run_loop(geometric_step, make_state(xp, x0, a, dtype), max_iter=500, tol=tol)
+    assert isinstance(r, SolverResult)
+    want = [expected_iters(x, q, tol) for x, q in zip(x0, a, strict=True)]
+    assert r.iterations.tolist() == want
+    assert r.converged.all() and not r.diverged.any()
+    assert r.stop_reason == ["converged"] * 4
+    # each sample's final state is from its own last iteration, in the original order
+    assert np.asarray(r.state.k).tolist() == want
+    got = np.asarray(r.x)[:, 0]
+    np.testing.assert_allclose(
+        got, [x * q**k for x, q, k in zip(x0, a, want, strict=True)], rtol=1e-5
+    )
+    assert type(r.x) is type(make_state(xp, x0, a, dtype).x)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(0.05, 0.95), min_size=1, max_size=8),
+    st.floats(1e-6, 1e-2),
+    st.integers(1, 5),
+)
+def test_batch_composition_does_not_matter(a, tol, check_every):
+    """A sample's result is the same alone or in any batch."""
+    x0 = [1.0] * len(a)
+    full = run_loop(
+        geometric_step,
+        make_state(np, x0, a, "float64"),
+        max_iter=400,
+        tol=tol,
+        check_every=check_every,
+    )
+    for i in range(len(a)):
+        one = run_loop(
+            geometric_step,
+            make_state(np, [1.0], [a[i]], "float64"),
+            max_iter=400,
+            tol=tol,
+            check_every=check_every,
+        )
+        assert one.iterations[0] == full.iterations[i]
+        np.testing.assert_array_equal(one.x[0], full.x[i])
+
+
+def test_max_iter_and_tol_zero():
+    r = run_loop(
+        geometric_step, make_state(np, [1.0, 1.0], [0.5, 0.99], "float64"), max_iter=7, tol=0.0
+    )
+    assert r.iterations.tolist() == [7, 7]
+    assert not r.converged.any() and r.stop_reason == ["max_iter", "max_iter"]
+
+
+def test_divergence_flagged_others_continue():
+    x0 = [1.0, 1.0, 1.0]
+    a = [0.5, 3.0, 0.8]
+    st_ = make_state(np, x0, a, "float64")
+    x = st_.x.copy()
+    x[2, 1] = np.nan  # a NaN sample
+    st_ = st_._replace(x=x)
+    with pytest.warns(DivergenceWarning, match="2 of 3 samples diverged"):
+        r = run_loop(geometric_step, st_, max_iter=100, tol=1e-4, blowup=1e3)
+    assert r.diverged.tolist() == [False, True, True]
+    assert r.stop_reason[0] == "converged" and r.stop_reason[1] == r.stop_reason[2] == "diverged"
+    assert r.iterations[1] == 7  # 3**6 = 729 <= 1e3 < 3**7
+    assert r.iterations[2] == 1
+    assert r.iterations[0] == expected_iters(1.0, 0.5, 1e-4)
+
+
+def test_callback_and_history():
+    seen = []
+
+    def cb(k, state, res):
+        seen.append((k, state.x.shape[0]))
+        return k == 5
+
+    r = run_loop(
+        geometric_step,
+        make_state(np, [1.0, 1.0], [0.1, 0.9], "float64"),
+        max_iter=100,
+        tol=1e-3,
+        callback=cb,
+        record_history=True,
+    )
+    assert seen[-1][0] == 5
+    assert r.stop_reason == ["converged", "callback"]
+    assert r.iterations.tolist() == [expected_iters(1.0, 0.1, 1e-3), 5]
+    assert r.history.shape == (5, 2)
+    assert np.isnan(r.history[4:, 0]).all() and np.isfinite(r.history[:, 1]).all()
+    np.testing.assert_allclose(r.history[:, 1], 0.9 ** np.arange(1, 6))
+
+
+def test_bad_parameters():
+    s = make_state(np, [1.0], [0.5], "float64")
+    with pytest.raises(ConfigError, match="max_iter"):
+        run_loop(geometric_step, s, max_iter=0, tol=1e-3)
+    with pytest.raises(ConfigError, match="tol"):
+        run_loop(geometric_step, s, max_iter=3, tol=-1)
+    with pytest.raises(ConfigError, match="primary"):
+        run_loop(geometric_step, s, max_iter=3, tol=1e-3, primary="nope")
+    bad = S(np.zeros((2, 3)), np.zeros((3, 1)), np.zeros(2, np.int64))
+    with pytest.raises(ConfigError, match="batch"):
+        run_loop(geometric_step, bad, max_iter=3, tol=1e-3)
+
+
+def test_no_divergence_warning_when_all_fine():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_loop(geometric_step, make_state(np, [1.0], [0.5], "float64"), max_iter=50, tol=1e-3)

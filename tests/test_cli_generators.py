@@ -13,19 +13,6 @@ from onnx import helper as oh
 from refinv.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """Multithreaded OpenBLAS on an oversubscribed machine made batched SVDs 5x slower
-    (measured); these small problems run best on one thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def _generator(path, rng, n0=6, n1=40, n=64):
     """tanh(W_2 ReLU(W_1 z)) as ONNX (float32, dynamic batch), image output (1, 8, 8)."""
     W1 = (rng.standard_normal((n1, n0)) / np.sqrt(n1)).astype(np.float32)

@@ -15,19 +15,6 @@ from refinv.solvers.generators import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """Multithreaded OpenBLAS on an oversubscribed machine made batched SVDs 5x slower
-    (measured); these small problems run best on one thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def gaussian_chain(rng, widths, act="relu"):
     """Weights A_i (n_i x n_{i-1}) with i.i.d. N(0, 1/n_i) entries (seed 003's model)."""
     ws = [

@@ -18,19 +18,6 @@ from refinv.solvers.layered import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """Multithreaded OpenBLAS on an oversubscribed machine made batched SVDs 5x slower
-    (measured); these small problems run best on one thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def random_gen(rng, n0, n1, n, out="tanh", hidden="relu", bias=False):
     W1 = rng.standard_normal((n1, n0)) / np.sqrt(n1)
     W2 = rng.standard_normal((n, n1)) / np.sqrt(n)

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._progress import Progress
-from ..backend import from_numpy, namespace, to_numpy
+from ..backend import device_of, from_numpy, namespace, to_numpy
 from ..errors import ConfigError, DivergenceWarning
 
 __all__ = ["SolverResult", "run_loop", "take_batch", "StopReason"]
@@ -318,10 +318,4 @@ def relative_change(xp: Any, new: Any, old: Any, eps: float | None = None) -> An
         eps = float(xp.finfo(new.dtype).eps)
     num = xp.linalg.vector_norm(d, axis=1)
     den = xp.linalg.vector_norm(o, axis=1)
-    return num / xp.maximum(den, xp.asarray(eps, dtype=new.dtype, device=_dev(new)))
-
-
-def _dev(x: Any):
-    from array_api_compat import device
-
-    return device(x)
+    return num / xp.maximum(den, xp.asarray(eps, dtype=new.dtype, device=device_of(new)))

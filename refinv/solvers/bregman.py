@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..backend import device_of as _device
 from ..backend import from_numpy, namespace, require_finite, require_floating
 from ..errors import ConfigError, ShapeError
 from ..operators.activations import ProxActivation, activation_from_graph
@@ -50,12 +51,6 @@ __all__ = [
     "layers_from_chain",
     "invert_chain",
 ]
-
-
-def _device(x: Any):
-    from array_api_compat import device
-
-    return device(x)
 
 
 def _norm(xp: Any, d: Any) -> Any:

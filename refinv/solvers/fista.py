@@ -19,16 +19,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..backend import device_of as _device
 from ..backend import from_numpy, namespace
 from ._loop import SolverResult, relative_change, run_loop
 
 __all__ = ["fista", "lasso", "power_lmax", "FistaState"]
-
-
-def _device(x):
-    from array_api_compat import device
-
-    return device(x)
 
 
 def power_lmax(apply: Callable[[Any], Any], like: Any, n: int, *, iters: int = 40, seed: int = 0):

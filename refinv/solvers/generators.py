@@ -53,6 +53,7 @@ from ..backend import (
     require_floating,
     to_numpy,
 )
+from ..backend import device_of as _device
 from ..errors import ConfigError, ShapeError, UnsupportedGraphError
 from ..onnx.graph import (
     Activation,
@@ -195,12 +196,6 @@ def _starts(xp, net, yf, x0, restarts, rng, init_scale, like, zero_first=True):
                 from_numpy(scale * gen.standard_normal((n, n0)), like=like, dtype=like.dtype)
             )
     return xp.concat(parts, axis=0) if len(parts) > 1 else first
-
-
-def _device(x):
-    from array_api_compat import device
-
-    return device(x)
 
 
 def _tile(xp, a, r):

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..backend import device_of as _device
 from ..backend import namespace, to_numpy
 from ..errors import ConfigError
 from ..onnx.graph import (
@@ -73,12 +74,6 @@ class LayeredState(NamedTuple):
 
     x: Any
     hidden: tuple
-
-
-def _device(x):
-    from array_api_compat import device
-
-    return device(x)
 
 
 def _norm_rows(xp, a):

@@ -1,0 +1,138 @@
+"""Create the reference data sets shipped in ``models/data/`` (offline, seeded).
+
+Every file is an uncompressed ``.npz`` (``np.savez``, no pickles) with two
+float32 arrays in [0, 1] of shape (N, C, H, W): ``train`` and ``test``
+(the held-out images, never seen in training).
+
+* ``digits8.npz``   100 / 100 images 1x8x8 from ``sklearn.datasets.load_digits``
+  (pixel values 0..16 divided by 16);
+* ``digits28.npz``  the SAME 100 / 100 digits, bilinearly upsampled to 1x28x28
+  (``skimage.transform.resize(order=1, anti_aliasing=False)``, clipped to [0, 1]);
+* ``faces25.npz``   100 / 100 faces 1x25x25 from ``skimage.data.lfw_subset``;
+* ``colour32.npz``  50 / 50 non-overlapping 3x32x32 patches cut from
+  ``skimage.data.astronaut/coffee/chelsea/rocket`` after 2x downscaling
+  (area averaging); train and test patches never overlap.
+
+Usage: ``python models/make_data.py [--seed 0] [--out models/data]``.
+Requires the ``train`` extra (scikit-learn, scikit-image); no network access.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+SEED = 0
+
+
+def _split(x: np.ndarray, n_train: int, n_test: int, rng: np.random.Generator):
+    perm = rng.permutation(x.shape[0])
+    tr = x[perm[:n_train]]
+    te = x[perm[n_train : n_train + n_test]]
+    return np.ascontiguousarray(tr, dtype=np.float32), np.ascontiguousarray(te, dtype=np.float32)
+
+
+def digits(rng: np.random.Generator):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float64) / 16.0)[:, None, :, :]
+    return _split(x, 100, 100, rng)
+
+
+def upsample28(x: np.ndarray) -> np.ndarray:
+    from skimage.transform import resize
+
+    out = np.empty((x.shape[0], 1, 28, 28), dtype=np.float64)
+    for i in range(x.shape[0]):
+        out[i, 0] = resize(x[i, 0].astype(np.float64), (28, 28), order=1, anti_aliasing=False)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def faces(rng: np.random.Generator):
+    from skimage.data import lfw_subset
+
+    x = lfw_subset().astype(np.float64)[:, None, :, :]
+    x = np.clip(x, 0.0, 1.0)
+    return _split(x, 100, 100, rng)
+
+
+def colour(rng: np.random.Generator, size: int = 32):
+    from skimage import data
+    from skimage.transform import downscale_local_mean
+
+    patches = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        img = getattr(data, name)().astype(np.float64) / 255.0  # (H, W, 3) uint8
+        img = downscale_local_mean(img, (2, 2, 1))
+        h, w = img.shape[0] // size, img.shape[1] // size
+        for i in range(h):
+            for j in range(w):
+                p = img[i * size : (i + 1) * size, j * size : (j + 1) * size, :]
+                patches.append(np.transpose(p, (2, 0, 1)))
+    x = np.clip(np.stack(patches), 0.0, 1.0)
+    return _split(x, 50, 50, rng)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "data"))
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # One independent Generator per data set so that each file depends only on the seed.
+    ss = np.random.SeedSequence(a.seed).spawn(3)
+    d_tr, d_te = digits(np.random.default_rng(ss[0]))
+    np.savez(out / "digits8.npz", train=d_tr, test=d_te)
+    np.savez(out / "digits28.npz", train=upsample28(d_tr), test=upsample28(d_te))
+    f_tr, f_te = faces(np.random.default_rng(ss[1]))
+    np.savez(out / "faces25.npz", train=f_tr, test=f_te)
+    c_tr, c_te = colour(np.random.default_rng(ss[2]))
+    np.savez(out / "colour32.npz", train=c_tr, test=c_te)
+    for name in ("digits8", "digits28", "faces25", "colour32"):
+        with np.load(out / f"{name}.npz", allow_pickle=False) as z:
+            print(name, {k: (z[k].shape, str(z[k].dtype)) for k in z.files})
+    if out.resolve() == (Path(__file__).resolve().parent / "data"):
+        _register(out, a.seed)
+
+
+SOURCES = {
+    "digits8": "sklearn.datasets.load_digits() (1797 images 8x8, values 0..16 divided by 16); "
+    "random split (numpy Generator from SeedSequence(seed).spawn(3)[0]) 100 train / 100 test",
+    "digits28": "the same 100 / 100 digits as digits8.npz (same order), upsampled to 28x28 with "
+    "skimage.transform.resize(order=1, anti_aliasing=False), clipped to [0, 1]",
+    "faces25": "skimage.data.lfw_subset() (200 faces 25x25 in [0, 1]); random split "
+    "(SeedSequence(seed).spawn(3)[1]) 100 train / 100 test",
+    "colour32": "non-overlapping 32x32 tiles (channels first) of skimage.data astronaut, coffee, "
+    "chelsea, rocket (uint8/255) after 2x2 area downscaling (downscale_local_mean); "
+    "random choice (SeedSequence(seed).spawn(3)[2]) of 50 train / 50 test tiles",
+}
+
+
+def _register(out: Path, seed: int) -> None:
+    from _common import update_manifest
+
+    entries = {}
+    for name, src in SOURCES.items():
+        with np.load(out / f"{name}.npz", allow_pickle=False) as z:
+            entries[f"data/{name}.npz"] = dict(
+                kind="data",
+                keys=list(z.files),
+                shapes={k: list(z[k].shape) for k in z.files},
+                dtype="float32",
+                value_range=[0.0, 1.0],
+                n_train=int(z["train"].shape[0]),
+                n_test=int(z["test"].shape[0]),
+                source=src,
+                seed=seed,
+                script="models/make_data.py",
+                format="np.savez (uncompressed, no pickles); load with allow_pickle=False",
+            )
+    update_manifest(entries)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,8 +11,25 @@ import logging
 
 from . import backend, errors
 from .errors import RefinvError
-from .onnx import OnnxModel
-from .solvers import SolverResult, run_loop
+from .evaluation import diagnose, memorization_report, mse, psnr
+from .onnx import LayerChain, OnnxModel, dense_chain, read_chain
+from .operators import draw_masks, erase, parse_mask
+from .solvers import (
+    SolverResult,
+    ae_iterations,
+    blind_recovery,
+    gradient_descent,
+    invert_chain,
+    known_mask_recovery,
+    latent_pursuit,
+    layered_basis_pursuit,
+    multilayer_cd,
+    oracle,
+    perceptron_landweber,
+    perceptron_pdhg,
+    plugin,
+    run_loop,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +41,28 @@ __all__ = [
     "errors",
     "RefinvError",
     "OnnxModel",
+    "read_chain",
+    "dense_chain",
+    "LayerChain",
     "SolverResult",
     "run_loop",
+    "blind_recovery",
+    "known_mask_recovery",
+    "ae_iterations",
+    "draw_masks",
+    "erase",
+    "parse_mask",
+    "memorization_report",
+    "mse",
+    "psnr",
+    "plugin",
+    "gradient_descent",
+    "layered_basis_pursuit",
+    "latent_pursuit",
+    "oracle",
+    "diagnose",
+    "perceptron_pdhg",
+    "perceptron_landweber",
+    "multilayer_cd",
+    "invert_chain",
 ]

@@ -1,1 +1,15 @@
 """Evaluation: metrics (MSE, PSNR, SNR), the memorization report, diagnostics."""
+
+from .diagnostics import diagnose, layer_cardinalities, mutual_coherence
+from .metrics import mse, psnr
+from .report import format_table, memorization_report
+
+__all__ = [
+    "mse",
+    "psnr",
+    "memorization_report",
+    "format_table",
+    "diagnose",
+    "layer_cardinalities",
+    "mutual_coherence",
+]

@@ -1,0 +1,145 @@
+"""``refinv demo``: blind recovery of a shipped autoencoder's training images, in under a minute.
+
+Runs the blind solver (and, for contrast, nothing else) on a shipped
+perfect-fit autoencoder with its shipped training images and held-out
+images, 50% random pixels erased, and prints the memorization table, the
+throughput and the share of the time spent inside onnxruntime.
+
+The shipped files are found in ``models/`` next to the package (the repo
+checkout refinv is installed from): ``Path(refinv.__file__).parents[1] /
+"models"``, or ``--models-dir``; the model and its dataset come from
+``models/MANIFEST.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from .recover import add_solver_args, open_model, progress_flag, solver_options
+
+__all__ = ["register", "run", "default_models_dir", "DEMO_MODELS"]
+
+# preferred shipped models, first found wins (paths relative to models/)
+DEMO_MODELS = (
+    "onnx/faces25_lrelu_6x256.onnx",
+    "onnx/digits8_lrelu_6x320.onnx",
+)
+
+
+def default_models_dir() -> Path:
+    import refinv
+
+    return Path(refinv.__file__).resolve().parents[1] / "models"
+
+
+def _find(models_dir: Path, name: str | None) -> tuple[Path, Path]:
+    """(model path, dataset path) from the manifest."""
+    if not models_dir.is_dir():
+        raise ConfigError(
+            f"models directory {str(models_dir)!r} not found; the demo needs the shipped models "
+            "(a checkout of the refinv repository with models/), or pass --models-dir"
+        )
+    man_path = models_dir / "MANIFEST.json"
+    if not man_path.is_file():
+        raise ConfigError(f"{man_path}: missing; the shipped models are described there")
+    files = json.loads(man_path.read_text()).get("files", {})
+    if name is not None:
+        cands = [k for k in files if k == name or Path(k).stem == name or Path(k).name == name]
+        if not cands:
+            known = sorted(Path(k).stem for k, v in files.items() if v.get("kind") == "autoencoder")
+            raise ConfigError(f"--model {name!r}: not in {man_path}; shipped autoencoders: {known}")
+    else:
+        cands = [k for k in DEMO_MODELS if k in files and (models_dir / k).is_file()]
+        if not cands:
+            raise ConfigError(
+                f"none of the demo models {list(DEMO_MODELS)} is in {models_dir}; train them "
+                "(models/train_mlp.py) or pass --model"
+            )
+    key = cands[0]
+    rec = files[key]
+    model = models_dir / key
+    data = models_dir / rec.get("dataset", "")
+    if not model.is_file():
+        raise ConfigError(f"{model}: listed in the manifest but missing")
+    if not data.is_file():
+        raise ConfigError(f"{model}: its dataset {str(data)!r} is missing")
+    return model, data
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="blind recovery of a shipped autoencoder's training images (< 1 minute)",
+        description="Erase 50%% of the pixels of the training images and of held-out images of "
+        "a shipped perfect-fit autoencoder, recover them blind (the mask is unknown), and print "
+        "the memorization table: training images come back exactly, held-out ones do not.",
+    )
+    p.add_argument("--models-dir", default=None, help="the shipped models/ folder")
+    p.add_argument("--model", default=None, help="a shipped model (stem or path in MANIFEST.json)")
+    p.add_argument("--mask", default="random:0.5", help="mask spec (default random:0.5)")
+    p.add_argument(
+        "--methods", default="blind",
+        help="comma-separated methods (default blind; add known,ae-iterations for contrast)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of masks and Bernoulli init")
+    p.add_argument("--json", default=None, help="write the JSON report here")
+    add_solver_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.report import format_table, memorization_report
+    from ..io import atomic_write_json, load_images
+    from .evaluate import _split_list
+
+    t0 = time.perf_counter()
+    models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
+    model_path, data_path = _find(models_dir, args.model)
+    f = open_model(model_path, args)
+    train = load_images(data_path, "train", sample_shape=f.sample_shape)
+    test = load_images(data_path, "test", sample_shape=f.sample_shape)
+    f.stats.reset()
+    t1 = time.perf_counter()
+    doc = memorization_report(
+        [(model_path.stem, f)],
+        train,
+        test,
+        masks=[args.mask],
+        methods=_split_list(args.methods, "--methods"),
+        seed=args.seed,
+        noise_std=args.noise,
+        solver=solver_options(args),
+        progress=progress_flag(args),
+        command="demo",
+    )
+    t2 = time.perf_counter()
+    train_runs = [r for r in doc["runs"] if r["split"] == "train"]
+    n_train = sum(r["n"] for r in train_runs)
+    sec_train = sum(r["seconds"] for r in train_runs)
+    n_acc = sum(round(r["accurate_rate"] * r["n"]) for r in train_runs)
+    doc["settings"]["model"] = str(model_path)
+    doc["settings"]["data"] = str(data_path)
+    doc["timing"] = {
+        "total_seconds": t2 - t0,
+        "report_seconds": t2 - t1,
+        "onnxruntime_seconds": f.stats.seconds,
+        "onnxruntime_share": f.stats.seconds / max(t2 - t1, 1e-12),
+        "train_images_per_second": n_train / max(sec_train, 1e-12),
+        "accurate_recoveries_per_second": n_acc / max(sec_train, 1e-12),
+    }
+    if args.json:
+        atomic_write_json(args.json, doc)
+    print(f"model: {model_path}  data: {data_path}  mask: {args.mask} (seed {args.seed})")
+    print(format_table(doc))
+    tm = doc["timing"]
+    print(
+        f"throughput: {tm['train_images_per_second']:.1f} training images processed per second "
+        f"({tm['accurate_recoveries_per_second']:.1f} accurately recovered per second); "
+        f"{100 * tm['onnxruntime_share']:.0f}% of the {tm['report_seconds']:.1f} s inside "
+        f"onnxruntime ({f.stats.calls} calls); total {tm['total_seconds']:.1f} s"
+    )
+    return 0

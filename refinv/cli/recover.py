@@ -1,0 +1,200 @@
+"""``refinv recover``: recover degraded images through an autoencoder (one method, one mask).
+
+    refinv recover MODEL.onnx DATA.npz [--key train] --mask random:0.5 --seed 0 \\
+        --method blind|known|ae-iterations --out OUT.npz --json SUMMARY.json
+
+Also holds the option helpers shared by ``refinv evaluate`` and ``refinv demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..operators.masks import MASK_GRAMMAR, parse_mask
+
+__all__ = ["register", "run", "add_solver_args", "solver_options", "open_model", "load_split"]
+
+
+def add_solver_args(p: argparse.ArgumentParser) -> None:
+    """Solver and runtime options shared by recover / evaluate / demo."""
+    from ..solvers.recovery import DEFAULTS
+
+    g = p.add_argument_group("solver options")
+    g.add_argument(
+        "--max-iter", type=int, default=None,
+        help=f"outer iterations T (default {DEFAULTS['max_iter']}; ae-iterations runs "
+        "T x inner-iter steps)",
+    )  # fmt: skip
+    g.add_argument(
+        "--inner-iter", type=int, default=None,
+        help=f"PnP-ADMM iterations K per outer iteration (default {DEFAULTS['inner_iter']})",
+    )  # fmt: skip
+    g.add_argument(
+        "--rho", type=float, default=None,
+        help=f"ADMM penalty, 1/2-fidelity convention (default {DEFAULTS['rho']})",
+    )  # fmt: skip
+    g.add_argument(
+        "--tol", type=float, default=None,
+        help=f"per-sample stop on the relative change of x (default {DEFAULTS['tol']:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--mask-init", default=None,
+        help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero "
+        f"(default {DEFAULTS['mask_init']})",
+    )  # fmt: skip
+    g.add_argument("--tau", type=float, default=None, help="mask-step tolerance (default 0)")
+    g.add_argument(
+        "--clip", action="store_true",
+        help="clip the autoencoder's output to the data range [0, 1] (off by default)",
+    )  # fmt: skip
+    g.add_argument(
+        "--noise", type=float, default=0.0,
+        help="std of Gaussian noise added to the degraded images (default 0; known-mask "
+        "re-insertion is off when > 0)",
+    )  # fmt: skip
+    r = p.add_argument_group("runtime")
+    r.add_argument("--batch-size", type=int, default=None, help="largest batch per ONNX call")
+    r.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    r.add_argument(
+        "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
+    )
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def solver_options(args: argparse.Namespace) -> dict:
+    """The solver dict for :func:`refinv.evaluation.report.memorization_report`."""
+    opts = {
+        "max_iter": args.max_iter,
+        "inner_iter": args.inner_iter,
+        "rho": args.rho,
+        "tol": args.tol,
+        "mask_init": args.mask_init,
+        "tau": args.tau,
+        "clip": True if args.clip else None,
+    }
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def progress_flag(args: argparse.Namespace) -> bool | None:
+    """``False`` with ``--quiet``; otherwise ``None`` (on only when stderr is a TTY)."""
+    return False if getattr(args, "quiet", False) else None
+
+
+def open_model(path: str | Path, args: argparse.Namespace):
+    from ..onnx import OnnxModel
+
+    f = OnnxModel(
+        path,
+        provider=args.provider,
+        batch_size=args.batch_size,
+        intra_op_threads=args.threads,
+    )
+    if not f.is_autoencoder:
+        raise ConfigError(
+            f"{path}: not an autoencoder: input sample shape {f.sample_shape}, output "
+            f"{f.output_sample_shape}; recovery needs output shape == input shape"
+        )
+    return f
+
+
+def load_split(spec: str, f, default_key: str = "train") -> tuple[np.ndarray, str]:
+    """Images ``DATA.npz[:key]`` shaped for the model ``f`` (its dtype if float64, else float32)."""
+    from ..io import load_images, parse_data_spec
+
+    path, key = parse_data_spec(spec, default_key)
+    dtype = np.float64 if f.dtype == np.float64 else np.float32
+    return load_images(path, key, sample_shape=f.sample_shape, dtype=dtype), key
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "recover",
+        help="recover degraded images through an autoencoder",
+        description="Degrade the images of DATA.npz[KEY] with a mask (and optional noise), "
+        "recover them through the autoencoder MODEL.onnx with one method, and write the "
+        "estimates (--out, .npz) and a JSON summary (--json; schema in docs/cli.md). "
+        f"Mask grammar: {MASK_GRAMMAR}.",
+    )
+    p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
+    p.add_argument(
+        "data", metavar="DATA.npz", help="images (N, C, H, W) in [0, 1]; DATA.npz:key works"
+    )
+    p.add_argument("--key", default=None, help="array in DATA.npz (default train)")
+    p.add_argument("--mask", default="random:0.5", help="mask spec (default random:0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, Bernoulli init")
+    p.add_argument(
+        "--method", default="blind", choices=["blind", "known", "ae-iterations"],
+        help="recovery method (default blind)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", default=None, help="write x_hat, y, x, masks, per-sample metrics (.npz)"
+    )
+    p.add_argument("--json", default=None, help="write the JSON summary here")
+    add_solver_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.report import checkpoint_entry, evaluate_split, format_table, new_document
+    from ..io import atomic_save_npz, atomic_write_json, parse_data_spec
+
+    spec = parse_mask(args.mask)
+    f = open_model(args.model, args)
+    data_spec = args.data if args.key is None else f"{parse_data_spec(args.data)[0]}:{args.key}"
+    x, key = load_split(data_spec, f)
+    solver = solver_options(args)
+    doc = new_document(
+        command="recover",
+        seed=args.seed,
+        noise_std=args.noise,
+        masks=[spec],
+        methods=[args.method],
+        solver=solver,
+    )
+    ck = checkpoint_entry(Path(args.model).name, f, x, None)
+    ck["train_loss"] = ck["train_loss"] if key == "train" else None
+    ck["data"] = f"{parse_data_spec(data_spec)[0]}:{key}"
+    doc["checkpoints"].append(ck)
+    entry, res, y, mask = evaluate_split(
+        f,
+        x,
+        spec,
+        args.method,
+        label=ck["label"],
+        train_loss=ck["train_loss"],
+        split=key,
+        seed=args.seed,
+        noise_std=args.noise,
+        solver=solver,
+        progress=progress_flag(args),
+    )
+    doc["runs"].append(entry)
+    if args.out:
+        h = np.asarray(res.state.h) if args.method != "ae-iterations" else np.asarray(mask)
+        atomic_save_npz(
+            args.out,
+            x_hat=np.asarray(res.x),
+            y=np.asarray(y),
+            x=x,
+            mask=np.asarray(mask, dtype=np.uint8),
+            mask_estimated=np.asarray(h.reshape(mask.shape), dtype=np.uint8),
+            iterations=res.iterations,
+            converged=res.converged,
+            diverged=res.diverged,
+            mse=np.array([np.nan if v is None else v for v in entry["mse"]]),
+            psnr=np.array(entry["psnr"]),
+        )
+    if args.json:
+        atomic_write_json(args.json, doc)
+    print(format_table(doc))
+    print(
+        f"{entry['n']} images, {entry['seconds']:.2f} s "
+        f"({entry['n'] / max(entry['seconds'], 1e-9):.1f} images/s)",
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,607 @@
+"""The memorization report: how much of its training set can be recovered from an autoencoder.
+
+For each model checkpoint x mask x method, degrade the training images AND
+held-out images with the same masks, recover them, and compare: per-sample
+MSE/PSNR, the accurate (MSE < 1e-7) and approximate (MSE < 5e-4) recovery
+rates and the mean PSNR, train and held-out side by side (the held-out rate
+must be near 0 for the train rate to measure memorization).
+
+Reproducibility: for a given ``seed`` the masks of a split are drawn from
+``numpy.random.default_rng(seed)`` (image ``i`` of the training set and image
+``i`` of the held-out set get the same mask, so the two columns differ only by
+memorization); the blind solver's Bernoulli initial mask uses
+``default_rng([seed, 1])`` and noise ``default_rng([seed, 2])``.
+
+JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
+
+    {
+      "schema_version": 1, "tool": "refinv", "refinv_version": str,
+      "command": str, "created_utc": str,
+      "thresholds": {"accurate_mse": 1e-7, "approximate_mse": 5e-4,
+                     "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
+      "settings": {"seed": int, "noise_std": float, "masks": [str],
+                   "methods": [str], "solver": {method: {option: value}}},
+      "checkpoints": [{"label", "model", "sha256", "train_loss", "test_loss"}],
+      "runs": [{
+          "checkpoint": str, "train_loss": float|null, "method": str,
+          "mask": str, "split": "train"|"test", "n": int,
+          "accurate_rate": float, "approximate_rate": float,
+          "mean_psnr": float, "median_psnr": float, "converged_rate": float,
+          "n_diverged": int, "seconds": float, "onnx_seconds": float|null,
+          "erased_fraction": float, "mask_error": float|null,
+          "mse": [float], "psnr": [float], "iterations": [int],
+          "converged": [bool], "diverged": [bool], "residual": [float|null]
+      }]
+    }
+
+Rates are fractions in [0, 1]; each PSNR is clamped to [0, 200] dB (200 for
+exact recoveries, 0 for estimates worse than MSE 1, e.g. diverged samples);
+a sample whose MSE is NaN/Inf is reported as ``null`` in ``mse``, so the JSON
+stays standard. A diverged sample never counts as recovered.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DivergenceWarning
+from ..operators.masks import MaskSpec, erase, parse_mask, pixel_shape
+from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB, psnr_from_mse
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "METHODS",
+    "recovery_metrics",
+    "run_method",
+    "memorization_report",
+    "new_document",
+    "checkpoint_entry",
+    "degrade",
+    "evaluate_split",
+    "format_table",
+    "format_loss_table",
+    "figure_examples",
+    "figure_rate_vs_loss",
+]
+
+log = logging.getLogger("refinv.evaluation.report")
+
+SCHEMA_VERSION = 1
+METHODS = ("blind", "known", "ae-iterations")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def recovery_metrics(x_true: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample ``mse`` (float64) and ``psnr`` clamped to ``[0, PSNR_CAP_DB]`` dB.
+
+    The floor: any estimate clipped to the data range [0, 1] has MSE <= 1, i.e.
+    PSNR >= 0 dB, so 0 dB already means "nothing recovered"; diverged samples
+    (MSE NaN or astronomically large) get 0 dB instead of dragging the mean PSNR
+    to minus infinity. Their ``mse`` stays NaN (``null`` in JSON) or its true value.
+    """
+    xt = np.asarray(x_true, dtype=np.float64)
+    xh = np.asarray(x_hat, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (xh - xt).reshape(xt.shape[0], -1)
+        m = np.mean(d * d, axis=1)
+    m = np.where(np.isfinite(m), m, np.nan)
+    p = np.asarray(psnr_from_mse(m, 1.0))
+    p = np.where(np.isnan(p), 0.0, np.clip(p, 0.0, PSNR_CAP_DB))
+    return {"mse": m, "psnr": p}
+
+
+def run_method(
+    method: str,
+    f: Any,
+    y: np.ndarray,
+    mask: np.ndarray,
+    *,
+    options: dict | None = None,
+    seed: int = 0,
+    noisy: bool = False,
+    progress: bool | None = None,
+):
+    """Run one recovery ``method`` (``blind``, ``known``, ``ae-iterations``) on ``y``.
+
+    ``mask`` is the true mask (used only by ``known``); ``options`` are the
+    solver's keyword options. Returns the :class:`~refinv.solvers.SolverResult`.
+    """
+    from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
+
+    opts = dict(options or {})
+    if method == "blind":
+        opts.setdefault("rng", np.random.default_rng([seed, 1]))
+        return blind_recovery(f, y, progress=progress, **opts)
+    if method == "known":
+        opts.setdefault("reinsert", not noisy)
+        return known_mask_recovery(f, y, mask, progress=progress, **opts)
+    if method == "ae-iterations":
+        return ae_iterations(f, y, progress=progress, **opts)
+    raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+
+
+def _method_options(method: str, solver: dict) -> dict:
+    """Keep only the options a method accepts (blind: all; known: no mask_init/tau; ae: few)."""
+    allowed = {
+        "blind": {"max_iter", "tol", "rho", "inner_iter", "mask_init", "tau", "clip", "blowup"},
+        "known": {"max_iter", "tol", "rho", "inner_iter", "clip", "blowup", "reinsert"},
+        "ae-iterations": {"max_iter", "tol", "clip", "blowup"},
+    }[method]
+    out = {k: v for k, v in solver.items() if k in allowed and v is not None}
+    if method == "ae-iterations" and "max_iter" in out:
+        # equal cost: the baseline gets as many calls of f as blind's outer x inner
+        out["max_iter"] = int(out["max_iter"]) * int(solver.get("inner_iter") or 10)
+    return out
+
+
+def _run_entry(
+    *,
+    label: str,
+    train_loss: float | None,
+    method: str,
+    mask_text: str,
+    split: str,
+    x: np.ndarray,
+    mask: np.ndarray,
+    res: Any,
+    seconds: float,
+    onnx_seconds: float | None,
+) -> dict:
+    met = recovery_metrics(x, np.asarray(res.x))
+    m, p = met["mse"], met["psnr"]
+    n = int(x.shape[0])
+    finite = np.where(np.isnan(m), np.inf, m)
+    mask_error = None
+    if method == "blind":
+        h = np.asarray(res.state.h)
+        h = h.reshape(n, *pixel_shape(x.shape[1:]))
+        mask_error = float(np.mean(h != mask.reshape(h.shape)))
+    return {
+        "checkpoint": label,
+        "train_loss": train_loss,
+        "method": method,
+        "mask": mask_text,
+        "split": split,
+        "n": n,
+        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
+        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
+        "mean_psnr": float(np.mean(p)) if n else 0.0,
+        "median_psnr": float(np.median(p)) if n else 0.0,
+        "converged_rate": float(np.mean(res.converged)) if n else 0.0,
+        "n_diverged": int(np.sum(res.diverged)),
+        "seconds": float(seconds),
+        "onnx_seconds": onnx_seconds,
+        "erased_fraction": float(1.0 - np.mean(mask)) if n else 0.0,
+        "mask_error": mask_error,
+        "mse": [None if np.isnan(v) else float(v) for v in m],
+        "psnr": [float(v) for v in p],
+        "iterations": [int(v) for v in res.iterations],
+        "converged": [bool(v) for v in res.converged],
+        "diverged": [bool(v) for v in res.diverged],
+        "residual": [float(v) if np.isfinite(v) else None for v in res.residual],
+    }
+
+
+def _train_loss(f: Any, x: np.ndarray) -> float:
+    out = np.asarray(f(x), dtype=np.float64)
+    return float(np.mean((out - x.astype(np.float64)) ** 2))
+
+
+def new_document(
+    *,
+    command: str,
+    seed: int,
+    noise_std: float,
+    masks: Sequence[MaskSpec],
+    methods: Sequence[str],
+    solver: dict,
+) -> dict:
+    """An empty report document (schema version, thresholds, settings; no runs yet)."""
+    from .. import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "refinv",
+        "refinv_version": __version__,
+        "command": command,
+        "created_utc": _now(),
+        "thresholds": {
+            "accurate_mse": ACCURATE_MSE,
+            "approximate_mse": APPROXIMATE_MSE,
+            "psnr_data_range": 1.0,
+            "psnr_cap_db": PSNR_CAP_DB,
+        },
+        "settings": {
+            "seed": int(seed),
+            "noise_std": float(noise_std),
+            "masks": [s.text for s in masks],
+            "methods": list(methods),
+            "solver": {m: _jsonable(_method_options(m, solver)) for m in methods},
+        },
+        "checkpoints": [],
+        "runs": [],
+    }
+
+
+def checkpoint_entry(label: str, f: Any, train: np.ndarray, test: np.ndarray | None) -> dict:
+    """``{"label", "model", "sha256", "train_loss", "test_loss"}``, losses measured on the data."""
+    return {
+        "label": str(label),
+        "model": str(getattr(f, "label", label)),
+        "sha256": getattr(f, "sha256", None),
+        "train_loss": _train_loss(f, train),
+        "test_loss": _train_loss(f, test) if test is not None else None,
+    }
+
+
+def degrade(
+    x: np.ndarray, spec: MaskSpec, *, seed: int = 0, noise_std: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, mask)``: masks drawn from ``default_rng(seed)``, noise from ``default_rng([seed, 2])``."""
+    n = int(x.shape[0])
+    mask = spec.draw(pixel_shape(tuple(x.shape[1:])), n, np.random.default_rng(seed))
+    y = erase(x, mask, noise_std=noise_std, rng=np.random.default_rng([seed, 2]))
+    return y, mask
+
+
+def evaluate_split(
+    f: Any,
+    x: np.ndarray,
+    spec: MaskSpec,
+    method: str,
+    *,
+    label: str = "model",
+    train_loss: float | None = None,
+    split: str = "train",
+    seed: int = 0,
+    noise_std: float = 0.0,
+    solver: dict | None = None,
+    progress: bool | None = None,
+) -> tuple[dict, Any, np.ndarray, np.ndarray]:
+    """Degrade ``x`` with ``spec``, recover with ``method``, measure.
+
+    Returns ``(run_entry, solver_result, y, mask)``; ``run_entry`` is one
+    element of the report's ``runs`` list.
+    """
+    y, mask = degrade(x, spec, seed=seed, noise_std=noise_std)
+    stats = getattr(f, "stats", None)
+    ort0 = stats.seconds if stats is not None else None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        res = run_method(
+            method,
+            f,
+            y,
+            mask,
+            options=_method_options(method, dict(solver or {})),
+            seed=seed,
+            noisy=noise_std > 0,
+            progress=progress,
+        )
+    sec = time.perf_counter() - t0
+    ort = (stats.seconds - ort0) if stats is not None else None
+    entry = _run_entry(
+        label=str(label),
+        train_loss=train_loss,
+        method=method,
+        mask_text=spec.text,
+        split=split,
+        x=x,
+        mask=mask,
+        res=res,
+        seconds=sec,
+        onnx_seconds=ort,
+    )
+    if entry["n_diverged"]:
+        log.info(
+            "%s / %s / %s / %s: %d of %d samples diverged (stopped; reported with MSE null)",
+            label, spec.text, method, split, entry["n_diverged"], entry["n"],
+        )  # fmt: skip
+    return entry, res, y, mask
+
+
+def memorization_report(
+    models: Any,
+    train: np.ndarray,
+    test: np.ndarray | None = None,
+    *,
+    masks: Sequence[str | MaskSpec] = ("random:0.5",),
+    methods: Sequence[str] = ("blind",),
+    seed: int = 0,
+    noise_std: float = 0.0,
+    solver: dict | None = None,
+    progress: bool | None = None,
+    figures_dir: str | Path | None = None,
+    command: str = "evaluate",
+    n_figure: int = 6,
+) -> dict:
+    """Sweep checkpoints x masks x methods on the training and held-out images.
+
+    Parameters
+    ----------
+    models : model, or list of ``(label, model)`` pairs
+        Autoencoders (``OnnxModel`` or callables); several = the checkpoints
+        of one training run (their train loss is measured here on ``train``).
+    train, test : numpy arrays ``(N, *sample_shape)`` in [0, 1]
+        Training images and held-out images (``test`` may be None).
+    masks : mask specs (see :func:`refinv.operators.masks.parse_mask`).
+    methods : subset of ``("blind", "known", "ae-iterations")``.
+    seed : masks, Bernoulli init and noise seed (see the module docstring).
+    noise_std : Gaussian noise added to the degraded images (known-mask
+        re-insertion is turned off when > 0).
+    solver : dict of solver options (``max_iter``, ``tol``, ``rho``,
+        ``inner_iter``, ``mask_init``, ``tau``, ``clip``, ``blowup``); each method
+        takes the ones it understands. ``ae-iterations`` runs
+        ``max_iter * inner_iter`` iterations (equal number of calls of ``f``).
+    progress : show the solvers' progress bars (None: when stderr is a TTY).
+    figures_dir : if given, write PNG figures there (needs matplotlib).
+
+    Returns
+    -------
+    dict
+        The JSON-ready report (schema in the module docstring).
+    """
+    if not isinstance(models, (list, tuple)):
+        models = [(getattr(models, "label", "model"), models)]
+    methods = list(methods)
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {m!r}")
+    specs = [ms if isinstance(ms, MaskSpec) else parse_mask(ms) for ms in masks]
+    solver = dict(solver or {})
+    splits = [("train", np.asarray(train))]
+    if test is not None:
+        splits.append(("test", np.asarray(test)))
+    pshape = pixel_shape(tuple(splits[0][1].shape[1:]))
+    doc = new_document(
+        command=command, seed=seed, noise_std=noise_std, masks=specs, methods=methods, solver=solver
+    )
+    fig_data: list[dict] = []
+    for label, f in models:
+        ck = checkpoint_entry(
+            str(label), f, splits[0][1], splits[1][1] if test is not None else None
+        )
+        doc["checkpoints"].append(ck)
+        for spec in specs:
+            for split, x in splits:
+                for method in methods:
+                    entry, res, y, mask = evaluate_split(
+                        f,
+                        x,
+                        spec,
+                        method,
+                        label=str(label),
+                        train_loss=ck["train_loss"],
+                        split=split,
+                        seed=seed,
+                        noise_std=noise_std,
+                        solver=solver,
+                        progress=progress,
+                    )
+                    doc["runs"].append(entry)
+                    if figures_dir is not None:
+                        k = min(n_figure, int(x.shape[0]))
+                        h_est = None
+                        if method == "blind":
+                            h_est = np.asarray(res.state.h)[:k].reshape(k, *pshape)
+                        fig_data.append(
+                            dict(
+                                checkpoint=str(label),
+                                mask=spec.text,
+                                method=method,
+                                split=split,
+                                x=x[:k],
+                                y=np.asarray(y)[:k],
+                                xhat=np.asarray(res.x)[:k],
+                                h_true=np.asarray(mask[:k]),
+                                h_est=h_est,
+                                mse=entry["mse"][:k],
+                            )
+                        )
+    if figures_dir is not None:
+        out = Path(figures_dir)
+        for i, d in enumerate(fig_data):
+            name = f"{i:03d}_{_slug(d['checkpoint'])}_{_slug(d['mask'])}_{d['method']}_{d['split']}.png"
+            figure_examples(out / name, **d)
+        if len(doc["checkpoints"]) > 1:
+            figure_rate_vs_loss(doc, out / "rate_vs_train_loss.png")
+    return doc
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in s)[:40]
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (tuple, list)):
+            out[k] = [float(t) for t in v]
+        else:
+            out[k] = str(type(v).__name__)
+    return out
+
+
+# ------------------------------------------------------------------ tables
+def _pct(v: float) -> str:
+    return f"{100.0 * v:5.1f}%"
+
+
+_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (control)"}
+
+
+def format_table(doc: dict) -> str:
+    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns."""
+    rows: dict[tuple, dict[str, dict]] = {}
+    splits: list[str] = []
+    for r in doc["runs"]:
+        rows.setdefault((r["checkpoint"], r["mask"], r["method"]), {})[r["split"]] = r
+        if r["split"] not in splits:
+            splits.append(r["split"])
+    splits.sort(key=lambda s: (s != "train", s != "test"))
+    several = len({k[0] for k in rows}) > 1
+    head = (["checkpoint"] if several else []) + ["mask", "method"]
+    keys = {k: (k if several else k[1:]) for k in rows}
+    widths = [max([len(h)] + [len(str(kp[i])) for kp in keys.values()]) for i, h in enumerate(head)]
+    cols = ["acc", "approx", "PSNR", "iters"]
+    block = " ".join(f"{c:>7}" for c in cols)
+    title = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
+    top = " | ".join(f"{_SPLIT_TITLES.get(s, s):^{len(block)}}" for s in splits)
+    lines = [
+        f"{'':{len(title)}}  | {top} | time",
+        f"{title}  | " + " | ".join([block] * len(splits)) + " |",
+    ]
+    lines.append("-" * (len(lines[-1]) + 7))
+    for key, sp in rows.items():
+        left = "  ".join(str(v).ljust(w) for v, w in zip(keys[key], widths, strict=True))
+        parts = []
+        secs = 0.0
+        for split in splits:
+            r = sp.get(split)
+            if r is None:
+                parts.append(" ".join(f"{'-':>7}" for _ in cols))
+                continue
+            secs += r["seconds"]
+            it = float(np.mean(r["iterations"])) if r["iterations"] else 0.0
+            parts.append(
+                f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
+                f"{r['mean_psnr']:7.1f} {it:7.1f}"
+            )
+        lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
+    th = doc["thresholds"]
+    lines.append(
+        f"acc: MSE < {th['accurate_mse']:g}; approx: MSE < {th['approximate_mse']:g}; "
+        f"PSNR: mean dB (data range 1, capped at {th['psnr_cap_db']:g}); "
+        "iters: mean iterations per image (outer for blind/known, f calls for ae-iterations)"
+    )
+    return "\n".join(lines)
+
+
+def format_loss_table(doc: dict) -> str:
+    """Recovery rate vs train loss (the paper's Figure 3 as a table), train split only."""
+    by: dict[tuple, list] = {}
+    for r in doc["runs"]:
+        if r["split"] == "train":
+            by.setdefault((r["mask"], r["method"]), []).append(r)
+    wm = max([4] + [len(k[0]) for k in by])
+    wc = max([10] + [len(r["checkpoint"]) for rs in by.values() for r in rs])
+    lines = [
+        f"{'mask':<{wm}}  {'method':<14} {'checkpoint':<{wc}} {'train loss':>10} {'acc':>7} "
+        f"{'approx':>7} {'PSNR':>7}"
+    ]
+    for (mask, method), rs in by.items():
+        for r in sorted(rs, key=lambda r: -(r["train_loss"] or 0.0)):
+            loss = "-" if r["train_loss"] is None else f"{r['train_loss']:.2e}"
+            lines.append(
+                f"{mask:<{wm}}  {method:<14} {r['checkpoint']:<{wc}} {loss:>10} "
+                f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
+                f"{r['mean_psnr']:7.1f}"
+            )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ figures
+def _img(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    elif a.ndim == 1:
+        s = int(round(np.sqrt(a.size)))
+        a = a.reshape(s, -1) if s * s == a.size else a[None, :]
+    return np.clip(a, 0.0, 1.0)
+
+
+def figure_examples(
+    path: str | Path,
+    *,
+    x: np.ndarray,
+    y: np.ndarray,
+    xhat: np.ndarray,
+    h_true: np.ndarray,
+    h_est: np.ndarray | None = None,
+    mse: Sequence[float | None] | None = None,
+    checkpoint: str = "",
+    mask: str = "",
+    method: str = "",
+    split: str = "",
+) -> Path:
+    """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_write_bytes
+
+    k = int(x.shape[0])
+    rows = [("original", x), ("degraded", y), ("recovered", xhat)]
+    rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
+    fig, axes = plt.subplots(
+        len(rows), max(k, 1), figsize=(1.6 * max(k, 1), 1.7 * len(rows)), squeeze=False
+    )
+    for i, (name, arr) in enumerate(rows):
+        for j in range(k):
+            ax = axes[i][j]
+            ax.imshow(_img(arr[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if i == 2 and mse is not None and mse[j] is not None:
+                ax.set_title(f"MSE {mse[j]:.1e}", fontsize=7)
+    fig.suptitle(f"{checkpoint} | {mask} | {method} | {split}", fontsize=9)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
+    """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_write_bytes
+
+    by: dict[tuple, list] = {}
+    for r in doc["runs"]:
+        if r["split"] == "train" and r["train_loss"] is not None:
+            by.setdefault((r["mask"], r["method"]), []).append(
+                (r["train_loss"], r["accurate_rate"])
+            )
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (mask, method), pts in sorted(by.items()):
+        pts.sort()
+        ax.plot(
+            [p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{method}, {mask}"
+        )
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("train loss (MSE)")
+    ax.set_ylabel("accurate recovery rate (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,133 @@
+"""The recovery commands: ``refinv recover``, ``refinv evaluate``, ``refinv demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_recovery import onnx_ae, projection
+
+from refinv.cli import main
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    train = rng.random((5, 1, 6, 7))
+    test = rng.random((4, 1, 6, 7))
+    P = projection(train)
+    onnx.save(onnx_ae([(P, np.zeros(42), False)], (1, 6, 7)), d / "ae.onnx")
+    onnx.save(onnx_ae([(0.5 * P, np.zeros(42), False)], (1, 6, 7)), d / "ae_early.onnx")
+    onnx.save(onnx_ae([(np.ones((3, 42)), np.zeros(3), False)], (1, 6, 7)), d / "enc.onnx")
+    np.savez(d / "data.npz", train=train.astype(np.float32), test=test.astype(np.float32))
+    return d
+
+
+@pytest.mark.parametrize("cmd", ["recover", "evaluate", "demo"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "--quiet" in capsys.readouterr().out
+
+
+def test_recover(files, capsys):
+    d = files
+    rc = main(
+        ["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--key", "train", "--mask",
+         "random:0.3", "--seed", "1", "--method", "known", "--out", str(d / "out.npz"),
+         "--json", str(d / "sum.json"), "--max-iter", "300", "--tol", "1e-12", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    doc = json.loads((d / "sum.json").read_text())
+    (run,) = doc["runs"]
+    assert doc["schema_version"] == 1 and doc["command"] == "recover"
+    assert run["method"] == "known" and run["split"] == "train" and run["n"] == 5
+    assert run["accurate_rate"] == 1.0
+    for k in ("accurate_rate", "approximate_rate", "mean_psnr", "n", "seconds"):
+        assert k in run
+    with np.load(d / "out.npz") as z:
+        assert z["x_hat"].shape == (5, 1, 6, 7) and z["mask"].shape == (5, 6, 7)
+        np.testing.assert_allclose(z["x_hat"], z["x"], atol=1e-6)
+        assert set(z.files) >= {"y", "iterations", "converged", "mse", "psnr", "mask_estimated"}
+    assert "known" in capsys.readouterr().out
+    assert not list(d.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_recover_blind_on_test_key(files):
+    d = files
+    rc = main(
+        ["recover", str(d / "ae.onnx"), f"{d / 'data.npz'}:test", "--mask", "center:2",
+         "--method", "blind", "--json", str(d / "b.json"), "--max-iter", "5", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    run = json.loads((d / "b.json").read_text())["runs"][0]
+    assert run["split"] == "test" and run["n"] == 4 and run["mask_error"] is not None
+
+
+def test_evaluate(files, capsys):
+    d = files
+    rc = main(
+        ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
+         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods",
+         "known,ae-iterations", "--json", str(d / "rep.json"), "--max-iter", "200",
+         "--checkpoints", str(d / "ae_early.onnx"), "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    doc = json.loads((d / "rep.json").read_text())
+    assert len(doc["runs"]) == 2 * 2 * 2 * 2
+    assert {r["split"] for r in doc["runs"]} == {"train", "test"}
+    out = capsys.readouterr().out
+    assert "held-out" in out and "train loss" in out
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--masks", "bogus:1"], "unknown family"),
+        (["--methods", "blind,magic"], "magic"),
+        (["--rho", "-1"], "rho"),
+    ],
+)
+def test_evaluate_errors(files, argv, msg, capsys):
+    d = files
+    rc = main(["evaluate", str(d / "ae.onnx"), "--train", str(d / "data.npz"), "--quiet", *argv])
+    assert rc == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_recover_errors(files, capsys):
+    d = files
+    assert main(["recover", str(d / "enc.onnx"), str(d / "data.npz"), "--quiet"]) == 2
+    assert "not an autoencoder" in capsys.readouterr().err
+    assert main(["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--key", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    bad = d / "badmask.npz"
+    np.savez(bad, mask=np.full((6, 7), 0.5))
+    assert main(["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--mask", f"file:{bad}"]) == 2
+    assert "0 (erased) and 1" in capsys.readouterr().err
+
+
+def test_demo_missing_models(tmp_path, capsys):
+    assert main(["demo", "--models-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--models-dir" in capsys.readouterr().err
+
+
+def test_demo_shipped(tmp_path, capsys):
+    if not (MODELS / "MANIFEST.json").is_file() or not any(
+        (MODELS / p).is_file()
+        for p in ("onnx/faces25_lrelu_6x256.onnx", "onnx/digits8_lrelu_6x320.onnx")
+    ):
+        pytest.skip("shipped demo models not present in models/ (not trained yet)")
+    rc = main(["demo", "--quiet", "--max-iter", "3", "--json", str(tmp_path / "demo.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "throughput" in out and "onnxruntime" in out
+    doc = json.loads((tmp_path / "demo.json").read_text())
+    assert doc["command"] == "demo" and 0 < doc["timing"]["onnxruntime_share"] <= 1

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..backend import as_generator, from_numpy, namespace
 from ..errors import ConfigError, MaskError, ShapeError
+from ..io import load_npz
 
 __all__ = [
     "pixel_shape",
@@ -388,13 +389,10 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
         return MaskSpec("half", (side,), text)
     if fam == "file":
         path = Path(arg)
-        if not path.is_file():
-            raise ConfigError(f"mask {text!r}: no such file {str(path)!r}")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as exc:
-            raise ConfigError(f"mask {text!r}: not a readable .npz without pickle ({exc})") from exc
+            arrays = load_npz(path)  # never unpickles
+        except ConfigError as exc:
+            raise ConfigError(f"mask {text!r}: {exc}") from exc
         if "mask" in arrays:
             a = arrays["mask"]
         elif len(arrays) == 1:

@@ -14,6 +14,7 @@ from refinv.solvers.layered import (
     latent_pursuit,
     layered_basis_pursuit,
     oracle,
+    refit_on_support,
     supports_from_latent,
 )
 
@@ -220,3 +221,51 @@ def test_shipped_trained_generator_when_present():
     res = latent_pursuit(ch, y, max_iter=3000)
     err = np.linalg.norm(res.x - z, axis=1) / np.linalg.norm(z, axis=1)
     assert np.all(err < 1e-5), err
+
+
+def test_refit_on_support_is_exact_on_a_superset_of_the_support():
+    # t = W x* with supp(x*) = S subset of T = {h != 0}, W[r, T] full column rank:
+    # argmin_{x_{T^c} = 0} ||r (t - W x)|| = x* (zeros on the spurious T \ S); |T| > sum(r): keep h
+    rng = np.random.default_rng(3)
+    m, n, b = 30, 45, 3
+    W = rng.standard_normal((m, n)) / np.sqrt(m)
+    xs = np.zeros((b, n))
+    T = np.zeros((b, n), dtype=bool)
+    for i in range(b):
+        idx = rng.permutation(n)
+        xs[i, idx[:10]] = np.abs(rng.standard_normal(10)) + 0.1
+        T[i, idx[: 18 if i < 2 else 40]] = True  # 8 spurious entries; sample 2: |T| = 40 > 26
+    rows = np.ones((b, m))
+    rows[:, :4] = 0.0  # masked rows do not count (26 equations)
+    t = xs @ W.T + (1 - rows) * 5.0  # masked rows carry garbage
+    h = np.where(T, xs + 1e-3 * rng.standard_normal((b, n)), 0.0)  # a Lasso-like estimate
+    x = refit_on_support(np, W, t, rows, h)
+    np.testing.assert_allclose(x[:2], xs[:2], atol=1e-10)
+    assert np.all(x[:2][~T[:2]] == 0)
+    np.testing.assert_array_equal(x[2], h[2])  # no unique refit: unchanged
+
+
+def test_lbp_refit_recovers_wherever_basis_pursuit_does():
+    # the noiseless Algorithm 1 is basis pursuit (lam = 2 eps = 0). Near the l1 phase transition
+    # the Lasso (lam > 0) solution keeps spurious O(lam) nonzeros: without the refit the support
+    # read off h_1 is wrong; with it LBP recovers z wherever BP (an LP) recovers h_1
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(0)
+    n0, n1, n = 8, 56, 50
+    chain = random_gen(rng, n0, n1, n)
+    W2 = chain.layers[1].weight
+    z = rng.standard_normal((8, n0))
+    y = chain.forward(z)
+    h1 = supports_from_latent(chain, z)[0]
+    bp = np.zeros(len(z), dtype=bool)
+    for i, x in enumerate(h1):
+        r = linprog(np.ones(2 * n1), A_eq=np.hstack([W2, -W2]), b_eq=W2 @ x, bounds=(0, None))
+        bp[i] = np.linalg.norm(r.x[:n1] - r.x[n1:] - x) < 1e-6 * np.linalg.norm(x)
+    assert bp.sum() >= 4  # the check is not vacuous
+    errs = {}
+    for refit in (True, False):
+        res = layered_basis_pursuit(chain, y, lam=1e-4, refit=refit, max_iter=20000, tol=1e-13)
+        errs[refit] = np.linalg.norm(res.x - z, axis=1) / np.linalg.norm(z, axis=1)
+    assert np.all(errs[True][bp] < 1e-6)
+    assert np.any(errs[False][bp] > 1e-3)

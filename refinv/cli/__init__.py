@@ -21,6 +21,8 @@ _COMMANDS = [
     "inspect",
     "invert",
     "bregman",
+    "sweep",
+    "report",
 ]
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "METHODS",
     "recovery_metrics",
     "run_method",
+    "method_options",
     "memorization_report",
     "new_document",
     "checkpoint_entry",
@@ -131,7 +132,7 @@ def run_method(
     raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
 
 
-def _method_options(method: str, solver: dict) -> dict:
+def method_options(method: str, solver: dict) -> dict:
     """Keep only the options a method accepts (blind: all; known: no mask_init/tau; ae: few)."""
     allowed = {
         "blind": {"max_iter", "tol", "rho", "inner_iter", "mask_init", "tau", "clip", "blowup"},
@@ -227,7 +228,7 @@ def new_document(
             "noise_std": float(noise_std),
             "masks": [s.text for s in masks],
             "methods": list(methods),
-            "solver": {m: _jsonable(_method_options(m, solver)) for m in methods},
+            "solver": {m: _jsonable(method_options(m, solver)) for m in methods},
         },
         "checkpoints": [],
         "runs": [],
@@ -285,7 +286,7 @@ def evaluate_split(
             f,
             y,
             mask,
-            options=_method_options(method, dict(solver or {})),
+            options=method_options(method, dict(solver or {})),
             seed=seed,
             noisy=noise_std > 0,
             progress=progress,

@@ -1,0 +1,55 @@
+"""``refinv sweep``: run (or resume) a memorization sweep described by a TOML config.
+
+refinv sweep CONFIG.toml [--db PATH] [--workers N] [--scheduler ADDRESS|local]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="memorization sweep (models x masks x methods x shards) into an SQLite store",
+        description="Run the sweep described by CONFIG.toml (format in docs/sweep.md): every "
+        "model x mask x method x shard of training and held-out samples is one task; results "
+        "go to an SQLite database, one transaction per task. Re-running the same config skips "
+        "completed tasks (resume after an interruption). Render with `refinv report DB`.",
+    )
+    p.add_argument("config", metavar="CONFIG.toml", help="the sweep configuration")
+    p.add_argument(
+        "--db", default=None, metavar="PATH",
+        help="results database (default: CONFIG with suffix .sqlite)",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes (default 1: run in this process); with --scheduler local, the "
+        "number of LocalCluster workers",
+    )  # fmt: skip
+    p.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS|local",
+        help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
+        "start a LocalCluster with --workers workers",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sweep import run_sweep
+
+    summary = run_sweep(
+        args.config,
+        args.db,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=False if args.quiet else None,
+    )
+    print(summary)
+    if summary.failed:
+        print(f"{summary.failed} task(s) failed; see `refinv report {summary.db}`")
+        return 1
+    return 0

@@ -1,0 +1,405 @@
+"""Split a sweep into tasks and run them: in-process, on a process pool, or on Dask.
+
+A task is one model x mask x method x shard of samples (a shard lives in one
+split, train or held-out). :func:`run_task` is a pure function of its
+:class:`Task` (it opens the model and the data itself, cached per worker
+process), so any executor gives the same numbers; only the parent process
+writes to the SQLite store (:class:`~refinv.sweep.store.Store`).
+
+Reproducibility, as in ``refinv evaluate``: the masks of a split are drawn
+for the WHOLE split from ``default_rng(seed)`` (noise from
+``default_rng([seed, 2])``, a Bernoulli initial mask from
+``default_rng([seed, 1])``) and then sliced, so image ``i`` gets the same
+mask whatever the shard size. onnxruntime runs with ``runtime.threads``
+intra-op threads (1 by default: one task per core, bitwise reproducible).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed as cf_as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DivergenceWarning
+from .config import SweepConfig, load_config
+from .store import Store
+
+__all__ = ["Task", "make_tasks", "run_task", "run_sweep", "SweepSummary"]
+
+log = logging.getLogger("refinv.sweep")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs (plain data: picklable, sent to Dask/process workers)."""
+
+    task_id: str
+    checkpoint: str
+    model_path: str
+    sha256: str
+    data_path: str
+    data_key: str
+    n: int
+    split: str
+    mask: str
+    method: str
+    start: int
+    stop: int
+    seed: int
+    noise_std: float
+    solver: dict
+    threads: int | None
+    provider: str
+    batch_size: int | None
+
+
+def _task_id(d: dict) -> str:
+    keys = ("sha256", "checkpoint", "data_path", "data_key", "split", "mask", "method")
+    ident = {k: d[k] for k in keys}
+    ident.update(
+        start=d["start"], stop=d["stop"], seed=d["seed"], noise=d["noise_std"], solver=d["solver"]
+    )
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def make_tasks(cfg: SweepConfig) -> list[Task]:
+    """All tasks of the sweep, in report order (model, mask, split, method, shard)."""
+    tasks = []
+    for m in cfg.models:
+        ds = cfg.datasets[m.dataset]
+        for spec in cfg.masks:
+            for split in ds.splits:
+                path, key = ds.split(split)
+                n = m.sizes[split]
+                for method in cfg.methods:
+                    for start in range(0, n, cfg.shard_size):
+                        d = dict(
+                            checkpoint=m.label,
+                            model_path=m.path,
+                            sha256=m.sha256,
+                            data_path=path,
+                            data_key=key,
+                            n=n,
+                            split=split,
+                            mask=spec.text,
+                            method=method,
+                            start=start,
+                            stop=min(start + cfg.shard_size, n),
+                            seed=cfg.seed,
+                            noise_std=cfg.noise_std,
+                            solver=dict(cfg.solver),
+                            threads=cfg.threads,
+                            provider=cfg.provider,
+                            batch_size=cfg.batch_size,
+                        )
+                        tasks.append(Task(task_id=_task_id(d), **d))
+    return tasks
+
+
+# ------------------------------------------------------------------ worker side
+_MODELS: dict[tuple, Any] = {}
+_DATA: dict[tuple, np.ndarray] = {}
+
+
+def _model(path: str, threads: int | None, provider: str, batch_size: int | None):
+    key = (path, threads, provider, batch_size)
+    if key not in _MODELS:
+        from ..onnx import OnnxModel
+
+        if len(_MODELS) >= 4:  # bounded memory; tasks of one model tend to run together
+            _MODELS.clear()
+        _MODELS[key] = OnnxModel(
+            path, provider=provider, batch_size=batch_size, intra_op_threads=threads
+        )
+    return _MODELS[key]
+
+
+def _images(path: str, key: str, sample_shape: tuple, n: int, dtype: Any) -> np.ndarray:
+    k = (path, key, tuple(sample_shape), n, np.dtype(dtype).str)
+    if k not in _DATA:
+        from ..io import load_images
+
+        if len(_DATA) > 4:
+            _DATA.clear()
+        _DATA[k] = load_images(path, key, sample_shape=sample_shape, dtype=dtype)[:n]
+    return _DATA[k]
+
+
+def run_task(task: Task) -> dict:
+    """Run one task; per-sample lists ``mse, psnr, iterations, converged, diverged, residual,
+    erased_fraction, mask_error`` plus ``seconds`` and ``onnx_seconds``.
+
+    Uses the evaluation engine: :func:`~refinv.evaluation.report.degrade`,
+    :func:`~refinv.evaluation.report.run_method`,
+    :func:`~refinv.evaluation.report.recovery_metrics`.
+    """
+    from ..evaluation.report import degrade, method_options, recovery_metrics, run_method
+    from ..operators.masks import parse_mask, pixel_shape
+    from ..solvers.recovery import initial_mask
+
+    f = _model(task.model_path, task.threads, task.provider, task.batch_size)
+    dtype = np.float64 if f.dtype == np.float64 else np.float32
+    x_all = _images(task.data_path, task.data_key, f.sample_shape, task.n, dtype)
+    spec = parse_mask(task.mask)
+    y_all, mask_all = degrade(x_all, spec, seed=task.seed, noise_std=task.noise_std)
+    sl = slice(task.start, task.stop)
+    x, y, mask = x_all[sl], np.ascontiguousarray(y_all[sl]), np.asarray(mask_all[sl])
+    opts = method_options(task.method, dict(task.solver))
+    if task.method == "blind" and str(opts.get("mask_init", "")).startswith("bernoulli"):
+        # draw the Bernoulli initial masks for the whole split, as refinv evaluate does
+        h0 = initial_mask(opts["mask_init"], y_all, rng=np.random.default_rng([task.seed, 1]))
+        opts["mask_init"] = np.asarray(h0)[sl].reshape(len(x), *pixel_shape(x.shape[1:]))
+    ort0 = f.stats.seconds
+    t0 = time.perf_counter()
+    solver_log = logging.getLogger("refinv.solvers")
+    level = solver_log.level
+    solver_log.setLevel(logging.ERROR)  # divergences are recorded per sample in the store
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DivergenceWarning)
+            res = run_method(
+                task.method,
+                f,
+                y,
+                mask,
+                options=opts,
+                seed=task.seed,
+                noisy=task.noise_std > 0,
+                progress=False,
+            )
+    finally:
+        solver_log.setLevel(level)
+    seconds = time.perf_counter() - t0
+    met = recovery_metrics(x, np.asarray(res.x))
+    nb = len(x)
+    pshape = pixel_shape(tuple(x.shape[1:]))
+    mflat = mask.reshape(nb, -1)
+    mask_error = [None] * nb
+    if task.method == "blind":
+        h = np.asarray(res.state.h).reshape(nb, *pshape).reshape(nb, -1)
+        mask_error = [float(v) for v in np.mean(h != mflat, axis=1)]
+    return {
+        "mse": [None if np.isnan(v) else float(v) for v in met["mse"]],
+        "psnr": [float(v) for v in met["psnr"]],
+        "iterations": [int(v) for v in res.iterations],
+        "converged": [bool(v) for v in res.converged],
+        "diverged": [bool(v) for v in res.diverged],
+        "residual": [float(v) if np.isfinite(v) else None for v in res.residual],
+        "erased_fraction": [float(v) for v in 1.0 - np.mean(mflat, axis=1)],
+        "mask_error": mask_error,
+        "seconds": seconds,
+        "onnx_seconds": f.stats.seconds - ort0,
+    }
+
+
+# ------------------------------------------------------------------ parent side
+@dataclass
+class SweepSummary:
+    total: int
+    skipped: int
+    done: int
+    failed: int
+    seconds: float
+    db: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.total} tasks: {self.skipped} already in {self.db}, {self.done} computed, "
+            f"{self.failed} failed ({self.seconds:.1f}s)"
+        )
+
+
+def _checkpoint_entries(cfg: SweepConfig, store: Store) -> None:
+    """Train/held-out loss of each checkpoint (measured once, in the parent)."""
+    from ..evaluation.report import checkpoint_entry
+
+    for m in cfg.models:
+        if store.checkpoint(m.label) is not None:
+            store.add_checkpoint({"label": m.label, "sha256": m.sha256})  # sha check only
+            continue
+        ds = cfg.datasets[m.dataset]
+        f = _model(m.path, cfg.threads, cfg.provider, cfg.batch_size)
+        dtype = np.float64 if f.dtype == np.float64 else np.float32
+        xs = {
+            s: _images(*ds.split(s), f.sample_shape, m.sizes[s], dtype) for s in ds.splits
+        }  # fmt: skip
+        ck = checkpoint_entry(m.label, f, xs["train"], xs.get("test"))
+        ck["model"] = Path(m.path).name
+        store.add_checkpoint(ck)
+
+
+def _watch_parent(parent: int) -> None:
+    """Pool-worker initializer: exit when the sweep process is gone (e.g. SIGKILLed).
+
+    Without it, orphaned workers would go on computing tasks whose results
+    nobody will store.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="refinv-sweep-watch-parent", daemon=True).start()
+
+
+def _iter_local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict | None, str]]:
+    if workers <= 1:
+        for t in tasks:
+            try:
+                yield t, run_task(t), ""
+            except Exception:
+                yield t, None, traceback.format_exc(limit=3)
+        return
+    import multiprocessing as mp
+
+    ex = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    )
+    try:
+        futs = {ex.submit(run_task, t): t for t in tasks}
+        for fut in cf_as_completed(futs):
+            t = futs[fut]
+            try:
+                yield t, fut.result(), ""
+            except Exception as exc:
+                yield t, None, f"{type(exc).__name__}: {exc}"
+    finally:  # on an interruption, drop the queued tasks instead of waiting for them
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _iter_dask(
+    tasks: list[Task], scheduler: str, workers: int
+) -> Iterator[tuple[Task, dict | None, str]]:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise ConfigError(
+            "--scheduler needs dask.distributed (pip install 'dask[distributed]')"
+        ) from exc
+    cluster = None
+    dlog = logging.getLogger("distributed")
+    dlevel = dlog.level
+    if scheduler == "local":
+        dlog.setLevel(logging.ERROR)  # our LocalCluster: its start/stop chatter is noise
+        cluster = LocalCluster(
+            n_workers=max(workers, 1),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        futs = [
+            client.submit(run_task, t, key=f"refinv-task-{t.task_id}", pure=False) for t in tasks
+        ]
+        by_key = {fut.key: t for fut, t in zip(futs, tasks, strict=True)}
+        for fut in as_completed(futs):
+            t = by_key[fut.key]
+            try:
+                yield t, fut.result(), ""
+            except Exception as exc:
+                yield t, None, f"{type(exc).__name__}: {exc}"
+            fut.release()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        dlog.setLevel(dlevel)
+
+
+def run_sweep(
+    config: str | Path | SweepConfig,
+    db: str | Path | None = None,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+) -> SweepSummary:
+    """Run (or resume) a sweep; results go to the SQLite ``db``.
+
+    Parameters
+    ----------
+    config : path to a TOML config, or a :class:`~refinv.sweep.config.SweepConfig`.
+    db : results database (default: the config's path with suffix ``.sqlite``).
+    workers : local worker processes (1: in this process), or the number of
+        workers of the ``LocalCluster`` with ``scheduler="local"``.
+    scheduler : None (local), ``"local"`` (start a Dask ``LocalCluster``) or the
+        address of a running Dask scheduler (workers must see the same files).
+    progress : progress bar on stderr (None: when stderr is a TTY).
+
+    Completed tasks already in ``db`` are skipped; failed ones are retried. A
+    task that raises is recorded with its error and the sweep goes on.
+    """
+    from .. import __version__
+    from .._progress import Progress
+
+    cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    if db is None:
+        if not cfg.source:
+            raise ConfigError("db: expected a path for the results database")
+        db = Path(cfg.source).with_suffix(".sqlite")
+    if int(workers) < 1:
+        raise ConfigError(f"workers: expected >= 1, got {workers}")
+    t0 = time.perf_counter()
+    with Store(db) as store:
+        store.init_sweep(
+            cfg.settings(), cfg.fingerprint(), [m.text for m in cfg.masks], cfg.methods
+        )
+        _checkpoint_entries(cfg, store)
+        tasks = make_tasks(cfg)
+        done_ids = store.done_tasks()
+        todo = [t for t in tasks if t.task_id not in done_ids]
+        skipped = len(tasks) - len(todo)
+        log.info("sweep: %d tasks, %d already done, %d to run", len(tasks), skipped, len(todo))
+        bar = Progress(len(todo), desc=f"sweep ({skipped} done before)", enabled=progress)
+        n_done = n_failed = 0
+        it = (
+            _iter_dask(todo, scheduler, workers)
+            if scheduler
+            else _iter_local(todo, int(workers))
+        )  # fmt: skip
+        try:
+            for task, out, err in it:
+                if out is not None:
+                    store.write_task(task, out, __version__)
+                    n_done += 1
+                else:
+                    store.write_failure(task, err, __version__)
+                    n_failed += 1
+                    log.warning(
+                        "task %s / %s / %s / %s [%d:%d] failed: %s",
+                        task.checkpoint, task.mask, task.method, task.split,
+                        task.start, task.stop, err.strip().splitlines()[-1] if err else "",
+                    )  # fmt: skip
+                bar.update(n_done + n_failed)
+        finally:
+            bar.close()
+    return SweepSummary(
+        total=len(tasks),
+        skipped=skipped,
+        done=n_done,
+        failed=n_failed,
+        seconds=time.perf_counter() - t0,
+        db=str(db),
+    )

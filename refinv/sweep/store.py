@@ -1,0 +1,296 @@
+"""The SQLite results store of a sweep (stdlib ``sqlite3``, WAL mode).
+
+Tables (full description in docs/sweep.md):
+
+``meta(key, value)``
+    ``schema_version``, ``settings`` (JSON: seed, noise_std, shard_size,
+    solver), ``fingerprint`` (hash of the settings), ``masks``/``methods``
+    (JSON lists, the order of the report), ``created_utc``.
+``checkpoints(label, position, model, sha256, train_loss, test_loss)``
+    One row per model of the config.
+``tasks``
+    One row per task: ``task_id, checkpoint, sha256, mask, method, split,
+    start, stop, status, error, seconds, onnx_seconds, refinv_version,
+    finished_utc``; ``status`` is ``done`` or ``failed`` (with the error text).
+``results``
+    One row per sample x task: ``task_id, checkpoint, model_sha256, mask,
+    method, split, sample, mse, psnr, iterations, converged, diverged,
+    residual, erased_fraction, mask_error, seed, noise_std, solver,
+    refinv_version``; ``UNIQUE(checkpoint, mask, method, split, sample)``.
+
+Crash safety: a task's result rows and its ``tasks`` row (status ``done``)
+are written in ONE transaction, so a task is either complete or absent; WAL
+journaling means a killed process never leaves a corrupt database, and the
+next run simply recomputes the missing tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["Store", "STORE_SCHEMA_VERSION"]
+
+STORE_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    label TEXT PRIMARY KEY, position INTEGER NOT NULL, model TEXT NOT NULL,
+    sha256 TEXT NOT NULL, train_loss REAL, test_loss REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, checkpoint TEXT NOT NULL, sha256 TEXT NOT NULL,
+    mask TEXT NOT NULL, method TEXT NOT NULL, split TEXT NOT NULL,
+    start INTEGER NOT NULL, stop INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')), error TEXT,
+    seconds REAL, onnx_seconds REAL, refinv_version TEXT, finished_utc TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id),
+    checkpoint TEXT NOT NULL, model_sha256 TEXT NOT NULL, mask TEXT NOT NULL,
+    method TEXT NOT NULL, split TEXT NOT NULL, sample INTEGER NOT NULL,
+    mse REAL, psnr REAL NOT NULL, iterations INTEGER NOT NULL, converged INTEGER NOT NULL,
+    diverged INTEGER NOT NULL, residual REAL, erased_fraction REAL NOT NULL, mask_error REAL,
+    seed INTEGER NOT NULL, noise_std REAL NOT NULL, solver TEXT NOT NULL,
+    refinv_version TEXT NOT NULL,
+    PRIMARY KEY (task_id, sample),
+    UNIQUE (checkpoint, mask, method, split, sample)
+);
+"""
+
+_RESULT_COLS = (
+    "task_id checkpoint model_sha256 mask method split sample mse psnr iterations converged "
+    "diverged residual erased_fraction mask_error seed noise_std solver refinv_version"
+).split()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    """An open results database. Only ONE process (the sweep's parent) writes to it."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        self.path = Path(path)
+        if readonly and not self.path.is_file():
+            raise ConfigError(f"{self.path}: no such results database")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro" if readonly else str(self.path)
+            self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None, timeout=30.0)
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(_SCHEMA)
+            self.conn.execute("SELECT count(*) FROM meta").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{self.path}: not a refinv sweep database ({exc})") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ meta
+    def meta(self) -> dict[str, Any]:
+        out = {}
+        for k, v in self.conn.execute("SELECT key, value FROM meta"):
+            out[k] = json.loads(v)
+        return out
+
+    def init_sweep(
+        self, settings: dict, fingerprint: str, masks: list[str], methods: list[str]
+    ) -> None:
+        """Record the sweep's settings, or refuse a config whose settings differ from the DB's."""
+        meta = self.meta()
+        if "fingerprint" in meta and meta["fingerprint"] != fingerprint:
+            raise ConfigError(
+                f"{self.path}: holds results computed with other settings "
+                f"{json.dumps(meta.get('settings'), sort_keys=True)}; this config has "
+                f"{json.dumps(settings, sort_keys=True)}. Use another --db for a new sweep."
+            )
+        old_masks = meta.get("masks", [])
+        old_methods = meta.get("methods", [])
+        rows = {
+            "schema_version": STORE_SCHEMA_VERSION,
+            "settings": settings,
+            "fingerprint": fingerprint,
+            "masks": old_masks + [m for m in masks if m not in old_masks],
+            "methods": old_methods + [m for m in methods if m not in old_methods],
+            "created_utc": meta.get("created_utc", _now()),
+        }
+        with self._tx():
+            for k, v in rows.items():
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, json.dumps(v))
+                )
+
+    def _tx(self):
+        return _Transaction(self.conn)
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self, label: str) -> dict | None:
+        row = self.conn.execute(
+            "SELECT label, model, sha256, train_loss, test_loss FROM checkpoints WHERE label = ?",
+            (label,),
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("label", "model", "sha256", "train_loss", "test_loss"), row, strict=True))
+
+    def add_checkpoint(self, entry: dict) -> None:
+        old = self.checkpoint(entry["label"])
+        if old is not None:
+            if old["sha256"] != entry["sha256"]:
+                raise ConfigError(
+                    f"{self.path}: checkpoint {entry['label']!r} was computed with a model of "
+                    f"sha256 {old['sha256'][:12]}..., the config's has {entry['sha256'][:12]}...; "
+                    "give it another label or use another --db"
+                )
+            return
+        with self._tx():
+            pos = self.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+            self.conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    entry["label"],
+                    pos,
+                    entry["model"],
+                    entry["sha256"],
+                    entry["train_loss"],
+                    entry["test_loss"],
+                ),
+            )
+
+    def checkpoints(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT label, model, sha256, train_loss, test_loss FROM checkpoints ORDER BY position"
+        ).fetchall()
+        keys = ("label", "model", "sha256", "train_loss", "test_loss")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # ------------------------------------------------------------ tasks
+    def done_tasks(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT task_id FROM tasks WHERE status='done'")}
+
+    def task_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"))
+
+    def failures(self) -> list[tuple]:
+        return self.conn.execute(
+            "SELECT checkpoint, mask, method, split, start, stop, error FROM tasks "
+            "WHERE status='failed' ORDER BY checkpoint, mask, method, split, start"
+        ).fetchall()
+
+    def write_task(self, task: Any, out: dict, version: str) -> None:
+        """Write a completed task: all its sample rows + its ``tasks`` row, in one transaction."""
+        solver = json.dumps(task.solver, sort_keys=True)
+        rows = []
+        for j, i in enumerate(range(task.start, task.stop)):
+            rows.append(
+                (
+                    task.task_id,
+                    task.checkpoint,
+                    task.sha256,
+                    task.mask,
+                    task.method,
+                    task.split,
+                    i,
+                    out["mse"][j],
+                    out["psnr"][j],
+                    out["iterations"][j],
+                    int(out["converged"][j]),
+                    int(out["diverged"][j]),
+                    out["residual"][j],
+                    out["erased_fraction"][j],
+                    out["mask_error"][j],
+                    task.seed,
+                    task.noise_std,
+                    solver,
+                    version,
+                )
+            )
+        with self._tx():
+            # a retried failed task: replace its row (a failed task never has sample rows)
+            self.conn.execute("DELETE FROM results WHERE task_id = ?", (task.task_id,))
+            self.conn.executemany(
+                f"INSERT INTO results ({', '.join(_RESULT_COLS)}) "
+                f"VALUES ({', '.join('?' * len(_RESULT_COLS))})",
+                rows,
+            )
+            self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)
+
+    def write_failure(self, task: Any, error: str, version: str) -> None:
+        with self._tx():
+            self._task_row(task, "failed", error, None, None, version)
+
+    def _task_row(self, task, status, error, seconds, onnx_seconds, version) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task.task_id,
+                task.checkpoint,
+                task.sha256,
+                task.mask,
+                task.method,
+                task.split,
+                task.start,
+                task.stop,
+                status,
+                error,
+                seconds,
+                onnx_seconds,
+                version,
+                _now(),
+            ),
+        )
+
+    # ------------------------------------------------------------ reading
+    def results(self) -> list[dict]:
+        """All sample rows, ordered by (checkpoint, mask, method, split, sample)."""
+        cur = self.conn.execute(
+            f"SELECT {', '.join(_RESULT_COLS)} FROM results "
+            "ORDER BY checkpoint, mask, method, split, sample"
+        )
+        return [dict(zip(_RESULT_COLS, r, strict=True)) for r in cur]
+
+    def task_seconds(self) -> dict[tuple, tuple[float, float | None]]:
+        """``(checkpoint, mask, method, split) -> (seconds, onnx_seconds)`` summed over tasks."""
+        out: dict[tuple, tuple[float, float | None]] = {}
+        cur = self.conn.execute(
+            "SELECT checkpoint, mask, method, split, sum(seconds), sum(onnx_seconds) FROM tasks "
+            "WHERE status='done' GROUP BY checkpoint, mask, method, split"
+        )
+        for c, m, me, s, sec, ort in cur:
+            out[(c, m, me, s)] = (float(sec or 0.0), ort)
+        return out
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+        return False

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.numpy  # noqa: F401  (imported once here, not in the first solver call)
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 from array_api_compat import device as _device

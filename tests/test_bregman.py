@@ -335,3 +335,25 @@ def test_cli_bregman(tmp_path, capsys):
     rep = json.loads(out.read_text())
     assert rep["method"] == "bregman-landweber" and rep["added_noise"]
     assert all(s == "converged" for s in rep["solver"]["stop_reason"])
+
+
+def test_safe_steps_converge_where_the_papers_steps_do_not():
+    """TV denoising (A = I): the paper's default steps (1.99/||A||^2, 1/(8 alpha)) violate
+    Condat-Vu's condition and oscillate; steps="safe" satisfies it and reaches the minimizer."""
+    rng = np.random.default_rng(3)
+    x_true = np.zeros((H, W_))
+    x_true[1:3, 1:4] = 1.0
+    y = x_true.ravel() + 0.1 * rng.standard_normal(H * W_)
+    alpha = 0.3
+    layer = BregmanLayer(Dense(np.eye(H * W_)), None, Identity())
+    ref = _scipy_tv_least_squares(np.eye(H * W_), np.zeros(H * W_), y, alpha, 2)
+    kw = dict(alpha=alpha, x_shape=(H, W_), max_iter=20_000, tol=1e-9, check_every=20)
+    safe = perceptron_pdhg(y[None], layer, steps="safe", **kw)
+    tau_x, tau_z = safe.info["tau_x"], safe.info["tau_z"]
+    assert 1 / tau_x - 8 * tau_z * alpha**2 >= 0.5  # Condat-Vu with ||A|| = 1, ||grad||^2 <= 8
+    np.testing.assert_allclose(safe.x.reshape(-1), ref, atol=1e-5)
+    paper = perceptron_pdhg(y[None], layer, **{**kw, "max_iter": 2000})
+    assert paper.info["tau_x"] == pytest.approx(1.99, rel=1e-6)
+    assert not paper.converged[0] and np.abs(paper.x.reshape(-1) - ref).max() > 1e-2
+    with pytest.raises(ConfigError, match="steps"):
+        perceptron_pdhg(y[None], layer, steps="fast", **kw)

@@ -142,6 +142,7 @@ def perceptron_pdhg(
     x_shape=None,
     tau_x: float | None = None,
     tau_z: float | None = None,
+    steps: str = "paper",
     x0: Any = None,
     z0: Any = None,
     max_iter: int = 10_000,
@@ -166,8 +167,15 @@ def perceptron_pdhg(
     x_shape : tuple, optional
         Image shape of ``x`` when ``A`` acts on a flattened vector.
     tau_x, tau_z : float, optional
-        Steps; defaults ``1.99 / ||A||_2^2`` (power iteration, seeded by ``rng``)
-        and ``1 / (8 alpha)``.
+        Steps; defaults set by ``steps``.
+    steps : {"paper", "safe"}
+        Default steps when ``tau_x``/``tau_z`` are not given. ``"paper"``
+        (seed 004): ``tau_x = 1.99 / ||A||_2^2`` (power iteration, seeded by
+        ``rng``) and ``tau_z = 1 / (8 alpha)``. These lie outside the
+        Condat-Vu sufficient condition ``1/tau_x - 8 tau_z alpha^2 >=
+        ||A||_2^2 / 2`` for every ``alpha > 0`` and can diverge (a diverging
+        sample is stopped and flagged). ``"safe"``: the same ``tau_z`` and
+        ``tau_x = 0.99 / (||A||_2^2 / 2 + 8 tau_z alpha^2)``, which satisfies it.
     x0, z0 : arrays, optional
         Starting points (default zero, as in the paper).
     max_iter, tol : stop when ``||x^{k+1} - x^k||`` and ``||z^{k+1} - z^k||`` are both
@@ -193,12 +201,17 @@ def perceptron_pdhg(
     y = _check_data(y, A)
     tvr = TotalVariation(A.in_shape, p=p)
     G = tvr.grad
+    if steps not in ("paper", "safe"):
+        raise ConfigError(f"steps: expected 'paper' or 'safe', got {steps!r}")
     op_norm = None
-    if tau_x is None:
-        op_norm = operator_norm(A, like=y, rng=rng)
-        tau_x = 1.99 / op_norm**2
     if tau_z is None:
         tau_z = 1.0 / (8.0 * alpha)
+    if tau_x is None:
+        op_norm = operator_norm(A, like=y, rng=rng)
+        if steps == "paper":
+            tau_x = 1.99 / op_norm**2
+        else:  # Condat-Vu: 1/tau_x - tau_z ||alpha grad||^2 >= L/2, ||grad||^2 <= 8
+            tau_x = 0.99 / (op_norm**2 / 2 + 8.0 * tau_z * alpha**2)
     if tau_x <= 0 or tau_z <= 0:
         raise ConfigError(f"steps: expected tau_x > 0 and tau_z > 0, got {tau_x}, {tau_z}")
     n = y.shape[0]
@@ -218,6 +231,7 @@ def perceptron_pdhg(
         return PDHGState(x_new, z_new, yy), res
 
     info = {"alpha": alpha, "p": p, "tau_x": tau_x, "tau_z": tau_z, "op_norm": op_norm}
+    info["steps"] = steps
     return run_loop(
         step,
         PDHGState(x0, z0, y),

@@ -100,7 +100,7 @@ class AEState(NamedTuple):
 
 # ------------------------------------------------------------------ pieces
 def v_update(y: Any, h: Any, w: Any, rho: float) -> Any:
-    """Closed-form v-step (eqs. 12-14): ``argmin_v 1/2||y - Hv||^2 + rho/2 ||v - w||^2``.
+    """Closed-form v-step (eq. 12, solved by eq. 17): ``argmin_v 1/2||y - Hv||^2 + rho/2 ||v - w||^2``.
 
     Per pixel ``v_i = (h_i y_i + rho w_i) / (h_i + rho)``: an observed pixel
     gets ``(y_i + rho w_i)/(1 + rho)``, an erased one ``w_i``. ``h`` (0/1)
@@ -238,7 +238,7 @@ def _pnp_admm(
     xp = namespace(y, h0)
     lo_hi = clip
 
-    def prox(a: Any) -> Any:  # the autoencoder replaces the prox of s_f (eq. 16)
+    def prox(a: Any) -> Any:  # the autoencoder replaces the prox of s_f, eq. (13) -> (16)
         z = f(a)
         if lo_hi is not None:
             z = xp.clip(z, lo_hi[0], lo_hi[1])
@@ -250,10 +250,10 @@ def _pnp_admm(
         inv = 1.0 / (h + rho)
         a, b = (h * y_) * inv, rho * inv
         for _ in range(inner_iter):
-            v = a + b * (z - u)  # eqs. (12)-(14), w = z^{k-1} - u^{k-1}
+            v = a + b * (z - u)  # eq. (12) in closed form (17), w = z^{k-1} - u^{k-1}
             vu = v + u
-            z = prox(vu)  # eq. (16): z^k = f(v^k + u^{k-1})
-            u = vu - z  # eq. (17): u^k = u^{k-1} + v^k - z^k
+            z = prox(vu)  # eq. (13) replaced by (16): z^k = f(v^k + u^{k-1})
+            u = vu - z  # eq. (14): u^k = u^{k-1} + v^k - z^k
         x = z  # x^t = z^K (eq. 6)
         if reinsert:
             x = h * y_ + (1 - h) * z  # eq. (31): re-insert the observed pixels

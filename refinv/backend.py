@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 
+_NP_XP = array_api_compat.numpy
+
+
 def namespace(*arrays: Any):
     """Return the array-API namespace shared by ``arrays`` (``None`` entries ignored).
 
@@ -53,6 +56,8 @@ def namespace(*arrays: Any):
     live on different devices.
     """
     arrs = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
+    if arrs and all(type(a) is np.ndarray for a in arrs):
+        return _NP_XP  # fast path: plain NumPy arrays (one device), same answer as below
     if not arrs:
         raise BackendError("namespace(): expected at least one array, got none")
     for a in arrs:

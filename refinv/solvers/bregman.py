@@ -126,11 +126,12 @@ def _check_data(y: Any, A: LinearOperator) -> Any:
 
 class PDHGState(NamedTuple):
     """State of the perceptron PDHG: primal ``x``, dual ``z`` (``(batch, *x_shape, 2)``),
-    data ``y``."""
+    data ``y``, and ``gx = grad x`` (kept so each iteration computes one gradient)."""
 
     x: Any
     z: Any
     y: Any
+    gx: Any = None
 
 
 def perceptron_pdhg(
@@ -223,18 +224,19 @@ def perceptron_pdhg(
     s, b = layer.act, layer.b
 
     def step(st: PDHGState):
-        x, z, yy = st
+        x, z, yy, gx = st
         r = s(A.forward(x) + b if b is not None else A.forward(x)) - yy
         x_new = x - tau_x * (A.adjoint(r) - alpha * G.div(z))  # (14a)
-        z_new = tvr.project(z + (tau_z * alpha) * (2.0 * G.forward(x_new) - G.forward(x)))  # (14b)
+        gx_new = G.forward(x_new)
+        z_new = tvr.project(z + (tau_z * alpha) * (2.0 * gx_new - gx))  # (14b)
         res = xp.maximum(_norm(xp, x_new - x), _norm(xp, z_new - z))  # both changes < tol
-        return PDHGState(x_new, z_new, yy), res
+        return PDHGState(x_new, z_new, yy, gx_new), res
 
     info = {"alpha": alpha, "p": p, "tau_x": tau_x, "tau_z": tau_z, "op_norm": op_norm}
     info["steps"] = steps
     return run_loop(
         step,
-        PDHGState(x0, z0, y),
+        PDHGState(x0, z0, y, G.forward(x0)),
         max_iter=max_iter,
         tol=tol,
         check_every=check_every,

@@ -3,6 +3,7 @@
 from .diagnostics import diagnose, layer_cardinalities, mutual_coherence
 from .metrics import mse, psnr
 from .report import format_table, memorization_report
+from .stability import pnp_admm_stability
 
 __all__ = [
     "mse",
@@ -12,4 +13,5 @@ __all__ = [
     "diagnose",
     "layer_cardinalities",
     "mutual_coherence",
+    "pnp_admm_stability",
 ]

@@ -1,0 +1,122 @@
+"""Local stability of known-mask PnP-ADMM at a fixed point: the predicted spectral radius
+(refinv.evaluation.stability) against the solver's actual error decay, on affine autoencoders
+where the linearization is exact, and on the shipped models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refinv.errors import ConfigError, MaskError
+from refinv.evaluation.stability import (
+    model_jacobian,
+    pnp_admm_iteration_matrix,
+    pnp_admm_stability,
+)
+from refinv.solvers.recovery import known_mask_recovery
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (1, 3, 4)
+N = 12
+
+
+class AffineAE:
+    """f(x) = x* + A (x - x*): x* is a fixed point and Df = A everywhere."""
+
+    sample_shape = SHAPE
+    output_sample_shape = SHAPE
+
+    def __init__(self, xstar, A):
+        self.xstar, self.A = xstar.reshape(N), A
+
+    def __call__(self, x):
+        b = x.reshape(x.shape[0], N)
+        return (self.xstar + (b - self.xstar) @ self.A.T).reshape(x.shape)
+
+
+def _problem(seed, scale):
+    rng = np.random.default_rng(seed)
+    xstar = rng.random(SHAPE)
+    Q = np.linalg.qr(rng.standard_normal((N, N)))[0]
+    A = Q @ np.diag(scale * rng.uniform(-1, 1, N)) @ Q.T  # symmetric, like a prox's Jacobian
+    h = np.zeros(N)
+    h[rng.permutation(N)[: N // 2]] = 1
+    return xstar, A, h.reshape(SHAPE[1:])
+
+
+def test_jacobian_of_an_affine_model_is_exact():
+    xstar, A, _ = _problem(0, 1.0)
+    J = model_jacobian(AffineAE(xstar, A), xstar[None])
+    np.testing.assert_allclose(J[0], A, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("scale", [0.9, 1.6])
+def test_radius_predicts_the_solvers_error_decay(seed, scale):
+    xstar, A, h = _problem(seed, scale)
+    f = AffineAE(xstar, A)
+    rho = 0.5
+    r = pnp_admm_stability(f, xstar[None], h[None], rho=rho)[0]
+    y = xstar * h  # noiseless erasure: x* is the fixed point
+
+    def err(T):
+        res = known_mask_recovery(
+            f, y[None], h[None], rho=rho, inner_iter=1, max_iter=T, tol=0.0,
+            reinsert=False, blowup=np.inf, progress=False,
+        )  # fmt: skip
+        return np.linalg.norm(res.x - xstar)
+
+    e1, e2 = err(60), err(100)
+    rate = (e2 / e1) ** (1 / 40)  # the affine iteration's error ~ C r^k
+    assert rate == pytest.approx(r, rel=0.03)
+    if r < 1:
+        assert err(2000) < 1e-8  # recovered
+    else:
+        assert e2 > e1  # repelled: never recovered
+
+
+def test_iteration_matrix_by_brute_force():
+    """Column j of M is one inner ADMM step applied to the unit perturbation e_j."""
+    xstar, A, h = _problem(3, 1.2)
+    hv, rho = h.reshape(N), 0.7
+    M = pnp_admm_iteration_matrix(A, hv, rho)
+    for j in range(2 * N):
+        e = np.zeros(2 * N)
+        e[j] = 1.0
+        dz, du = e[:N], e[N:]
+        w = (xstar.reshape(N) + dz) - du  # z - u, at z = x* + dz, u = du
+        v = (hv * xstar.reshape(N) + rho * w) / (hv + rho)  # eq. (17)
+        z = xstar.reshape(N) + A @ (v + du - xstar.reshape(N))  # eq. (16)
+        u = du + v - z  # eq. (14)
+        np.testing.assert_allclose(M[:, j], np.concatenate([z - xstar.reshape(N), u]), atol=1e-12)
+
+
+def test_refuses_bad_input():
+    xstar, A, h = _problem(0, 1.0)
+    f = AffineAE(xstar, A)
+    with pytest.raises(MaskError):
+        pnp_admm_stability(f, xstar[None], 0.5 * np.ones((1, 3, 4)))
+    with pytest.raises(ConfigError, match="max_dim"):
+        pnp_admm_stability(f, xstar[None], h[None], max_dim=8)
+    with pytest.raises(ConfigError, match="rho"):
+        pnp_admm_iteration_matrix(A, h.reshape(N), 0.0)
+
+
+@pytest.mark.skipif(
+    not (ROOT / "models" / "onnx" / "faces25_lrelu_6x256.onnx").is_file(), reason="needs models/"
+)
+def test_shipped_models_faces_stable_digits_unstable():
+    """The measured explanation of recovery on the shipped MLPs (docs/theory/recovery.md):
+    faces25 (blind 87%) has radius < 1 at its training images, digits8 (0%) > 1."""
+    from refinv import OnnxModel
+    from refinv.operators.masks import draw_masks
+
+    med = {}
+    for model, data in [("faces25_lrelu_6x256", "faces25"), ("digits8_lrelu_6x320", "digits8")]:
+        f = OnnxModel(ROOT / "models" / "onnx" / f"{model}.onnx")
+        x = np.load(ROOT / "models" / "data" / f"{data}.npz")["train"][:5]
+        h = draw_masks("random:0.5", f.sample_shape, len(x), seed=0)
+        med[data] = np.median(pnp_admm_stability(f, x, h, rho=0.5))
+    assert med["faces25"] < 0.9 and med["digits8"] > 1.1

@@ -90,6 +90,18 @@ SPECS = {
         ckpt=False,
         seconds=600,
     ),
+    "digits28-lrelu": dict(
+        data="digits28",
+        width=256,
+        depth=6,
+        act="lrelu",
+        steps=10000,
+        lr=1e-3,
+        lr_min=1e-5,
+        refit=True,
+        ckpt=False,
+        seconds=900,
+    ),
     "faces-prelu": dict(
         data="faces25",
         width=160,

@@ -394,14 +394,15 @@ def test_bad_inputs(ae64):
             blind_recovery(f, y, **kw)
 
 
-def test_shipped_mlp_blind_beats_baseline():
-    """Smoke check on a shipped perfect-fit MLP (faces) when present: blind recovers, baseline not."""
+@pytest.mark.parametrize("model", ["faces25_lrelu_6x256", "digits28_lrelu_6x256"])
+def test_shipped_mlp_blind_beats_baseline(model):
+    """Smoke check on the shipped perfect-fit MLPs (faces, digits): blind recovers, baseline not."""
     man = MODELS / "MANIFEST.json"
-    path = MODELS / "onnx" / "faces25_lrelu_6x256.onnx"
+    path = MODELS / "onnx" / f"{model}.onnx"
     if not (man.is_file() and path.is_file()):
         pytest.skip(f"shipped model {path} not present (models/ not trained yet)")
-    rec = json.loads(man.read_text())["files"].get("onnx/faces25_lrelu_6x256.onnx", {})
-    x = np.load(MODELS / rec.get("dataset", "data/faces25.npz"))["train"][:20]
+    rec = json.loads(man.read_text())["files"][f"onnx/{model}.onnx"]
+    x = np.load(MODELS / rec["dataset"])["train"][:20]
     f = OnnxModel(path)
     m = draw_masks("random:0.5", f.sample_shape, 20, 0)
     y = erase(x, m)

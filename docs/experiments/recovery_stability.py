@@ -27,6 +27,7 @@ MODELS = [
     ("digits8_lrelu_6x320", "digits8"),
     ("digits8_prelu_6x224", "digits8"),
     ("digits8_lrelu_9x192", "digits8"),
+    ("digits28_lrelu_6x256", "digits28"),
 ]
 
 
@@ -35,10 +36,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="training images per model")
     ap.add_argument("--rho", default="0.05,0.2,0.5,2,10", help="comma-separated rho values")
     ap.add_argument("--mask", default="random:0.5")
+    ap.add_argument("--models", default=None, help="comma-separated subset of the model names")
     args = ap.parse_args()
     rhos = [float(r) for r in args.rho.split(",")]
     out = {"mask": args.mask, "n": args.n, "seed": 0, "models": []}
+    chosen = None if args.models is None else set(args.models.split(","))
     for model, data in MODELS:
+        if chosen is not None and model not in chosen:
+            continue
         f = OnnxModel(ROOT / "models" / "onnx" / f"{model}.onnx")
         x = np.load(ROOT / "models" / "data" / f"{data}.npz")["train"][: args.n]
         h = draw_masks(args.mask, f.sample_shape, len(x), seed=0)

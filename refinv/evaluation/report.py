@@ -62,6 +62,7 @@ __all__ = [
     "recovery_metrics",
     "run_method",
     "method_options",
+    "run_entry",
     "memorization_report",
     "new_document",
     "checkpoint_entry",
@@ -160,37 +161,81 @@ def _run_entry(
     onnx_seconds: float | None,
 ) -> dict:
     met = recovery_metrics(x, np.asarray(res.x))
-    m, p = met["mse"], met["psnr"]
     n = int(x.shape[0])
-    finite = np.where(np.isnan(m), np.inf, m)
     mask_error = None
     if method == "blind":
         h = np.asarray(res.state.h)
         h = h.reshape(n, *pixel_shape(x.shape[1:]))
         mask_error = float(np.mean(h != mask.reshape(h.shape)))
+    return run_entry(
+        checkpoint=label,
+        train_loss=train_loss,
+        method=method,
+        mask=mask_text,
+        split=split,
+        mse=met["mse"],
+        psnr=met["psnr"],
+        iterations=res.iterations,
+        converged=res.converged,
+        diverged=res.diverged,
+        residual=res.residual,
+        erased_fraction=float(1.0 - np.mean(mask)) if n else 0.0,
+        mask_error=mask_error,
+        seconds=seconds,
+        onnx_seconds=onnx_seconds,
+    )
+
+
+def run_entry(
+    *,
+    checkpoint: str,
+    train_loss: float | None,
+    method: str,
+    mask: str,
+    split: str,
+    mse: Any,
+    psnr: Any,
+    iterations: Any,
+    converged: Any,
+    diverged: Any,
+    residual: Any,
+    erased_fraction: float,
+    mask_error: float | None,
+    seconds: float,
+    onnx_seconds: float | None,
+) -> dict:
+    """One element of the report's ``runs`` from per-sample values (schema in docs/cli.md).
+
+    ``mse`` may hold NaN (diverged samples; written as ``null``), ``residual``
+    non-finite values (``null``). Rates count a NaN MSE as not recovered.
+    """
+    m = np.asarray(mse, dtype=np.float64)
+    p = np.asarray(psnr, dtype=np.float64)
+    n = int(m.shape[0])
+    finite = np.where(np.isnan(m), np.inf, m)
     return {
-        "checkpoint": label,
+        "checkpoint": checkpoint,
         "train_loss": train_loss,
         "method": method,
-        "mask": mask_text,
+        "mask": mask,
         "split": split,
         "n": n,
         "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
         "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
         "mean_psnr": float(np.mean(p)) if n else 0.0,
         "median_psnr": float(np.median(p)) if n else 0.0,
-        "converged_rate": float(np.mean(res.converged)) if n else 0.0,
-        "n_diverged": int(np.sum(res.diverged)),
+        "converged_rate": float(np.mean(np.asarray(converged, dtype=bool))) if n else 0.0,
+        "n_diverged": int(np.sum(np.asarray(diverged, dtype=bool))),
         "seconds": float(seconds),
         "onnx_seconds": onnx_seconds,
-        "erased_fraction": float(1.0 - np.mean(mask)) if n else 0.0,
+        "erased_fraction": float(erased_fraction),
         "mask_error": mask_error,
         "mse": [None if np.isnan(v) else float(v) for v in m],
         "psnr": [float(v) for v in p],
-        "iterations": [int(v) for v in res.iterations],
-        "converged": [bool(v) for v in res.converged],
-        "diverged": [bool(v) for v in res.diverged],
-        "residual": [float(v) if np.isfinite(v) else None for v in res.residual],
+        "iterations": [int(v) for v in iterations],
+        "converged": [bool(v) for v in converged],
+        "diverged": [bool(v) for v in diverged],
+        "residual": [float(v) if v is not None and np.isfinite(v) else None for v in residual],
     }
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.metrics import ACCURATE_MSE, APPROXIMATE_MSE
 from .store import Store
 
 __all__ = ["report_from_db"]
@@ -75,33 +74,24 @@ class _Named:
 
 
 def _entry(checkpoint, train_loss, method, mask, split, rs, seconds, onnx_seconds) -> dict:
-    """One ``runs`` element, computed as :func:`refinv.evaluation.report.evaluate_split` does."""
-    n = len(rs)
-    mse = np.array([np.nan if r["mse"] is None else r["mse"] for r in rs], dtype=np.float64)
-    psnr = np.array([r["psnr"] for r in rs], dtype=np.float64)
-    finite = np.where(np.isnan(mse), np.inf, mse)
+    """One ``runs`` element from the stored rows, as ``refinv evaluate`` builds it."""
+    from ..evaluation.report import run_entry
+
     me = [r["mask_error"] for r in rs]
-    return {
-        "checkpoint": checkpoint,
-        "train_loss": train_loss,
-        "method": method,
-        "mask": mask,
-        "split": split,
-        "n": n,
-        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
-        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
-        "mean_psnr": float(np.mean(psnr)) if n else 0.0,
-        "median_psnr": float(np.median(psnr)) if n else 0.0,
-        "converged_rate": float(np.mean([r["converged"] for r in rs])) if n else 0.0,
-        "n_diverged": int(sum(r["diverged"] for r in rs)),
-        "seconds": float(seconds),
-        "onnx_seconds": onnx_seconds,
-        "erased_fraction": float(np.mean([r["erased_fraction"] for r in rs])) if n else 0.0,
-        "mask_error": None if (not n or me[0] is None) else float(np.mean(me)),
-        "mse": [r["mse"] for r in rs],
-        "psnr": [float(v) for v in psnr],
-        "iterations": [int(r["iterations"]) for r in rs],
-        "converged": [bool(r["converged"]) for r in rs],
-        "diverged": [bool(r["diverged"]) for r in rs],
-        "residual": [r["residual"] for r in rs],
-    }
+    return run_entry(
+        checkpoint=checkpoint,
+        train_loss=train_loss,
+        method=method,
+        mask=mask,
+        split=split,
+        mse=[np.nan if r["mse"] is None else r["mse"] for r in rs],
+        psnr=[r["psnr"] for r in rs],
+        iterations=[r["iterations"] for r in rs],
+        converged=[r["converged"] for r in rs],
+        diverged=[r["diverged"] for r in rs],
+        residual=[r["residual"] for r in rs],
+        erased_fraction=float(np.mean([r["erased_fraction"] for r in rs])) if rs else 0.0,
+        mask_error=None if (not rs or me[0] is None) else float(np.mean(me)),
+        seconds=seconds,
+        onnx_seconds=onnx_seconds,
+    )

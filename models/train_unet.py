@@ -19,6 +19,13 @@ Attractors: spectral radius of the 3072x3072 Jacobian by ARPACK
 torch.func.jvp in float64) instead of dense eigvals (too slow on 1 CPU).
 
 Usage: python models/train_unet.py [--only lrelu prelu softplus] [--max-seconds 3600]
+
+Wider variant (same architecture family, base width 32, ~472k parameters, more than the
+50 * 3072 = 153,600 training values; no checkpoints, attractors on the first 5 images
+under a 180 s cap):
+    python models/train_unet.py --only lrelu --width 32 --lr 1e-3 --adam-frac 0.4 \
+        --max-seconds 2520 --attractor-images 5 --attractor-max-seconds 180
+-> models/onnx/colour32_unet_lrelu_c32.onnx
 """
 
 from __future__ import annotations
@@ -86,21 +93,33 @@ def build(torch, act, c=C):
     return UNet()
 
 
-def spectral_radii(torch, model, X, max_images=None, log=None):
+class _ArpackTimeout(Exception):
+    pass
+
+
+def spectral_radii(torch, model, X, max_images=None, log=None, max_seconds=None):
     """Spectral radius of the Jacobian at each image: ARPACK (largest magnitude) on
     Jacobian-vector products; if ARPACK does not converge in 300 restarts (clustered
     eigenvalues), the largest magnitude among its converged Ritz values, else 40 steps of
-    power iteration on J^T J (an upper bound: the largest singular value)."""
+    power iteration on J^T J (an upper bound: the largest singular value).
+    With max_seconds, stops once the total time is spent: the image being computed and
+    the remaining ones get None."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
     m = copy.deepcopy(model).double().eval()
     shape = X.shape[1:]
     n = int(np.prod(shape))
     out = []
+    t_start = time.time()
     for i, xi in enumerate(X if max_images is None else X[:max_images]):
         x0 = torch.from_numpy(xi.astype(np.float64))[None]
+        if max_seconds is not None and time.time() - t_start > max_seconds:
+            out.append(None)
+            continue
 
         def mv(v, x0=x0):
+            if max_seconds is not None and time.time() - t_start > max_seconds:
+                raise _ArpackTimeout
             t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(1, *shape)
             return torch.func.jvp(m, (x0,), (t,))[1].detach().reshape(-1).numpy()
 
@@ -118,6 +137,8 @@ def spectral_radii(torch, model, X, max_images=None, log=None):
                 v0=np.ones(n),
             )
             r = float(np.abs(vals).max())
+        except _ArpackTimeout:
+            r = None
         except ArpackNoConvergence as e:
             if len(e.eigenvalues):
                 r = float(np.abs(e.eigenvalues).max())
@@ -133,22 +154,30 @@ def spectral_radii(torch, model, X, max_images=None, log=None):
                     v = w / np.linalg.norm(w)
         out.append(r)
         if log is not None:
-            print(f"  radius image {i}: {r:.4f} ({time.time() - t0:.1f}s)", file=log, flush=True)
+            print(f"  radius image {i}: {r} ({time.time() - t0:.1f}s)", file=log, flush=True)
     return out
 
 
-def train_one(act, max_seconds, adam_frac=0.6):
+def train_one(
+    act,
+    max_seconds,
+    adam_frac=0.6,
+    width=C,
+    lr0=2e-3,
+    attractor_images=None,
+    attractor_max_seconds=None,
+):
     torch = torch_setup(SEED)
     Xtr, Xte = load("colour32")
     x = torch.from_numpy(Xtr)
-    model = build(torch, act)
-    ckpt = act == "lrelu"
+    model = build(torch, act, width)
+    ckpt = act == "lrelu" and width == C  # the wider variants ship without checkpoints
     ckpts = {}
-    log = open(f"/tmp/refinv_train_unet_{act}.log", "a")
+    log = open(f"/tmp/refinv_train_unet_{act}_c{width}.log", "a")
     t0 = time.time()
     adam_budget = adam_frac * max_seconds
     # Adam phase: cosine schedule defined on an estimated step count (timed after 20 steps)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=lr0)
     steps_est, step, lv = 10**9, 0, float("inf")
 
     def record(loss_v):
@@ -161,7 +190,7 @@ def train_one(act, max_seconds, adam_frac=0.6):
         if step == 20:
             steps_est = int(adam_budget / ((time.time() - t0) / 20))
         frac = min(step / max(steps_est, 1), 1.0) if step >= 20 else 0.0
-        lr = 1e-6 + 0.5 * (2e-3 - 1e-6) * (1 + math.cos(math.pi * frac))
+        lr = 1e-6 + 0.5 * (lr0 - 1e-6) * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -172,7 +201,7 @@ def train_one(act, max_seconds, adam_frac=0.6):
         opt.step()
         if step % 200 == 0:
             print(
-                f"unet-{act} adam step {step}/{steps_est} lr {lr:.2e} loss {lv:.3e} "
+                f"unet-{act}-c{width} adam step {step}/{steps_est} lr {lr:.2e} loss {lv:.3e} "
                 f"t {time.time() - t0:.0f}s",
                 file=log,
                 flush=True,
@@ -204,7 +233,7 @@ def train_one(act, max_seconds, adam_frac=0.6):
         lv = float(lb.step(closure))
         lbfgs_outer += 1
         print(
-            f"unet-{act} lbfgs {lbfgs_outer} loss {lv:.3e} t {time.time() - t0:.0f}s",
+            f"unet-{act}-c{width} lbfgs {lbfgs_outer} loss {lv:.3e} t {time.time() - t0:.0f}s",
             file=log,
             flush=True,
         )
@@ -214,11 +243,12 @@ def train_one(act, max_seconds, adam_frac=0.6):
     with torch.no_grad():
         final_loss = float(torch.mean((model(x) - x) ** 2))
 
-    base = f"colour32_unet_{act}_c{C}"
+    base = f"colour32_unet_{act}_c{width}"
+    name = f"unet-{act}" if width == C else f"unet-{act}-c{width}"
     path = ONNX_DIR / f"{base}.onnx"
     common = dict(
         kind="autoencoder",
-        architecture=f"U-Net, base width {C}: 2 convs per level at 32/16/8 px (c, 2c, 4c "
+        architecture=f"U-Net, base width {width}: 2 convs per level at 32/16/8 px (c, 2c, 4c "
         "channels), AvgPool down, nearest Upsample + concat skips up, 3x3 convs stride 1 "
         "padding 1, activation after every conv"
         + ("" if act != "softplus" else " except the output conv (linear)"),
@@ -236,7 +266,7 @@ def train_one(act, max_seconds, adam_frac=0.6):
         init="Kaiming normal (leaky_relu, a=0.1), zero biases",
         optimizer=f"Adam full batch (N=50) then L-BFGS (strong Wolfe, history 50, 20 "
         f"iterations per step), torch {torch.__version__}, 1 thread",
-        schedule=f"Adam cosine lr 2e-3 -> 1e-6 for {adam_steps} steps "
+        schedule=f"Adam cosine lr {lr0:g} -> 1e-6 for {adam_steps} steps "
         f"({adam_frac:.0%} of a {max_seconds:.0f}s cap), then L-BFGS for the rest "
         f"({lbfgs_outer} outer steps)",
         exporter="torch.onnx.export legacy (dynamo=False)",
@@ -245,22 +275,34 @@ def train_one(act, max_seconds, adam_frac=0.6):
     )
     diff = export(model, x, path)
     mse = ort_mse(path, Xtr)
-    radii = spectral_radii(torch, model, Xtr, log=log)
+    t_att = time.time()
+    radii = spectral_radii(
+        torch, model, Xtr, max_images=attractor_images, log=log, max_seconds=attractor_max_seconds
+    )
+    t_att = time.time() - t_att
+    done = [r for r in radii if r is not None]
     rec = dict(
         common,
-        name=f"unet-{act}",
+        name=name,
         train_seconds=round(secs, 1),
         train_mse=mse,
         adam_final_train_mse_torch=adam_loss,
         final_train_mse_torch=final_loss,
         test_mse=ort_mse(path, Xte),
         ort_vs_torch_max_abs_diff=diff,
-        attractor_fraction=float(np.mean(np.asarray(radii) < 1)),
-        jacobian_spectral_radius=[round(r, 6) for r in radii],
+        attractor_fraction=float(np.mean(np.asarray(done) < 1)) if done else None,
+        jacobian_spectral_radius=[None if r is None else round(r, 6) for r in radii],
         attractor_method="ARPACK largest-magnitude eigenvalue of the Jacobian (jvp); see "
         "spectral_radii in train_unet.py for the non-convergence fallback",
         checkpoints=[],
     )
+    if attractor_images is not None or attractor_max_seconds is not None:
+        rec["attractor_images"] = (
+            f"capped to save time: first {len(radii)} of {len(Xtr)} training images"
+            + (f", at most {attractor_max_seconds:.0f}s in all" if attractor_max_seconds else "")
+            + f"; {len(done)} computed in {t_att:.0f}s (None = not computed within the cap); "
+            "attractor_fraction is over the computed ones only"
+        )
     entries = {}
     final_state = copy.deepcopy(model.state_dict())
     for th in THRESHOLDS:
@@ -274,7 +316,7 @@ def train_one(act, max_seconds, adam_frac=0.6):
         cr = spectral_radii(torch, model, Xtr, max_images=20, log=log)
         entries[rel(cpath)] = dict(
             common,
-            name=f"unet-{act}@{tag}",
+            name=f"{name}@{tag}",
             checkpoint_of=rel(path),
             threshold=th,
             saved_at_seconds=round(tsave, 1),
@@ -291,7 +333,7 @@ def train_one(act, max_seconds, adam_frac=0.6):
     entries[rel(path)] = rec
     update_manifest(entries)
     print(
-        f"unet-{act}: ORT train mse {mse:.3e}, attractors {rec['attractor_fraction']:.2f}, "
+        f"{name}: ORT train mse {mse:.3e}, attractors {rec['attractor_fraction']}, "
         f"{secs:.0f}s, ckpts {list(ckpts)}",
         file=log,
         flush=True,
@@ -311,9 +353,38 @@ def main(argv=None):
         default=None,
         help=f"wall-clock cap per model (default: the caps of the shipped runs, {CAPS})",
     )
+    ap.add_argument(
+        "--width",
+        type=int,
+        default=C,
+        help=f"base width c (default {C}, the shipped models); another width writes "
+        "colour32_unet_<act>_c<width>.onnx and saves no checkpoints",
+    )
+    ap.add_argument("--lr", type=float, default=2e-3, help="starting Adam lr (cosine to 1e-6)")
+    ap.add_argument("--adam-frac", type=float, default=0.6, help="share of the cap spent in Adam")
+    ap.add_argument(
+        "--attractor-images",
+        type=int,
+        default=None,
+        help="spectral radii on the first N training images only (default: all)",
+    )
+    ap.add_argument(
+        "--attractor-max-seconds",
+        type=float,
+        default=None,
+        help="total time cap for the spectral radii (default: none)",
+    )
     a = ap.parse_args(argv)
     for act in a.only or ACTS:
-        train_one(act, CAPS[act] if a.max_seconds is None else a.max_seconds)
+        train_one(
+            act,
+            CAPS[act] if a.max_seconds is None else a.max_seconds,
+            adam_frac=a.adam_frac,
+            width=a.width,
+            lr0=a.lr,
+            attractor_images=a.attractor_images,
+            attractor_max_seconds=a.attractor_max_seconds,
+        )
 
 
 if __name__ == "__main__":

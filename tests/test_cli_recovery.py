@@ -131,3 +131,32 @@ def test_demo_shipped(tmp_path, capsys):
     assert "throughput" in out and "onnxruntime" in out
     doc = json.loads((tmp_path / "demo.json").read_text())
     assert doc["command"] == "demo" and 0 < doc["timing"]["onnxruntime_share"] <= 1
+
+
+def test_stability_command_matches_the_iteration_matrix(files, capsys):
+    """`refinv stability` on a linear projection AE (Df = P exactly): the radius equals that of
+    the iteration matrix built from P and the mask `refinv evaluate` would draw."""
+    from refinv.evaluation.stability import pnp_admm_iteration_matrix
+    from refinv.operators.masks import parse_mask
+
+    d = files
+    rc = main(
+        ["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0.5,3",
+         "--n", "3", "--seed", "2", "--json", str(d / "stab.json")]
+    )  # fmt: skip
+    assert rc == 0
+    doc = json.loads((d / "stab.json").read_text())
+    assert doc["command"] == "stability" and doc["n"] == 3
+    assert [r["rho"] for r in doc["results"]] == [0.5, 3.0]
+    train = np.load(d / "data.npz")["train"].astype(np.float64)
+    P = projection(train)
+    masks = parse_mask("random:0.5").draw((6, 7), 5, np.random.default_rng(2))[:3]
+    for row in doc["results"]:
+        want = [
+            np.abs(np.linalg.eigvals(pnp_admm_iteration_matrix(P, m.reshape(42), row["rho"])))
+            .max() for m in masks
+        ]  # fmt: skip
+        np.testing.assert_allclose(row["radius"], want, rtol=1e-3)
+    assert "median radius" in capsys.readouterr().out
+    assert main(["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0"]) == 2
+    assert "--rho" in capsys.readouterr().err

@@ -18,6 +18,7 @@ _COMMANDS = [
     "demo",
     "recover",
     "evaluate",
+    "stability",
     "inspect",
     "invert",
     "bregman",

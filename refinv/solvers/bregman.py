@@ -414,11 +414,13 @@ def multilayer_cd(
         data1 = hs[0] if L > 1 else yy
         s1, l1 = lays[0].act, lays[0]
         xk, zk = x, z
+        gk = G.forward(xk)
         for _ in range(inner_iter):  # x_0 sub-problem (15a) by PDHG (16)
             r = s1(l1.affine(xk)) - data1
             x_new = xk - tau_x * (l1.A.adjoint(r) - alpha * G.div(zk))  # (16a)
-            zk = tvr.project(zk + (tau_z * alpha) * (2.0 * G.forward(x_new) - G.forward(xk)))
-            xk = x_new  # (16b) above
+            g_new = G.forward(x_new)
+            zk = tvr.project(zk + (tau_z * alpha) * (2.0 * g_new - gk))  # (16b)
+            xk, gk = x_new, g_new
         res = xp.maximum(_norm(xp, xk - x), _norm(xp, zk - z))
         below = xk
         new_hs = []

@@ -327,6 +327,12 @@ def test_cli_bregman(tmp_path, capsys):
     assert rep["n"] == 3 and rep["method"] == "bregman-pdhg"
     assert rep["mean_psnr"] > 30  # near-exact recovery
     assert "mean PSNR" in capsys.readouterr().out
+    rc = main(
+        [*argv, "--alpha", "1e-3", "--max-iter", "3000", "--steps", "safe", "--json", str(out)]
+    )
+    safe = json.loads(out.read_text())
+    assert rc == 0 and safe["steps"] == "safe" and safe["mean_psnr"] > 30
+    capsys.readouterr()
     rc = main([*argv, "--method", "landweber", "--json", str(out)])
     assert rc == 2  # landweber needs --noise
     assert "noise level" in capsys.readouterr().err
@@ -357,3 +363,22 @@ def test_safe_steps_converge_where_the_papers_steps_do_not():
     assert not paper.converged[0] and np.abs(paper.x.reshape(-1) - ref).max() > 1e-2
     with pytest.raises(ConfigError, match="steps"):
         perceptron_pdhg(y[None], layer, steps="fast", **kw)
+
+
+def test_cd_steps_option():
+    """multilayer_cd takes the same step rule for its x_0 sub-problem (with ||A_1||)."""
+    from refinv.operators.linear import operator_norm
+
+    rng = np.random.default_rng(5)
+    A1 = Dense(rng.standard_normal((20, 16)) / 3, in_shape=(1, 4, 4))
+    A2 = Dense(rng.standard_normal((12, 20)) / 4)
+    layers = [BregmanLayer(A1, None, ReLU()), BregmanLayer(A2, None, ReLU())]
+    y = np.maximum(rng.standard_normal((2, 12)), 0)
+    alpha = 0.2
+    for steps in ("paper", "safe"):
+        r = multilayer_cd(y, layers, alpha=alpha, steps=steps, max_iter=3)
+        L = operator_norm(A1, like=y, rng=0) ** 2
+        want = 1.99 / L if steps == "paper" else 0.99 / (L / 2 + 8 * (1 / (8 * alpha)) * alpha**2)
+        assert r.info["tau_x"] == pytest.approx(want, rel=1e-9)
+    with pytest.raises(ConfigError, match="steps"):
+        multilayer_cd(y, layers, alpha=alpha, steps="fast", max_iter=3)

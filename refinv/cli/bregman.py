@@ -43,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
     p.add_argument("--method", choices=("pdhg", "landweber"), default="pdhg")
     p.add_argument("--tv", choices=("iso", "aniso"), default="iso", help="TV pixel norm")
+    p.add_argument(
+        "--steps", choices=("paper", "safe"), default="paper",
+        help="PDHG steps: the paper's 1.99/||A||^2, 1/(8 alpha) (default) or 'safe' (Condat-Vu)",
+    )  # fmt: skip
     p.add_argument("--tau-d", type=float, default=1.0, help="Morozov factor (landweber)")
     p.add_argument("--max-iter", type=int, default=None, help="default 10000 (1 layer) / 1500")
     p.add_argument("--inner-iter", type=int, default=10, help="PDHG steps per CD sweep")
@@ -121,6 +125,7 @@ def run(args) -> int:
         max_iter=args.max_iter,
         tol=args.tol,
         inner_iter=args.inner_iter,
+        steps=args.steps,
     )
     seconds = time.perf_counter() - t0
     x = np.asarray(res.x, dtype=np.float64)
@@ -137,6 +142,7 @@ def run(args) -> int:
         "added_noise": bool(args.add_noise and args.noise > 0),
         "delta": delta,
         "tv": args.tv,
+        "steps": args.steps,
         "seconds": seconds,
         "seconds_per_iteration": seconds / max(n_it, 1),
         "solver": res.summary(),

@@ -134,6 +134,20 @@ class PDHGState(NamedTuple):
     gx: Any = None
 
 
+def _pdhg_steps(steps: str, op_norm, alpha: float, tau_x, tau_z) -> tuple[float, float]:
+    """Default PDHG steps (eq. 14): ``"paper"`` or ``"safe"`` (Condat-Vu), see perceptron_pdhg."""
+    if steps not in ("paper", "safe"):
+        raise ConfigError(f"steps: expected 'paper' or 'safe', got {steps!r}")
+    if tau_z is None:
+        tau_z = 1.0 / (8.0 * alpha)
+    if tau_x is None:
+        if steps == "paper":
+            tau_x = 1.99 / op_norm**2
+        else:  # Condat-Vu: 1/tau_x - tau_z ||alpha grad||^2 >= L/2, ||grad||^2 <= 8
+            tau_x = 0.99 / (op_norm**2 / 2 + 8.0 * tau_z * alpha**2)
+    return tau_x, tau_z
+
+
 def perceptron_pdhg(
     y: Any,
     layer: BregmanLayer,
@@ -202,17 +216,8 @@ def perceptron_pdhg(
     y = _check_data(y, A)
     tvr = TotalVariation(A.in_shape, p=p)
     G = tvr.grad
-    if steps not in ("paper", "safe"):
-        raise ConfigError(f"steps: expected 'paper' or 'safe', got {steps!r}")
-    op_norm = None
-    if tau_z is None:
-        tau_z = 1.0 / (8.0 * alpha)
-    if tau_x is None:
-        op_norm = operator_norm(A, like=y, rng=rng)
-        if steps == "paper":
-            tau_x = 1.99 / op_norm**2
-        else:  # Condat-Vu: 1/tau_x - tau_z ||alpha grad||^2 >= L/2, ||grad||^2 <= 8
-            tau_x = 0.99 / (op_norm**2 / 2 + 8.0 * tau_z * alpha**2)
+    op_norm = None if tau_x is not None else operator_norm(A, like=y, rng=rng)
+    tau_x, tau_z = _pdhg_steps(steps, op_norm, alpha, tau_x, tau_z)
     if tau_x <= 0 or tau_z <= 0:
         raise ConfigError(f"steps: expected tau_x > 0 and tau_z > 0, got {tau_x}, {tau_z}")
     n = y.shape[0]
@@ -339,6 +344,7 @@ def multilayer_cd(
     tau_x: float | None = None,
     tau_z: float | None = None,
     tau_hidden: list[float] | None = None,
+    steps: str = "paper",
     x0: Any = None,
     z0: Any = None,
     hidden0: list[Any] | None = None,
@@ -356,7 +362,9 @@ def multilayer_cd(
     hidden ``x_1 .. x_{L-1}`` (fields ``h1 .. h{L-1}``); ``x_L = y``. One outer
     iteration:
 
-    * ``x_0``: ``inner_iter`` PDHG steps (16) with data ``x_1`` (warm-started ``z``);
+    * ``x_0``: ``inner_iter`` PDHG steps (16) with data ``x_1`` (warm-started ``z``),
+      steps ``tau_x``, ``tau_z`` as in :func:`perceptron_pdhg` (``steps="paper"`` or
+      ``"safe"``, with ``||A_1||``);
     * ``x_l``, ``l = 1 .. L-1`` in order: one proximal-gradient step (17) with
       ``tau_l = 1.99 / ||A_{l+1}||_2^2``.
 
@@ -383,10 +391,7 @@ def multilayer_cd(
     tvr = TotalVariation(ops[0].in_shape, p=p)
     G = tvr.grad
     norms = [operator_norm(op, like=y, rng=rng) for op in ops]
-    if tau_x is None:
-        tau_x = 1.99 / norms[0] ** 2
-    if tau_z is None:
-        tau_z = 1.0 / (8.0 * alpha)
+    tau_x, tau_z = _pdhg_steps(steps, norms[0], alpha, tau_x, tau_z)  # the x_0 sub-problem
     if tau_hidden is None:
         tau_hidden = [1.99 / norms[lo + 1] ** 2 for lo in range(L - 1)]
     if len(tau_hidden) != L - 1:
@@ -494,6 +499,7 @@ def invert_chain(
     max_iter: int | None = None,
     tol: float = 1e-5,
     inner_iter: int = 10,
+    steps: str = "paper",
     progress: bool | None = None,
 ) -> SolverResult:
     """Invert an encoder given as a :class:`~refinv.onnx.graph.LayerChain`.
@@ -531,6 +537,7 @@ def invert_chain(
             x_shape=x_shape,
             max_iter=max_iter or 10_000,
             tol=tol,
+            steps=steps,
             progress=progress,
         )
     return multilayer_cd(
@@ -540,6 +547,7 @@ def invert_chain(
         p=p,
         x_shape=x_shape,
         inner_iter=inner_iter,
+        steps=steps,
         max_iter=max_iter or 1_500,
         tol=tol,
         progress=progress,

@@ -131,7 +131,7 @@ class PDHGState(NamedTuple):
     x: Any
     z: Any
     y: Any
-    gx: Any = None
+    gx: Any
 
 
 def _pdhg_steps(steps: str, op_norm, alpha: float, tau_x, tau_z) -> tuple[float, float]:
@@ -146,6 +146,19 @@ def _pdhg_steps(steps: str, op_norm, alpha: float, tau_x, tau_z) -> tuple[float,
         else:  # Condat-Vu: 1/tau_x - tau_z ||alpha grad||^2 >= L/2, ||grad||^2 <= 8
             tau_x = 0.99 / (op_norm**2 / 2 + 8.0 * tau_z * alpha**2)
     return tau_x, tau_z
+
+
+def _tv_pdhg_step(tvr: TotalVariation, x, z, gx, data_grad, tau_x, tau_z, alpha):
+    """One PDHG step of eq. (14) (= (16) inside the coordinate descent).
+
+    ``data_grad = A^T (s(A x + b) - y)`` at ``x``; ``gx = grad x`` from the
+    previous step, so each step computes one gradient. Returns ``x, z, grad x``.
+    """
+    G = tvr.grad
+    x_new = x - tau_x * (data_grad - alpha * G.div(z))  # (14a)
+    gx_new = G.forward(x_new)
+    z_new = tvr.project(z + (tau_z * alpha) * (2.0 * gx_new - gx))  # (14b)
+    return x_new, z_new, gx_new
 
 
 def perceptron_pdhg(
@@ -231,14 +244,13 @@ def perceptron_pdhg(
     def step(st: PDHGState):
         x, z, yy, gx = st
         r = s(A.forward(x) + b if b is not None else A.forward(x)) - yy
-        x_new = x - tau_x * (A.adjoint(r) - alpha * G.div(z))  # (14a)
-        gx_new = G.forward(x_new)
-        z_new = tvr.project(z + (tau_z * alpha) * (2.0 * gx_new - gx))  # (14b)
+        x_new, z_new, gx_new = _tv_pdhg_step(tvr, x, z, gx, A.adjoint(r), tau_x, tau_z, alpha)
         res = xp.maximum(_norm(xp, x_new - x), _norm(xp, z_new - z))  # both changes < tol
         return PDHGState(x_new, z_new, yy, gx_new), res
 
-    info = {"alpha": alpha, "p": p, "tau_x": tau_x, "tau_z": tau_z, "op_norm": op_norm}
-    info["steps"] = steps
+    info = {
+        "alpha": alpha, "p": p, "tau_x": tau_x, "tau_z": tau_z, "op_norm": op_norm, "steps": steps,
+    }  # fmt: skip
     return run_loop(
         step,
         PDHGState(x0, z0, y, G.forward(x0)),
@@ -422,10 +434,7 @@ def multilayer_cd(
         gk = G.forward(xk)
         for _ in range(inner_iter):  # x_0 sub-problem (15a) by PDHG (16)
             r = s1(l1.affine(xk)) - data1
-            x_new = xk - tau_x * (l1.A.adjoint(r) - alpha * G.div(zk))  # (16a)
-            g_new = G.forward(x_new)
-            zk = tvr.project(zk + (tau_z * alpha) * (2.0 * g_new - gk))  # (16b)
-            xk, gk = x_new, g_new
+            xk, zk, gk = _tv_pdhg_step(tvr, xk, zk, gk, l1.A.adjoint(r), tau_x, tau_z, alpha)
         res = xp.maximum(_norm(xp, xk - x), _norm(xp, zk - z))
         below = xk
         new_hs = []

@@ -71,9 +71,9 @@ def _rhos(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
+    from ..evaluation.report import degrade
     from ..evaluation.stability import pnp_admm_stability
     from ..io import atomic_write_json, parse_data_spec
-    from ..operators.masks import pixel_shape
 
     spec = parse_mask(args.mask)
     rhos = _rhos(args.rho)
@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n: expected >= 1, got {args.n}")
     f = open_model(args.model, args)
     x, key = load_split(args.data, f)
-    # masks of the whole split from default_rng(seed), then the first n (as refinv evaluate)
-    masks = spec.draw(pixel_shape(f.sample_shape), len(x), np.random.default_rng(args.seed))
+    _, masks = degrade(x, spec, seed=args.seed)  # the whole split's masks, as refinv evaluate
     n = min(args.n, len(x))
     x, masks = x[:n], masks[:n]
     t0 = time.perf_counter()

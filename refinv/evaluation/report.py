@@ -63,6 +63,7 @@ __all__ = [
     "run_method",
     "method_options",
     "run_entry",
+    "sample_lists",
     "memorization_report",
     "new_document",
     "checkpoint_entry",
@@ -230,8 +231,15 @@ def run_entry(
         "onnx_seconds": onnx_seconds,
         "erased_fraction": float(erased_fraction),
         "mask_error": mask_error,
-        "mse": [None if np.isnan(v) else float(v) for v in m],
-        "psnr": [float(v) for v in p],
+        **sample_lists(m, p, iterations, converged, diverged, residual),
+    }
+
+
+def sample_lists(mse, psnr, iterations, converged, diverged, residual) -> dict:
+    """Per-sample values as JSON lists: NaN MSE and non-finite residuals become ``None``."""
+    return {
+        "mse": [None if np.isnan(v) else float(v) for v in np.asarray(mse, dtype=np.float64)],
+        "psnr": [float(v) for v in psnr],
         "iterations": [int(v) for v in iterations],
         "converged": [bool(v) for v in converged],
         "diverged": [bool(v) for v in diverged],

@@ -146,7 +146,13 @@ def run_task(task: Task) -> dict:
     :func:`~refinv.evaluation.report.run_method`,
     :func:`~refinv.evaluation.report.recovery_metrics`.
     """
-    from ..evaluation.report import degrade, method_options, recovery_metrics, run_method
+    from ..evaluation.report import (
+        degrade,
+        method_options,
+        recovery_metrics,
+        run_method,
+        sample_lists,
+    )
     from ..operators.masks import parse_mask, pixel_shape
     from ..solvers.recovery import initial_mask
 
@@ -192,12 +198,9 @@ def run_task(task: Task) -> dict:
         h = np.asarray(res.state.h).reshape(nb, *pshape).reshape(nb, -1)
         mask_error = [float(v) for v in np.mean(h != mflat, axis=1)]
     return {
-        "mse": [None if np.isnan(v) else float(v) for v in met["mse"]],
-        "psnr": [float(v) for v in met["psnr"]],
-        "iterations": [int(v) for v in res.iterations],
-        "converged": [bool(v) for v in res.converged],
-        "diverged": [bool(v) for v in res.diverged],
-        "residual": [float(v) if np.isfinite(v) else None for v in res.residual],
+        **sample_lists(
+            met["mse"], met["psnr"], res.iterations, res.converged, res.diverged, res.residual
+        ),
         "erased_fraction": [float(v) for v in 1.0 - np.mean(mflat, axis=1)],
         "mask_error": mask_error,
         "seconds": seconds,

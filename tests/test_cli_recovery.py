@@ -133,20 +133,23 @@ def test_demo_shipped(tmp_path, capsys):
     assert doc["command"] == "demo" and 0 < doc["timing"]["onnxruntime_share"] <= 1
 
 
-def test_stability_command_matches_the_iteration_matrix(files, capsys):
+@pytest.mark.parametrize("method", ["auto", "arnoldi"])
+def test_stability_command_matches_the_iteration_matrix(files, capsys, method):
     """`refinv stability` on a linear projection AE (Df = P exactly): the radius equals that of
-    the iteration matrix built from P and the mask `refinv evaluate` would draw."""
+    the iteration matrix built from P and the mask `refinv evaluate` would draw, with the
+    dense eigensolver (auto, 42 values) and the matrix-free one."""
     from refinv.evaluation.stability import pnp_admm_iteration_matrix
     from refinv.operators.masks import parse_mask
 
     d = files
     rc = main(
         ["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0.5,3",
-         "--n", "3", "--seed", "2", "--json", str(d / "stab.json")]
+         "--n", "3", "--seed", "2", "--json", str(d / "stab.json"), "--method", method]
     )  # fmt: skip
     assert rc == 0
     doc = json.loads((d / "stab.json").read_text())
     assert doc["command"] == "stability" and doc["n"] == 3
+    assert doc["method"] == {"auto": "dense", "arnoldi": "arnoldi"}[method]
     assert [r["rho"] for r in doc["results"]] == [0.5, 3.0]
     train = np.load(d / "data.npz")["train"].astype(np.float64)
     P = projection(train)

@@ -25,14 +25,12 @@ N = 12
 class AffineAE:
     """f(x) = x* + A (x - x*): x* is a fixed point and Df = A everywhere."""
 
-    sample_shape = SHAPE
-    output_sample_shape = SHAPE
-
     def __init__(self, xstar, A):
-        self.xstar, self.A = xstar.reshape(N), A
+        self.sample_shape = self.output_sample_shape = xstar.shape
+        self.xstar, self.A = xstar.reshape(-1), A
 
     def __call__(self, x):
-        b = x.reshape(x.shape[0], N)
+        b = x.reshape(x.shape[0], -1)
         return (self.xstar + (b - self.xstar) @ self.A.T).reshape(x.shape)
 
 
@@ -93,13 +91,44 @@ def test_iteration_matrix_by_brute_force():
         np.testing.assert_allclose(M[:, j], np.concatenate([z - xstar.reshape(N), u]), atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["symmetric", "nonsymmetric"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_arnoldi_equals_dense(kind, seed):
+    """The matrix-free radius (ARPACK on M, one JVP per product) equals the dense one; with a
+    nonsymmetric J, M's leading eigenvalues come in complex pairs."""
+    rng = np.random.default_rng(seed)
+    shape, n = (1, 10, 15), 150
+    xstar = rng.random(shape)
+    if kind == "symmetric":
+        Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+        A = Q @ np.diag(1.3 * rng.uniform(-1, 1, n)) @ Q.T
+    else:
+        A = rng.standard_normal((n, n)) / np.sqrt(n)  # spectrum ~ unit disc, complex
+    f = AffineAE(xstar, A)
+    h = (rng.random((2, 10, 15)) < 0.5).astype(float)
+    x = np.stack([xstar, xstar])
+    for rho in (0.2, 0.5, 2.0):
+        dense = pnp_admm_stability(f, x, h, rho=rho, method="dense")
+        arnoldi = pnp_admm_stability(f, x, h, rho=rho, method="arnoldi")
+        np.testing.assert_allclose(arnoldi, dense, rtol=1e-6)
+    # auto: dense up to max_dim values, matrix-free above (no refusal)
+    auto = pnp_admm_stability(f, x, h, rho=0.5, max_dim=100)
+    np.testing.assert_allclose(auto, pnp_admm_stability(f, x, h, rho=0.5), rtol=1e-6)
+
+
 def test_refuses_bad_input():
     xstar, A, h = _problem(0, 1.0)
     f = AffineAE(xstar, A)
     with pytest.raises(MaskError):
         pnp_admm_stability(f, xstar[None], 0.5 * np.ones((1, 3, 4)))
-    with pytest.raises(ConfigError, match="max_dim"):
-        pnp_admm_stability(f, xstar[None], h[None], max_dim=8)
+    with pytest.raises(ConfigError, match="max_dim.*arnoldi"):
+        pnp_admm_stability(f, xstar[None], h[None], max_dim=8, method="dense")
+    with pytest.raises(ConfigError, match="method"):
+        pnp_admm_stability(f, xstar[None], h[None], method="eig")
+    with pytest.raises(ConfigError, match="rho"):
+        pnp_admm_stability(f, xstar[None], h[None], rho=-1.0, method="arnoldi")
+    with pytest.raises(ConfigError, match="eps"):
+        pnp_admm_stability(f, xstar[None], h[None], eps=0.0, method="arnoldi")
     with pytest.raises(ConfigError, match="rho"):
         pnp_admm_iteration_matrix(A, h.reshape(N), 0.0)
 
@@ -120,3 +149,20 @@ def test_shipped_models_faces_stable_digits_unstable():
         h = draw_masks("random:0.5", f.sample_shape, len(x), seed=0)
         med[data] = np.median(pnp_admm_stability(f, x, h, rho=0.5))
     assert med["faces25"] < 0.9 and med["digits8"] > 1.1
+
+
+@pytest.mark.skipif(
+    not (ROOT / "models" / "onnx" / "colour32_unet_lrelu_c12.onnx").is_file(),
+    reason="needs models/",
+)
+def test_shipped_unet_repels_its_training_images():
+    """3x32x32 images (n = 3072, matrix-free): the shipped U-Net is not a memorizer in the
+    recoverable sense (models/README.md: dense radii 1.105 and 1.120 at rho = 0.5)."""
+    from refinv import OnnxModel
+    from refinv.operators.masks import draw_masks
+
+    f = OnnxModel(ROOT / "models" / "onnx" / "colour32_unet_lrelu_c12.onnx")
+    x = np.load(ROOT / "models" / "data" / "colour32.npz")["train"][:2]
+    h = draw_masks("random:0.5", f.sample_shape, len(x), seed=0)
+    r = pnp_admm_stability(f, x, h, rho=0.5)  # auto -> arnoldi (3072 > 2048)
+    np.testing.assert_allclose(r, [1.105, 1.120], atol=0.005)

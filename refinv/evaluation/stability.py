@@ -16,8 +16,19 @@ a linear map ``M`` of size ``2n x 2n``. Radius < 1: ``x*`` attracts the
 iteration (the error shrinks like radius^k); radius > 1: it repels it and
 the image is not recovered, whatever the number of iterations. This is a
 property of the autoencoder at its training images, measured here by
-central finite differences of the black-box model (``2 n`` evaluations per
-image, batched), so it needs small images (``n <= max_dim``).
+central finite differences of the black-box model. Two ways:
+
+* ``method="dense"``: the whole Jacobian (``2 n`` evaluations per image,
+  batched) and all eigenvalues of ``M``; exact up to the differences, for
+  small images (``n <= max_dim``);
+* ``method="arnoldi"``: matrix-free, ARPACK on ``M`` whose products need one
+  Jacobian-vector product each (two evaluations, one batch of 2), for images
+  of any size: a few hundred model calls on batches of 2 per image (205 for
+  the faces MLP, 315 for the 3x32x32 U-Net, tol 1e-6) instead of ``2 n``
+  evaluations and an ``O(n^3)`` eigensolve (timings in docs/cli.md). ARPACK is
+  sequential, so images are done one after the other.
+
+``method="auto"`` (default) takes the dense one up to ``max_dim`` values.
 
 Measured on the shipped models (``docs/experiments/recovery_stability.py``;
 random:0.5 masks, rho = 0.5, first 20 training images): faces25_lrelu_6x256
@@ -27,6 +38,7 @@ median 1.23, none below 1 (recovery 0%). Table in docs/theory/recovery.md.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -35,7 +47,15 @@ from ..backend import from_numpy, namespace, to_numpy
 from ..errors import ConfigError, ShapeError
 from ..operators.masks import expand_mask
 
-__all__ = ["model_jacobian", "pnp_admm_iteration_matrix", "pnp_admm_stability"]
+log = logging.getLogger(__name__)
+METHODS = ("auto", "dense", "arnoldi")
+
+__all__ = [
+    "METHODS",
+    "model_jacobian",
+    "pnp_admm_iteration_matrix",
+    "pnp_admm_stability",
+]
 
 
 def model_jacobian(f: Any, x: Any, *, eps: float = 1e-3) -> np.ndarray:
@@ -83,6 +103,59 @@ def pnp_admm_iteration_matrix(J: np.ndarray, h: np.ndarray, rho: float) -> np.nd
     return np.vstack([A_z, A_u])
 
 
+def _arnoldi_radius(
+    f: Any,
+    x: Any,
+    xb: np.ndarray,
+    h: np.ndarray,
+    rho: float,
+    eps: float,
+    tol: float,
+    max_restarts: int,
+) -> float:
+    """Largest |eigenvalue| of ``M`` at one image, matrix-free (ARPACK, implicitly restarted
+    Arnoldi). ``Ms`` needs ``J s`` for one ``s``: central differences along ``s`` scaled so
+    that its largest entry is ``eps`` (the dense Jacobian's per-value step)."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
+
+    shape, n = xb.shape, xb.size
+    x0 = xb.reshape(n)
+    d = rho / (h + rho)
+
+    def jvp(s: np.ndarray) -> np.ndarray:
+        scale = float(np.max(np.abs(s)))
+        if scale == 0.0:
+            return np.zeros(n)
+        step = (eps / scale) * s
+        P = np.stack([x0 + step, x0 - step]).astype(xb.dtype, copy=False)
+        fp = to_numpy(f(from_numpy(P.reshape(2, *shape), like=x))).reshape(2, n)
+        return (fp[0].astype(np.float64) - fp[1]) * (scale / (2.0 * eps))
+
+    def matvec(w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64).reshape(2 * n)
+        dz, du = w[:n], w[n:]
+        dv = d * (dz - du)  # eq. (12) / (17)
+        dz2 = jvp(dv + du)  # eq. (16)
+        return np.concatenate([dz2, du + dv - dz2])  # eq. (14)
+
+    op = LinearOperator((2 * n, 2 * n), matvec=matvec, dtype=np.float64)
+    k = min(6, 2 * n - 2)
+    v0 = np.random.default_rng(0).standard_normal(2 * n)  # deterministic start
+    try:
+        vals = eigs(op, k=k, which="LM", tol=tol, ncv=min(2 * n, max(2 * k + 1, 24)),
+                    maxiter=max_restarts, v0=v0, return_eigenvectors=False)  # fmt: skip
+    except ArpackNoConvergence as exc:
+        vals = exc.eigenvalues
+        if len(vals) == 0:
+            log.warning("stability: ARPACK found no eigenvalue in %d restarts", max_restarts)
+            return float("nan")
+        log.warning(
+            "stability: ARPACK converged %d of %d eigenvalues in %d restarts; the radius "
+            "is the largest of those (a lower bound)", len(vals), k, max_restarts,
+        )  # fmt: skip
+    return float(np.abs(vals).max())
+
+
 def pnp_admm_stability(
     f: Any,
     x: Any,
@@ -91,6 +164,9 @@ def pnp_admm_stability(
     rho: float = 0.5,
     eps: float = 1e-3,
     max_dim: int = 2048,
+    method: str = "auto",
+    tol: float = 1e-6,
+    max_restarts: int = 300,
 ) -> np.ndarray:
     """Spectral radius of the linearized known-mask PnP-ADMM at each training image.
 
@@ -101,9 +177,13 @@ def pnp_admm_stability(
     mask : 0/1 masks, ``(batch, *sample_shape)`` or per pixel ``(batch, H, W)``
         as in :func:`~refinv.solvers.recovery.known_mask_recovery`.
     rho : the ADMM parameter of the recovery run.
-    eps : finite-difference step.
-    max_dim : refuse images with more pixels than this (the eigenproblem is
-        ``2n x 2n``).
+    eps : finite-difference step (per value).
+    max_dim : largest number of values per image for the dense method (its
+        eigenproblem is ``2n x 2n``); ``method="auto"`` goes matrix-free above it.
+    method : ``"auto"``, ``"dense"`` or ``"arnoldi"`` (module docstring).
+    tol, max_restarts : ARPACK's relative tolerance and restart limit
+        (``"arnoldi"`` only). If ARPACK does not converge, the largest converged
+        eigenvalue is used (a lower bound, logged as a warning), NaN if none.
 
     Returns
     -------
@@ -111,15 +191,28 @@ def pnp_admm_stability(
         ``(batch,)`` radii; < 1 means the image attracts the iteration
         (recoverable once the iterate is close), > 1 that it repels it.
     """
+    if method not in METHODS:
+        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
+    if not rho > 0:
+        raise ConfigError(f"rho: expected a positive number, got {rho}")
     n = int(np.prod(x.shape[1:]))
-    if n > max_dim:
+    if method == "dense" and n > max_dim:
         raise ConfigError(
             f"pnp_admm_stability: images of {n} values need a {2 * n}x{2 * n} eigenproblem "
-            f"each; expected at most max_dim={max_dim} (raise it knowingly)"
+            f"each; expected at most max_dim={max_dim} for method='dense' (raise it "
+            "knowingly, or use method='arnoldi')"
         )
     xs = to_numpy(x)
     h = expand_mask(mask, tuple(xs.shape[1:]), xs.shape[0], like=xs)
     h = np.broadcast_to(to_numpy(h), xs.shape).reshape(xs.shape[0], n)
+    if method == "arnoldi" or (method == "auto" and n > max_dim):
+        if not eps > 0:
+            raise ConfigError(f"eps: expected a positive step, got {eps}")
+        hd = h.astype(np.float64)
+        return np.asarray(
+            [_arnoldi_radius(f, x, xs[b], hd[b], rho, eps, tol, max_restarts)
+             for b in range(xs.shape[0])]
+        )  # fmt: skip
     J = model_jacobian(f, x, eps=eps)
     radii = [
         np.abs(np.linalg.eigvals(pnp_admm_iteration_matrix(J[b], h[b], rho))).max()

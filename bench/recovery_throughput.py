@@ -119,10 +119,10 @@ def torch_blind(f, y: torch.Tensor, T: int, K: int, rho: float):
     x = y
     for _ in range(T):
         for _ in range(K):
-            v = (h * y + rho * (z - u)) / (h + rho)  # v-step, eqs. (12)-(14)
+            v = (h * y + rho * (z - u)) / (h + rho)  # v-step: eq. (12) in closed form (17)
             vu = v + u
-            z = f(vu)  # eq. (16)
-            u = vu - z  # eq. (17)
+            z = f(vu)  # eq. (13) replaced by (16)
+            u = vu - z  # eq. (14)
         x = z
         lhs, rhs = (y - x) ** 2, y**2
         if y.ndim == 4:

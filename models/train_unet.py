@@ -27,6 +27,9 @@ under a 180 s cap):
         --max-seconds 2520 --attractor-images 5 --attractor-max-seconds 180
 -> models/onnx/colour32_unet_lrelu_c32.onnx (tried, NOT shipped: train MSE 1.45e-5 in 2540 s,
 0% recovery; see models/README.md, "Not achieved")
+
+Why none of these memorizes (Jacobian spectral radius > 1 at the training images, for
+every init, width, number of images and loss tried): models/unet_probe.py.
 """
 
 from __future__ import annotations
@@ -56,8 +59,15 @@ ACTS = ("lrelu", "prelu", "softplus")
 CAPS = {"lrelu": 660.0, "prelu": 420.0, "softplus": 420.0}  # seconds, as used for the shipped files
 
 
-def build(torch, act, c=C):
+def build(torch, act, c=C, widths=None, init="kaiming"):
+    """The U-Net above; ``widths`` (one per level, default (c, 2c, 4c)) gives other depths and
+    widths (models/unet_probe.py), ``init="torch"`` keeps PyTorch's default conv init.
+    For the default widths the module names and the order of random draws are those of the
+    shipped models (e1, e2, b, d2, d1, out)."""
     nn = torch.nn
+    widths = tuple(widths or (c, 2 * c, 4 * c))
+    if len(widths) < 2:
+        raise ValueError(f"a U-Net needs at least 2 levels, got widths={widths}")
 
     def A(ch):
         if act == "lrelu":
@@ -69,29 +79,55 @@ def build(torch, act, c=C):
     def block(i, o):
         return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1), A(o), nn.Conv2d(o, o, 3, 1, 1), A(o))
 
+    L = len(widths)
+    enc_names = [f"e{k + 1}" for k in range(L - 1)] + ["b"]
+    dec_names = [f"d{k + 1}" for k in reversed(range(L - 1))]  # deepest first
+
     class UNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.e1, self.e2, self.b = block(3, c), block(c, 2 * c), block(2 * c, 4 * c)
-            self.d2, self.d1 = block(6 * c, 2 * c), block(3 * c, c)
+            for k, name in enumerate(enc_names):
+                self.add_module(name, block(3 if k == 0 else widths[k - 1], widths[k]))
+            for name in dec_names:
+                k = int(name[1:]) - 1
+                self.add_module(name, block(widths[k + 1] + widths[k], widths[k]))
             self.pool = nn.AvgPool2d(2)
             self.up = nn.Upsample(scale_factor=2, mode="nearest")
-            self.out = nn.Conv2d(c, 3, 3, 1, 1)
+            self.out = nn.Conv2d(widths[0], 3, 3, 1, 1)
             self.out_act = A(3) if act != "softplus" else nn.Identity()
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
-                    nn.init.zeros_(m.bias)
+            if init == "kaiming":
+                for m in self.modules():
+                    if isinstance(m, nn.Conv2d):
+                        nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
+                        nn.init.zeros_(m.bias)
+            elif init != "torch":
+                raise ValueError(f"init must be 'kaiming' or 'torch', got {init!r}")
 
         def forward(self, x):
-            h1 = self.e1(x)
-            h2 = self.e2(self.pool(h1))
-            h3 = self.b(self.pool(h2))
-            u2 = self.d2(torch.cat([self.up(h3), h2], 1))
-            u1 = self.d1(torch.cat([self.up(u2), h1], 1))
-            return self.out_act(self.out(u1))
+            skips, h = [], x
+            for k, name in enumerate(enc_names):
+                h = getattr(self, name)(h if k == 0 else self.pool(h))
+                skips.append(h)
+            for name in dec_names:
+                k = int(name[1:]) - 1
+                h = getattr(self, name)(torch.cat([self.up(h), skips[k]], 1))
+            return self.out_act(self.out(h))
 
     return UNet()
+
+
+def make_lbfgs(torch, model):
+    """The recipe's L-BFGS: strong Wolfe line search, history 50, 20 iterations per step,
+    no early stop on small gradients or changes."""
+    return torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=20,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=0,
+        tolerance_change=0,
+    )
 
 
 class _ArpackTimeout(Exception):
@@ -212,15 +248,7 @@ def train_one(
             break
     adam_steps, adam_loss = step, lv
     # L-BFGS phase
-    lb = torch.optim.LBFGS(
-        model.parameters(),
-        lr=1,
-        max_iter=20,
-        history_size=50,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=0,
-        tolerance_change=0,
-    )
+    lb = make_lbfgs(torch, model)
     lbfgs_outer = 0
 
     def closure():

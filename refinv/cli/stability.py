@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.stability import METHODS, pnp_admm_stability
+from ..evaluation.stability import METHODS, pnp_admm_stability, resolve_method
 from ..operators.masks import MASK_GRAMMAR, parse_mask
 from .recover import load_split, open_model
 
@@ -90,10 +90,7 @@ def run(args: argparse.Namespace) -> int:
     _, masks = degrade(x, spec, seed=args.seed)  # the whole split's masks, as refinv evaluate
     n = min(args.n, len(x))
     x, masks = x[:n], masks[:n]
-    n_values = int(np.prod(x.shape[1:]))
-    method = args.method
-    if method == "auto":
-        method = "dense" if n_values <= args.max_dim else "arnoldi"
+    method = resolve_method(args.method, int(np.prod(x.shape[1:])), args.max_dim)
     t0 = time.perf_counter()
     rows = []
     for rho in rhos:

@@ -55,6 +55,7 @@ __all__ = [
     "model_jacobian",
     "pnp_admm_iteration_matrix",
     "pnp_admm_stability",
+    "resolve_method",
 ]
 
 
@@ -156,6 +157,23 @@ def _arnoldi_radius(
     return float(np.abs(vals).max())
 
 
+def resolve_method(method: str, n: int, max_dim: int) -> str:
+    """The eigensolver ``pnp_admm_stability`` uses for images of ``n`` values: ``"auto"`` is
+    ``"dense"`` up to ``max_dim`` values and ``"arnoldi"`` above; a ``"dense"`` request
+    above ``max_dim`` is refused."""
+    if method not in METHODS:
+        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
+    if method == "auto":
+        return "dense" if n <= max_dim else "arnoldi"
+    if method == "dense" and n > max_dim:
+        raise ConfigError(
+            f"pnp_admm_stability: images of {n} values need a {2 * n}x{2 * n} eigenproblem "
+            f"each; expected at most max_dim={max_dim} for method='dense' (raise it "
+            "knowingly, or use method='arnoldi')"
+        )
+    return method
+
+
 def pnp_admm_stability(
     f: Any,
     x: Any,
@@ -191,21 +209,14 @@ def pnp_admm_stability(
         ``(batch,)`` radii; < 1 means the image attracts the iteration
         (recoverable once the iterate is close), > 1 that it repels it.
     """
-    if method not in METHODS:
-        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
+    n = int(np.prod(x.shape[1:]))
+    method = resolve_method(method, n, max_dim)
     if not rho > 0:
         raise ConfigError(f"rho: expected a positive number, got {rho}")
-    n = int(np.prod(x.shape[1:]))
-    if method == "dense" and n > max_dim:
-        raise ConfigError(
-            f"pnp_admm_stability: images of {n} values need a {2 * n}x{2 * n} eigenproblem "
-            f"each; expected at most max_dim={max_dim} for method='dense' (raise it "
-            "knowingly, or use method='arnoldi')"
-        )
     xs = to_numpy(x)
     h = expand_mask(mask, tuple(xs.shape[1:]), xs.shape[0], like=xs)
     h = np.broadcast_to(to_numpy(h), xs.shape).reshape(xs.shape[0], n)
-    if method == "arnoldi" or (method == "auto" and n > max_dim):
+    if method == "arnoldi":
         if not eps > 0:
             raise ConfigError(f"eps: expected a positive step, got {eps}")
         hd = h.astype(np.float64)

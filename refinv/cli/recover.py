@@ -17,7 +17,15 @@ import numpy as np
 from ..errors import ConfigError
 from ..operators.masks import MASK_GRAMMAR, parse_mask
 
-__all__ = ["register", "run", "add_solver_args", "solver_options", "open_model", "load_split"]
+__all__ = [
+    "register",
+    "run",
+    "add_runtime_args",
+    "add_solver_args",
+    "solver_options",
+    "open_model",
+    "load_split",
+]
 
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
@@ -57,13 +65,19 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
         help="std of Gaussian noise added to the degraded images (default 0; known-mask "
         "re-insertion is off when > 0)",
     )  # fmt: skip
+    r = add_runtime_args(p)
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_runtime_args(p: argparse.ArgumentParser):
+    """The onnxruntime options :func:`open_model` reads; returns their argument group."""
     r = p.add_argument_group("runtime")
     r.add_argument("--batch-size", type=int, default=None, help="largest batch per ONNX call")
     r.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     r.add_argument(
         "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
     )
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return r
 
 
 def solver_options(args: argparse.Namespace) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..evaluation.stability import METHODS, pnp_admm_stability, resolve_method
 from ..operators.masks import MASK_GRAMMAR, parse_mask
-from .recover import load_split, open_model
+from .recover import add_runtime_args, load_split, open_model
 
 __all__ = ["register", "run"]
 
@@ -59,10 +59,7 @@ def register(sub) -> None:
         help="largest image (values) for the dense method (default 2048)",
     )  # fmt: skip
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the JSON here")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--batch-size", type=int, default=None, help="largest batch per ONNX call")
-    r.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    add_runtime_args(p)
     p.set_defaults(func=run)
 
 

@@ -19,6 +19,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -160,3 +161,36 @@ def update_markdown(section: str, text: str, path: Path = DOCS_MD) -> Path:
 def emit(doc: dict) -> None:
     """Print the JSON record to stdout."""
     print(json.dumps(doc, indent=2, default=float))
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--repeats`` (>= 5) and ``--markdown``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (>= 5)")
+    ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = ap.parse_args(argv)
+    if args.repeats < 5:
+        ap.error("--repeats: at least 5")
+    return args
+
+
+def record(name: str, args: argparse.Namespace, **fields: Any) -> dict:
+    """A benchmark's JSON record: name, UTC date, repeats, the fields, the environment."""
+    return {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "repeats": args.repeats,
+        **fields,
+        "environment": environment(),
+    }
+
+
+def publish(doc: dict, section: str, render: Callable[[dict], str], args) -> None:
+    """Print the record; with ``--markdown`` also rewrite its section of docs/benchmarks.md."""
+    emit(doc)
+    if args.markdown:
+        update_markdown(section, render(doc))

@@ -24,8 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import time
 from functools import partial
 
 import common  # before numpy: pins the BLAS threads (env vars read at load)
@@ -70,15 +68,11 @@ def iterations_to_target(solver, chain, y, z, max_iter: int) -> tuple[int | None
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__)
     ap.add_argument("--batch", type=int, default=10, help="latents inverted at once")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (>= 5)")
     ap.add_argument("--max-iter", type=int, default=10_000, help="iteration cap")
     ap.add_argument("--niter", type=int, default=300, help="iterations per timed run")
-    ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
-    args = ap.parse_args(argv)
-    if args.repeats < 5:
-        ap.error("--repeats: at least 5")
+    args = common.parse(ap, argv)
     chain, z, y = setting(args.batch)
     methods = {
         "plugin (eta = 2^d = 8)": plugin,
@@ -118,16 +112,14 @@ def main(argv=None) -> int:
                     "seconds": None if k is None else k * per_it,
                 }
             )
-    doc = {
-        "benchmark": "generators",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "setting": {"sizes": SIZES, "batch": args.batch, "target_rel_latent_error": TARGET},
-        "repeats": args.repeats,
-        "environment": common.environment(),
-        "rows": rows,
-    }
-    common.emit(doc)
-    if args.markdown:
+    doc = common.record(
+        "generators",
+        args,
+        setting={"sizes": SIZES, "batch": args.batch, "target_rel_latent_error": TARGET},
+        rows=rows,
+    )
+
+    def render(doc: dict) -> str:
         lines = [
             "## Generator inversion: time to a latent error of 1e-6 (part 4)",
             "",
@@ -156,7 +148,9 @@ def main(argv=None) -> int:
                     f"| {r['method']} | {it} | {common.fmt(r['seconds_per_iteration'], 1e3)} "
                     f"| {sec} | {r['max_rel_error_at_cap_or_hit']:.2g} |"
                 )
-        common.update_markdown("generators", "\n".join(lines))
+        return "\n".join(lines)
+
+    common.publish(doc, "generators", render, args)
     return 0
 
 

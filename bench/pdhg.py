@@ -40,9 +40,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import resource
-import time
 
 import common  # before numpy: pins the BLAS threads (env vars read at load)
 import numpy as np
@@ -277,14 +275,10 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (>= 5)")
+    ap = common.parser(__doc__)
     ap.add_argument("--niter", type=int, default=100, help="iterations per timed run")
     ap.add_argument("--ref-iter", type=int, default=2000, help="iterations of the reference runs")
-    ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
-    args = ap.parse_args(argv)
-    if args.repeats < 5:
-        ap.error("--repeats: at least 5")
+    args = common.parse(ap, argv)
     try:
         import pylops
         import pyproximal
@@ -296,18 +290,14 @@ def main(argv=None) -> int:
         common.emit(doc)
         return 0
     sizes = [run_size(n, args.niter, args.ref_iter, args.repeats) for n in SIZES]
-    doc = {
-        "benchmark": "pdhg",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "repeats": args.repeats,
-        "pyproximal": pyproximal.__version__,
-        "pylops": pylops.__version__,
-        "environment": common.environment(),
-        "sizes": sizes,
-    }
-    common.emit(doc)
-    if args.markdown:
-        common.update_markdown("pdhg", markdown(doc))
+    doc = common.record(
+        "pdhg",
+        args,
+        pyproximal=pyproximal.__version__,
+        pylops=pylops.__version__,
+        sizes=sizes,
+    )
+    common.publish(doc, "pdhg", markdown, args)
     return 0
 
 

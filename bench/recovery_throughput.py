@@ -31,9 +31,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import common  # before numpy: pins the BLAS threads (env vars read at load)
 import numpy as np
 import torch
@@ -273,28 +270,16 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (>= 5)")
+    ap = common.parser(__doc__)
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
-    ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
-    args = ap.parse_args(argv)
-    if args.repeats < 5:
-        ap.error("--repeats: at least 5")
+    args = common.parse(ap, argv)
     common.pin_torch(1)
     cases = []
     for label in args.cases.split(","):
         model_rel, data_rel, T = CASES[label]
         cases.append(run_case(label, model_rel, data_rel, T, args.repeats))
-    doc = {
-        "benchmark": "recovery_throughput",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "repeats": args.repeats,
-        "environment": common.environment(),
-        "cases": cases,
-    }
-    common.emit(doc)
-    if args.markdown:
-        common.update_markdown("recovery", markdown(doc))
+    doc = common.record("recovery_throughput", args, cases=cases)
+    common.publish(doc, "recovery", markdown, args)
     return 0
 
 

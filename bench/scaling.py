@@ -24,8 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import time
 import tracemalloc
 
 import common  # before numpy: pins the BLAS threads (env vars read at load)
@@ -153,30 +151,17 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (>= 5)")
+    ap = common.parser(__doc__)
     ap.add_argument("--full", action="store_true", help="also batch 1000 for the U-Net")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case labels")
-    ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
-    args = ap.parse_args(argv)
-    if args.repeats < 5:
-        ap.error("--repeats: at least 5")
+    args = common.parse(ap, argv)
     rows = []
     for label in args.cases.split(","):
         model_rel, data_rel = CASES[label]
         batches = BATCHES if ("unet" not in label or args.full) else BATCHES[:-1]
         rows += run_case(label, model_rel, data_rel, batches, args.repeats)
-    doc = {
-        "benchmark": "scaling",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "repeats": args.repeats,
-        "full": args.full,
-        "environment": common.environment(),
-        "rows": rows,
-    }
-    common.emit(doc)
-    if args.markdown:
-        common.update_markdown("scaling", markdown(doc))
+    doc = common.record("scaling", args, full=args.full, rows=rows)
+    common.publish(doc, "scaling", markdown, args)
     return 0
 
 

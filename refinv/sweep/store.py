@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+
+def _task_key(task: Any) -> tuple:
+    """The columns a task's row and its sample rows start with, in table order."""
+    return (task.task_id, task.checkpoint, task.sha256, task.mask, task.method, task.split)
+
+
 _RESULT_COLS = (
     "task_id checkpoint model_sha256 mask method split sample mse psnr iterations converged "
     "diverged residual erased_fraction mask_error seed noise_std solver refinv_version"
@@ -198,15 +204,11 @@ class Store:
         """Write a completed task: all its sample rows + its ``tasks`` row, in one transaction."""
         solver = json.dumps(task.solver, sort_keys=True)
         rows = []
+        key = _task_key(task)
         for j, i in enumerate(range(task.start, task.stop)):
             rows.append(
                 (
-                    task.task_id,
-                    task.checkpoint,
-                    task.sha256,
-                    task.mask,
-                    task.method,
-                    task.split,
+                    *key,
                     i,
                     out["mse"][j],
                     out["psnr"][j],
@@ -240,12 +242,7 @@ class Store:
         self.conn.execute(
             "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                task.task_id,
-                task.checkpoint,
-                task.sha256,
-                task.mask,
-                task.method,
-                task.split,
+                *_task_key(task),
                 task.start,
                 task.stop,
                 status,

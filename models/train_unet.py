@@ -130,6 +130,31 @@ def make_lbfgs(torch, model):
     )
 
 
+def jacobian_operator(torch, m, x0, check=None):
+    """``v -> Df(x0) v`` as a scipy LinearOperator (``torch.func.jvp``; ``m`` and ``x0``
+    float64, ``x0`` of shape (1, C, H, W)); ``check()`` runs before each product."""
+    from scipy.sparse.linalg import LinearOperator
+
+    n = int(np.prod(x0.shape))
+
+    def mv(v):
+        if check is not None:
+            check()
+        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(x0.shape)
+        return torch.func.jvp(m, (x0,), (t,))[1].detach().reshape(-1).numpy()
+
+    return LinearOperator((n, n), matvec=mv, dtype=np.float64)
+
+
+def leading_eig(op, vectors=False):
+    """ARPACK's largest-magnitude eigenvalue of ``op`` (with its eigenvector if ``vectors``);
+    the settings of the manifest's attractor radii."""
+    from scipy.sparse.linalg import eigs
+
+    return eigs(op, k=1, which="LM", tol=1e-4, ncv=24, maxiter=300,
+                return_eigenvectors=vectors, v0=np.ones(op.shape[0]))  # fmt: skip
+
+
 class _ArpackTimeout(Exception):
     pass
 
@@ -141,7 +166,7 @@ def spectral_radii(torch, model, X, max_images=None, log=None, max_seconds=None)
     power iteration on J^T J (an upper bound: the largest singular value).
     With max_seconds, stops once the total time is spent: the image being computed and
     the remaining ones get None."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
+    from scipy.sparse.linalg import ArpackNoConvergence
 
     m = copy.deepcopy(model).double().eval()
     shape = X.shape[1:]
@@ -154,26 +179,15 @@ def spectral_radii(torch, model, X, max_images=None, log=None, max_seconds=None)
             out.append(None)
             continue
 
-        def mv(v, x0=x0):
+        def check():
             if max_seconds is not None and time.time() - t_start > max_seconds:
                 raise _ArpackTimeout
-            t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(1, *shape)
-            return torch.func.jvp(m, (x0,), (t,))[1].detach().reshape(-1).numpy()
 
-        op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+        op = jacobian_operator(torch, m, x0, check)
+        mv = op.matvec
         t0 = time.time()
         try:
-            vals = eigs(
-                op,
-                k=1,
-                which="LM",
-                tol=1e-4,
-                ncv=24,
-                maxiter=300,
-                return_eigenvectors=False,
-                v0=np.ones(n),
-            )
-            r = float(np.abs(vals).max())
+            r = float(np.abs(leading_eig(op)).max())
         except _ArpackTimeout:
             r = None
         except ArpackNoConvergence as e:

@@ -26,6 +26,7 @@ Results of these five runs are in models/README.md ("Not achieved": U-Nets).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -34,7 +35,14 @@ from pathlib import Path
 
 import numpy as np
 from _common import export, load, torch_setup
-from train_unet import SEED, build, make_lbfgs, spectral_radii
+from train_unet import (
+    SEED,
+    build,
+    jacobian_operator,
+    leading_eig,
+    make_lbfgs,
+    spectral_radii,
+)
 
 from refinv.evaluation.stability import pnp_admm_stability
 from refinv.operators.masks import draw_masks
@@ -42,27 +50,9 @@ from refinv.operators.masks import draw_masks
 
 def expanding_mode(torch, model, x0):
     """Leading eigenpair of the Jacobian at one image (ARPACK on jvp, float64)."""
-    import copy
-
-    from scipy.sparse.linalg import LinearOperator, eigs
-
     m = copy.deepcopy(model).double().eval()
     x = torch.from_numpy(x0.astype(np.float64))[None]
-    n = x0.size
-
-    def mv(v):
-        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(x.shape)
-        return torch.func.jvp(m, (x,), (t,))[1].detach().reshape(-1).numpy()
-
-    vals, vecs = eigs(
-        LinearOperator((n, n), matvec=mv, dtype=np.float64),
-        k=1,
-        which="LM",
-        tol=1e-4,
-        ncv=24,
-        maxiter=300,
-        v0=np.ones(n),
-    )
+    vals, vecs = leading_eig(jacobian_operator(torch, m, x), vectors=True)
     v = np.abs(vecs[:, 0]).reshape(x0.shape) ** 2
     v /= v.sum()
     e = v.sum(0)

@@ -25,6 +25,7 @@ __all__ = [
     "atomic_save_npz",
     "load_npz",
     "load_images",
+    "load_images_for",
     "parse_data_spec",
 ]
 
@@ -130,3 +131,10 @@ def load_images(
     if not np.all(np.isfinite(a)):
         raise NonFiniteError(f"{path}:{key}: expected finite values, got NaN/Inf")
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def load_images_for(f: Any, spec: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """:func:`load_images` for the model ``f``: its sample shape, and float64 if the model
+    computes in float64, else float32."""
+    dtype = np.float64 if f.dtype == np.float64 else np.float32
+    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype)

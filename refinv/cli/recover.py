@@ -118,11 +118,10 @@ def open_model(path: str | Path, args: argparse.Namespace):
 
 def load_split(spec: str, f, default_key: str = "train") -> tuple[np.ndarray, str]:
     """Images ``DATA.npz[:key]`` shaped for the model ``f`` (its dtype if float64, else float32)."""
-    from ..io import load_images, parse_data_spec
+    from ..io import load_images_for, parse_data_spec
 
     path, key = parse_data_spec(spec, default_key)
-    dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return load_images(path, key, sample_shape=f.sample_shape, dtype=dtype), key
+    return load_images_for(f, path, key), key
 
 
 def register(sub) -> None:

@@ -127,14 +127,15 @@ def _model(path: str, threads: int | None, provider: str, batch_size: int | None
     return _MODELS[key]
 
 
-def _images(path: str, key: str, sample_shape: tuple, n: int, dtype: Any) -> np.ndarray:
-    k = (path, key, tuple(sample_shape), n, np.dtype(dtype).str)
+def _images(path: str, key: str, f: Any, n: int) -> np.ndarray:
+    """The first ``n`` images of ``path:key`` as the model ``f`` takes them (cached)."""
+    k = (path, key, tuple(f.sample_shape), n, np.dtype(f.dtype).str)
     if k not in _DATA:
-        from ..io import load_images
+        from ..io import load_images_for
 
         if len(_DATA) > 4:
             _DATA.clear()
-        _DATA[k] = load_images(path, key, sample_shape=sample_shape, dtype=dtype)[:n]
+        _DATA[k] = load_images_for(f, path, key)[:n]
     return _DATA[k]
 
 
@@ -157,8 +158,7 @@ def run_task(task: Task) -> dict:
     from ..solvers.recovery import initial_mask
 
     f = _model(task.model_path, task.threads, task.provider, task.batch_size)
-    dtype = np.float64 if f.dtype == np.float64 else np.float32
-    x_all = _images(task.data_path, task.data_key, f.sample_shape, task.n, dtype)
+    x_all = _images(task.data_path, task.data_key, f, task.n)
     spec = parse_mask(task.mask)
     y_all, mask_all = degrade(x_all, spec, seed=task.seed, noise_std=task.noise_std)
     sl = slice(task.start, task.stop)
@@ -235,10 +235,7 @@ def _checkpoint_entries(cfg: SweepConfig, store: Store) -> None:
             continue
         ds = cfg.datasets[m.dataset]
         f = _model(m.path, cfg.threads, cfg.provider, cfg.batch_size)
-        dtype = np.float64 if f.dtype == np.float64 else np.float32
-        xs = {
-            s: _images(*ds.split(s), f.sample_shape, m.sizes[s], dtype) for s in ds.splits
-        }  # fmt: skip
+        xs = {s: _images(*ds.split(s), f, m.sizes[s]) for s in ds.splits}
         ck = checkpoint_entry(m.label, f, xs["train"], xs.get("test"))
         ck["model"] = Path(m.path).name
         store.add_checkpoint(ck)

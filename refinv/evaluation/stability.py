@@ -97,11 +97,18 @@ def pnp_admm_iteration_matrix(J: np.ndarray, h: np.ndarray, rho: float) -> np.nd
     if not rho > 0:
         raise ConfigError(f"rho: expected a positive number, got {rho}")
     d = rho / (np.asarray(h, dtype=np.float64) + rho)
-    A_v = np.hstack([np.diag(d), -np.diag(d)])  # dv = D (dz - du)
-    S_u = np.hstack([np.zeros((n, n)), np.eye(n)])  # picks du
-    A_z = J @ (A_v + S_u)  # dz' = J (dv + du)
-    A_u = S_u + A_v - A_z  # du' = du + dv - dz'
-    return np.vstack([A_z, A_u])
+    return _linearized_step(lambda s: J @ s, d, np.eye(2 * n))  # the step on each unit vector
+
+
+def _linearized_step(J_times, d: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``M w``: one inner ADMM step linearized at the fixed point (module docstring), on
+    ``w = (dz, du)`` stacked along axis 0 (a vector, or the columns of a matrix);
+    ``J_times(s) = J s``, ``d = rho / (h + rho)``."""
+    n = d.shape[0]
+    dz, du = w[:n], w[n:]
+    dv = (d if w.ndim == 1 else d[:, None]) * (dz - du)  # eq. (12) / (17)
+    dz2 = J_times(dv + du)  # eq. (16)
+    return np.concatenate([dz2, du + dv - dz2])  # eq. (14)
 
 
 def _arnoldi_radius(
@@ -133,11 +140,7 @@ def _arnoldi_radius(
         return (fp[0].astype(np.float64) - fp[1]) * (scale / (2.0 * eps))
 
     def matvec(w: np.ndarray) -> np.ndarray:
-        w = np.asarray(w, dtype=np.float64).reshape(2 * n)
-        dz, du = w[:n], w[n:]
-        dv = d * (dz - du)  # eq. (12) / (17)
-        dz2 = jvp(dv + du)  # eq. (16)
-        return np.concatenate([dz2, du + dv - dz2])  # eq. (14)
+        return _linearized_step(jvp, d, np.asarray(w, dtype=np.float64).reshape(2 * n))
 
     op = LinearOperator((2 * n, 2 * n), matvec=matvec, dtype=np.float64)
     k = min(6, 2 * n - 2)

@@ -206,6 +206,16 @@ def test_conv_matches_onnxruntime(c, transpose, op_pad):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_refuses_empty_outputs_and_inputs():
+    """Found by test_conv_matches_onnxruntime: a transposed conv whose pads remove its whole
+    output (onnxruntime: "Computed output dimension is <= 0") must be refused, not built."""
+    W = np.ones((1, 1, 1, 1))
+    with pytest.raises(ShapeError, match="positive output size"):
+        ConvTranspose2d(W, (1, 5, 4), pads=(0, 2, 0, 2))
+    with pytest.raises(ShapeError, match="positive sizes"):
+        Conv2d(W, (1, 5, 0), pads=(0, 2, 0, 2))
+
+
 def test_from_layer_dense_and_errors():
     W = np.arange(12.0).reshape(3, 4)
     op = from_layer(Layer("dense", W, None, Activation("relu"), (1, 2, 2), (3,)))

@@ -205,8 +205,10 @@ class Conv2d(LinearOperator):
                 f"Conv2d: expected a 4-D weight (M, C/group, kH, kW), got {tuple(weight.shape)}"
             )
         in_shape = tuple(int(a) for a in in_shape)
-        if len(in_shape) != 3:
-            raise ShapeError(f"Conv2d: expected in_shape (C, H, W), got {in_shape}")
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise ShapeError(
+                f"Conv2d: expected in_shape (C, H, W) of positive sizes, got {in_shape}"
+            )
         self.weight = weight
         self.group = int(group)
         self.strides = _as_pair(strides, 1, "strides")
@@ -319,6 +321,11 @@ class ConvTranspose2d(LinearOperator):
             )
         ho = s[0] * (h - 1) + op[0] + d[0] * (kh - 1) + 1 - pads[0] - pads[2]
         wo = s[1] * (w - 1) + op[1] + d[1] * (kw - 1) + 1 - pads[1] - pads[3]
+        if ho < 1 or wo < 1:
+            raise ShapeError(
+                f"ConvTranspose2d: pads {pads} remove more than the transposed conv of "
+                f"{in_shape} produces (output {ho}x{wo}); expected a positive output size"
+            )
         self._conv = Conv2d(
             weight, (mg * group, ho, wo), strides=s, pads=pads, dilations=d, group=group
         )

@@ -35,6 +35,17 @@ __version__ = "0.1.0"
 
 logging.getLogger("refinv").addHandler(logging.NullHandler())
 
+
+def __getattr__(name: str):
+    # refinv.audit (a callable package) is imported on first use: its report code is not
+    # needed by `import refinv`
+    if name == "audit":
+        import importlib
+
+        return importlib.import_module(".audit", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "backend",
@@ -65,4 +76,5 @@ __all__ = [
     "perceptron_landweber",
     "multilayer_cd",
     "invert_chain",
+    "audit",
 ]

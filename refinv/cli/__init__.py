@@ -18,6 +18,7 @@ _COMMANDS = [
     "demo",
     "recover",
     "evaluate",
+    "audit",
     "stability",
     "inspect",
     "invert",

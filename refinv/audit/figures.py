@@ -1,0 +1,178 @@
+"""The audit report's figures (matplotlib, Agg), each returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from ..evaluation.report import _img
+
+__all__ = [
+    "roc_figure",
+    "exposure_figure",
+    "control_figure",
+    "gallery_figure",
+    "rate_vs_loss_figure",
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def roc_figure(scores: list[dict]) -> bytes:
+    """ROC curves of the membership scores: linear axes, and log-log (low FPR)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for s in scores:
+        fpr = np.asarray(s["roc"]["fpr"])
+        tpr = np.asarray(s["roc"]["tpr"])
+        lab = f"{s['name']} (AUC {s['auc']:.2f})"
+        axes[0].plot(fpr, tpr, label=lab)
+        floor = 0.5 / max(s["n_nonmembers"], 1)
+        axes[1].plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=lab)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], ":", color="0.5", label="chance")
+        ax.set_xlabel("false-positive rate (held-out called member)")
+        ax.set_ylabel("true-positive rate (training called member)")
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_title("log-log (low FPR)", fontsize=9)
+    axes[0].set_title("ROC", fontsize=9)
+    axes[0].legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def exposure_figure(doc: dict, per_image: dict) -> bytes:
+    """Per-image best recovery PSNR, training vs held-out (histograms)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    cap = doc["recovery"]["thresholds"]["psnr_cap_db"]
+    bins = np.linspace(0, cap, 41)
+    for split, color, name in (("train", "C3", "training"), ("test", "C0", "held-out")):
+        pi = per_image[split]
+        best = np.array(
+            [
+                pi["cols"][bs][1][i] if bs is not None else 0.0
+                for i, bs in enumerate(pi["best_setting"])
+            ]
+        )
+        ax.hist(best, bins=bins, alpha=0.6, color=color, label=f"{name} (n={len(best)})")
+    ax.axvline(70, color="k", ls="--", lw=1, label="accurate (MSE 1e-7 = 70 dB)")
+    ax.set_xlabel("best recovery PSNR over masks and methods (dB)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def control_figure(doc: dict) -> bytes:
+    """Mean PSNR per mask: model recovery (primary method) vs the inpainting control."""
+    plt = _plt()
+    label = doc["model"]
+    method = doc["settings"]["primary"]["method"]
+    masks = doc["settings"]["masks"]
+    rec = {
+        (r["mask"], r["split"]): r["mean_psnr"]
+        for r in doc["recovery"]["runs"]
+        if r["checkpoint"] == label and r["method"] == method
+    }
+    ctrl = {(c["mask"], c["split"]): c["mean_psnr"] for c in doc["control"]["runs"]}
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.9 * len(masks)), 3.4))
+    w = 0.2
+    xs = np.arange(len(masks))
+    bars = [
+        ("recovery, training", rec, "train", "C3"),
+        ("recovery, held-out", rec, "test", "C0"),
+        ("inpainting control, training", ctrl, "train", "C1"),
+        ("inpainting control, held-out", ctrl, "test", "C2"),
+    ]
+    for k, (name, d, split, color) in enumerate(bars):
+        ax.bar(xs + (k - 1.5) * w, [d[(m, split)] for m in masks], w, label=name, color=color)
+    ax.set_xticks(xs, masks)
+    ax.set_ylabel(f"mean PSNR (dB), {method}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) -> bytes:
+    """Most exposed training images (original / degraded / recovered / estimated mask) over
+    the held-out image with the same index, the same mask and the same method."""
+    plt = _plt()
+    idx = doc["exposure"]["gallery_indices"]
+    k = max(len(idx), 1)
+    rows = ["training", "degraded", "recovered", "mask (est.)", "held-out", "degraded", "recovered"]
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.5 * k + 0.6, 1.45 * len(rows)), squeeze=False)
+    for j, i in enumerate(idx):
+        setting = per_image["train"]["best_setting"][i] or (
+            doc["settings"]["primary"]["mask"],
+            doc["settings"]["primary"]["method"],
+        )
+        mask, method = setting
+        a_tr = arrays[(mask, method, "train")]
+        a_te = arrays[(mask, method, "test")]
+        h = a_tr["h_est"][i] if a_tr["h_est"].size else a_tr["mask"][i]
+        m_tr = per_image["train"]["cols"][(mask, method)][0][i]
+        m_te = per_image["test"]["cols"][(mask, method)][0][i]
+        cells = [x_train[i], a_tr["y"][i], a_tr["x_hat"][i], h]
+        cells += [x_test[i], a_te["y"][i], a_te["x_hat"][i]]
+        for r, arr in enumerate(cells):
+            ax = axes[r][j]
+            im = _img(arr if r != 3 else np.asarray(arr, dtype=np.float64))
+            ax.imshow(im, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(rows[r], fontsize=8)
+        axes[0][j].set_title(f"#{i}\n{method} | {mask}", fontsize=7)
+        axes[2][j].set_xlabel(f"MSE {m_tr:.1e}" if np.isfinite(m_tr) else "diverged", fontsize=7)
+        axes[6][j].set_xlabel(f"MSE {m_te:.1e}" if np.isfinite(m_te) else "diverged", fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def rate_vs_loss_figure(doc: dict) -> bytes:
+    """Accurate recovery rate vs train loss per (mask, method); solid training, dashed held-out."""
+    plt = _plt()
+    loss = {c["label"]: c["train_loss"] for c in doc["recovery"]["checkpoints"]}
+    by: dict[tuple, list] = {}
+    for r in doc["recovery"]["runs"]:
+        by.setdefault((r["mask"], r["method"], r["split"]), []).append(
+            (max(loss[r["checkpoint"]], 1e-30), 100 * r["accurate_rate"])
+        )
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    colors: dict[tuple, str] = {}
+    for (mask, method, split), pts in sorted(by.items()):
+        pts.sort()
+        c = colors.setdefault((mask, method), f"C{len(colors) % 10}")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            "-o" if split == "train" else "--x",
+            color=c,
+            label=f"{method}, {mask}" if split == "train" else None,
+        )
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("train loss (MSE), measured on the training images")
+    ax.set_ylabel("accurate recovery rate (%)")
+    ax.set_title("solid: training images; dashed: held-out", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -27,9 +27,7 @@ def biharmonic_inpaint(x_degraded: np.ndarray, mask: np.ndarray) -> np.ndarray:
     x = np.asarray(x_degraded, dtype=np.float64)
     out = np.empty_like(x)
     for i in range(x.shape[0]):
-        hole = np.asarray(mask[i]).reshape(
-            x.shape[2:] if x.ndim == 4 else x.shape[1:]
-        ) == 0
+        hole = np.asarray(mask[i]).reshape(x.shape[2:] if x.ndim == 4 else x.shape[1:]) == 0
         if not hole.any():
             out[i] = x[i]
             continue

@@ -139,7 +139,9 @@ def _run_intervals(run: dict, n_bootstrap: int, seed: int, confidence: float) ->
     p = np.asarray(run["psnr"], dtype=np.float64)
     out = {k: run[k] for k in ("checkpoint", "mask", "method", "split", "n")}
     if n == 0:
-        out.update(accurate_rate=[None, None], approximate_rate=[None, None], mean_psnr=[None, None])
+        out.update(
+            accurate_rate=[None, None], approximate_rate=[None, None], mean_psnr=[None, None]
+        )
         return out
     idx = _boot_idx(n, n_bootstrap, np.random.default_rng([seed, 4]))
     out["accurate_rate"] = bootstrap_interval(np.mean(m[idx] < ACCURATE_MSE, axis=1), confidence)
@@ -344,6 +346,8 @@ def audit(
     rec["settings"]["train"] = train_spec
     rec["settings"]["test"] = test_spec
 
+    stage = {"recoveries": time.perf_counter() - t0}
+    t1 = time.perf_counter()
     # -------- the generic-inpainting control (main model's masks; no model)
     control_runs = []
     for spec in specs:
@@ -372,6 +376,8 @@ def audit(
             done += 1
             bar.update(done)
 
+    stage["control"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     # -------- local stability at each image (main model, primary mask)
     from ..evaluation.stability import pnp_admm_stability
 
@@ -387,7 +393,11 @@ def audit(
             _, mask = degrade(x, specs[0], seed=seed, noise_std=0.0)
             radius[split] = np.asarray(
                 pnp_admm_stability(
-                    f0, x[:n_stab], mask[:n_stab], rho=rho, method=stability_method,
+                    f0,
+                    x[:n_stab],
+                    mask[:n_stab],
+                    rho=rho,
+                    method=stability_method,
                     tol=stability_tol,
                 )
             )
@@ -395,6 +405,8 @@ def audit(
         done += 1
         bar.update(done)
     bar.close()
+    stage["stability"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
 
     # -------- per-image best recovery (main model)
     per_image = {}
@@ -411,8 +423,10 @@ def audit(
             better = m < best_mse
             best_mse = np.where(better, m, best_mse)
             best_setting = np.where(better, j, best_setting)
+        n_exposed = sum((c[0] < ACCURATE_MSE).astype(int) for c in cols.values())
         per_image[split] = {
             "cols": cols,
+            "n_settings_exposed": n_exposed,
             "best_mse": best_mse,
             "best_setting": [settings_list[j] if j >= 0 else None for j in best_setting],
             "exposed": best_mse < ACCURATE_MSE,
@@ -481,10 +495,9 @@ def audit(
     n_tr, n_te = len(x_train), len(x_test)
     ex_tr = int(per_image["train"]["exposed"].sum())
     ex_te = int(per_image["test"]["exposed"].sum())
-    gallery_idx = [
-        int(i)
-        for i in np.argsort(per_image["train"]["best_mse"], kind="stable")[: min(gallery, n_tr)]
-    ]
+    # most exposed: accurately recovered under the most settings, then the lowest best MSE
+    order = np.lexsort((per_image["train"]["best_mse"], -per_image["train"]["n_settings_exposed"]))
+    gallery_idx = [int(i) for i in order[: min(gallery, n_tr)]]
     doc: dict[str, Any] = {
         "schema": "refinv.audit",
         "schema_version": AUDIT_SCHEMA_VERSION,
@@ -503,10 +516,18 @@ def audit(
             "test": test_spec,
             "checkpoints": [lab for lab, _, _ in opened[1:]],
             "primary": {"mask": primary_mask, "method": primary_method},
-            "stability": {"n": n_stab, "rho": rho, "method": stability_method,
-                          "tol": stability_tol, "eps": 1e-3},  # fmt: skip
-            "bootstrap": {"n": int(n_bootstrap), "confidence": float(confidence),
-                          "method": "percentile, images resampled with replacement"},  # fmt: skip
+            "stability": {
+                "n": n_stab,
+                "rho": rho,
+                "method": stability_method,
+                "tol": stability_tol,
+                "eps": 1e-3,
+            },  # fmt: skip
+            "bootstrap": {
+                "n": int(n_bootstrap),
+                "confidence": float(confidence),
+                "method": "percentile, images resampled with replacement",
+            },  # fmt: skip
             "gallery": len(gallery_idx),
         },
         "verdict": {},
@@ -515,12 +536,18 @@ def audit(
         "exposure": {
             "definition": "An image is exposed when at least one (mask, method) recovers it "
             f"accurately (MSE < {ACCURATE_MSE:g})",
-            "train": {"n": n_tr, "exposed": ex_tr,
-                      "exposed_indices": [int(i) for i in np.flatnonzero(per_image["train"]["exposed"])],
-                      "approximate": int(per_image["train"]["approx"].sum())},  # fmt: skip
-            "test": {"n": n_te, "exposed": ex_te,
-                     "exposed_indices": [int(i) for i in np.flatnonzero(per_image["test"]["exposed"])],
-                     "approximate": int(per_image["test"]["approx"].sum())},  # fmt: skip
+            "train": {
+                "n": n_tr,
+                "exposed": ex_tr,
+                "exposed_indices": [int(i) for i in np.flatnonzero(per_image["train"]["exposed"])],
+                "approximate": int(per_image["train"]["approx"].sum()),
+            },  # fmt: skip
+            "test": {
+                "n": n_te,
+                "exposed": ex_te,
+                "exposed_indices": [int(i) for i in np.flatnonzero(per_image["test"]["exposed"])],
+                "approximate": int(per_image["test"]["approx"].sum()),
+            },  # fmt: skip
             "gallery_indices": gallery_idx,
         },
         "membership": {
@@ -537,8 +564,10 @@ def audit(
         "timing": {},
     }
     doc["verdict"] = _verdict(doc)
+    stage["membership"] = time.perf_counter() - t1
     doc["timing"] = {
         "seconds": round(time.perf_counter() - t0, 3),
+        "stages": {k: round(v, 3) for k, v in stage.items()},
         "cached_units": cache.hits,
         "computed_units": cache.misses,
     }
@@ -548,7 +577,9 @@ def audit(
     prov_files.update(files or {})
     doc["provenance"] = provenance(prov_files, argv=argv, started=started)
     if out is not None:
+        t1 = time.perf_counter()
         figures = _figures(doc, arrays, x_train, x_test, per_image, scores)
+        doc["timing"]["stages"]["figures"] = round(time.perf_counter() - t1, 3)
         write_outputs(doc, out, figures=figures, per_image=per_image, scores=scores)
     return doc
 
@@ -656,7 +687,8 @@ def per_image_rows(doc: dict, per_image: dict, scores: dict) -> tuple[list[str],
     for m, me in settings:
         header += [f"mse[{me}|{m}]", f"psnr[{me}|{m}]"]
     header += [f"control_psnr[{m}]" for m in doc["settings"]["masks"]]
-    header += ["best_mse", "best_psnr", "best_setting", "exposed", "approximately_exposed",
+    header += ["best_mse", "best_psnr", "best_setting", "exposed", "exposed_settings",
+               "approximately_exposed",
                "score_recovery", "score_reconstruction", "score_stability"]  # fmt: skip
     rows = []
     for split in ("train", "test"):
@@ -672,7 +704,7 @@ def per_image_rows(doc: dict, per_image: dict, scores: dict) -> tuple[list[str],
             best_psnr = max(pi["cols"][bs][1][i], 0.0) if bs is not None else 0.0
             row += [_num(pi["best_mse"][i]), _num(best_psnr),
                     f"{bs[1]}|{bs[0]}" if bs is not None else "",
-                    "yes" if pi["exposed"][i] else "no",
+                    "yes" if pi["exposed"][i] else "no", int(pi["n_settings_exposed"][i]),
                     "yes" if pi["approx"][i] else "no"]  # fmt: skip
             for name in ("recovery", "reconstruction", "stability"):
                 s = scores[name][split]

@@ -1,0 +1,289 @@
+"""``refinv audit`` / ``refinv.audit``: the same numbers as ``refinv evaluate``, resumable,
+membership inference and the inpainting control checked against their definitions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from test_recovery import onnx_ae, projection
+
+pytest.importorskip("sklearn")
+pytest.importorskip("skimage")
+pytest.importorskip("jinja2")
+pytest.importorskip("matplotlib")
+
+import refinv  # noqa: E402
+import refinv.audit.core as core  # noqa: E402
+from refinv.audit.control import biharmonic_inpaint  # noqa: E402
+from refinv.audit.membership import roc_summary, tpr_at_fpr  # noqa: E402
+from refinv.cli import main  # noqa: E402
+from refinv.errors import ConfigError  # noqa: E402
+
+SHAPE = (1, 6, 7)
+FAST = ["--max-iter", "60", "--bootstrap", "50", "--stability-n", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audit")
+    rng = np.random.default_rng(0)
+    train = rng.random((5, *SHAPE))
+    test = rng.random((4, *SHAPE))
+    P = projection(train)  # memorizes the training images: they are its fixed points
+    onnx.save(onnx_ae([(P, np.zeros(42), False)], SHAPE), d / "ae.onnx")
+    onnx.save(onnx_ae([(0.5 * P, np.zeros(42), False)], SHAPE), d / "ae_early.onnx")
+    onnx.save(onnx_ae([(np.ones((3, 42)), np.zeros(3), False)], SHAPE), d / "enc.onnx")
+    onnx.save(onnx_ae([(np.eye(42), np.zeros(42), False)], SHAPE), d / "identity.onnx")
+    np.savez(d / "data.npz", train=train, test=test)
+    big = rng.random((30, *SHAPE))
+    np.savez(d / "big.npz", train=big[:15], test=big[15:])
+    return d
+
+
+def _strip_times(runs):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "onnx_seconds")} for r in runs]
+
+
+def _audit_args(d, out, *extra):
+    return ["audit", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train",
+            "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2",
+            "--methods", "blind,known", "--out", str(out), *FAST, *extra]  # fmt: skip
+
+
+def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
+    d = files
+    ck = ["--checkpoints", str(d / "ae_early.onnx")]
+    assert main(_audit_args(d, tmp_path / "a", *ck)) == 0
+    out = capsys.readouterr().out
+    assert "training images were recovered exactly" in out and "report.html" in out
+    rc = main(
+        ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
+         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods", "blind,known",
+         "--json", str(tmp_path / "ev.json"), "--max-iter", "60", "--quiet", *ck]
+    )  # fmt: skip
+    assert rc == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    au = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert au["schema"] == "refinv.audit" and au["schema_version"] == 1
+    rec = au["recovery"]
+    assert len(rec["runs"]) == 2 * 2 * 2 * 2
+    assert _strip_times(rec["runs"]) == _strip_times(ev["runs"])
+    assert rec["checkpoints"] == ev["checkpoints"]
+    assert rec["settings"] == ev["settings"]
+    # the projection memorizes: known-mask recovery of every training image, none held out
+    known = {(r["mask"], r["split"]): r for r in rec["runs"]
+             if r["method"] == "known" and r["checkpoint"] == "ae"}  # fmt: skip
+    assert known[("random:0.3", "train")]["accurate_rate"] == 1.0
+    assert known[("random:0.3", "test")]["accurate_rate"] == 0.0
+    assert au["verdict"]["memorization_detected"] is True
+    by_ck = {c["checkpoint"]: c for c in au["membership"]["by_checkpoint"]}
+    assert set(by_ck) == {"ae", "ae_early"}
+    # provenance: the helper's block, with the sha256 of every input file
+    prov = au["provenance"]
+    assert set(prov["inputs"]) >= {"model", "train", "test", "checkpoint_1"}
+    from refinv.provenance import file_sha256
+
+    assert prov["inputs"]["model"]["sha256"] == file_sha256(d / "ae.onnx")
+    assert prov["wall_seconds"] >= 0
+    assert not list((tmp_path / "a").rglob(".*.tmp"))  # atomic writes leave no temp file
+
+
+def test_library_returns_the_written_document(files, tmp_path):
+    d = files
+    doc = refinv.audit(
+        d / "ae.onnx",
+        f"{d / 'data.npz'}:train",
+        f"{d / 'data.npz'}:test",
+        masks=["random:0.3"],
+        methods=["known"],
+        solver={"max_iter": 60},
+        out=tmp_path,
+        n_bootstrap=50,
+        stability_n=3,
+        progress=False,
+    )
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert json.loads(json.dumps(doc)) == written
+    # per_image.csv: one row per image; its exposed column is the document's count
+    with open(tmp_path / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 + 4
+    for split in ("train", "test"):
+        ex = [r for r in rows if r["split"] == split and r["exposed"] == "yes"]
+        assert len(ex) == doc["exposure"][split]["exposed"]
+        assert [int(r["index"]) for r in ex] == doc["exposure"][split]["exposed_indices"]
+    assert {"mse[known|random:0.3]", "control_psnr[random:0.3]", "score_stability"} <= set(rows[0])
+
+
+def _comparable(doc):
+    doc = json.loads(json.dumps(doc))
+    for k in ("provenance", "timing", "created_utc", "files"):
+        doc.pop(k, None)
+    doc["recovery"].pop("created_utc")
+    doc["recovery"]["runs"] = _strip_times(doc["recovery"]["runs"])
+    return doc
+
+
+def test_interrupted_audit_resumes_to_the_same_report(files, tmp_path, monkeypatch):
+    d = files
+    kw = dict(masks=["random:0.3", "rows:2"], methods=["blind", "known"],
+              solver={"max_iter": 60}, n_bootstrap=50, stability_n=3, progress=False)  # fmt: skip
+    args = (d / "ae.onnx", f"{d / 'data.npz'}:train", f"{d / 'data.npz'}:test")
+    fresh = refinv.audit(*args, **kw)
+    real = core.evaluate_split
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user presses Ctrl-C during the third run
+        return real(*a, **k)
+
+    monkeypatch.setattr(core, "evaluate_split", counting)
+    with pytest.raises(KeyboardInterrupt):
+        refinv.audit(*args, out=tmp_path, **kw)
+    assert not (tmp_path / "report.json").exists()
+    assert len(list((tmp_path / "cache").glob("run-*.npz"))) == 2
+    calls.clear()
+    monkeypatch.setattr(core, "evaluate_split", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = refinv.audit(*args, out=tmp_path, resume=True, **kw)
+    assert len(calls) == 8 - 2  # only the runs that had not finished
+    assert resumed["timing"]["cached_units"] == 2
+    assert _comparable(resumed) == _comparable(fresh)
+    # without --resume everything is computed again; a damaged cache file is never trusted
+    victim = sorted((tmp_path / "cache").glob("run-*.npz"))[0]
+    victim.write_bytes(b"not an npz")
+    calls.clear()
+    again = refinv.audit(*args, out=tmp_path, resume=True, **kw)
+    assert len(calls) == 1
+    assert _comparable(again) == _comparable(fresh)
+
+
+def test_cli_resume_flag(files, tmp_path, capsys):
+    d = files
+    assert main(_audit_args(d, tmp_path)) == 0
+    capsys.readouterr()
+    assert main(_audit_args(d, tmp_path, "--resume")) == 0
+    assert "16 units from the cache, 0 computed" in capsys.readouterr().out
+
+
+def test_model_with_no_recovery_is_an_honest_report(files, tmp_path):
+    d = files
+    doc = refinv.audit(
+        d / "identity.onnx", f"{d / 'big.npz'}:train", f"{d / 'big.npz'}:test",
+        masks=["random:0.5"], methods=["blind", "known"], solver={"max_iter": 30},
+        out=tmp_path, n_bootstrap=100, stability_n=4, progress=False,
+    )  # fmt: skip
+    assert doc["verdict"]["memorization_detected"] is False
+    assert doc["exposure"]["train"]["exposed"] == 0 == doc["exposure"]["test"]["exposed"]
+    ms = {s["name"]: s for s in doc["membership"]["scores"]}
+    # the identity reconstructs every image exactly: the loss attack is chance, exactly
+    assert ms["reconstruction"]["auc"] == 0.5
+    assert abs(ms["recovery"]["auc"] - 0.5) < 0.3
+    html = (tmp_path / "report.html").read_text()
+    assert "No memorization was detected" in html and "does not prove" in html
+
+
+def test_report_html_is_self_contained(files, tmp_path):
+    d = files
+    assert main(_audit_args(d, tmp_path, "--checkpoints", str(d / "ae_early.onnx"))) == 0
+    html = (tmp_path / "report.html").read_text()
+    srcs = re.findall(r'<img[^>]*src="([^"]*)"', html)
+    assert len(srcs) == 5  # exposure, gallery, roc, control, rate vs loss
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<script" not in html and "<link" not in html
+    for section in ("1. Verdict", "2. Recovery", "3. The most exposed", "4. Membership",
+                    "5. Control", "6. Recovery vs train loss", "7. Method, assumptions"):  # fmt: skip
+        assert section in html
+    assert "classical and runs offline" in html
+
+
+def test_missing_extra_names_it(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn -> ImportError
+    assert main(_audit_args(files, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "refinv audit: error:" in err and "scikit-learn" in err and "refinv[audit]" in err
+    with pytest.raises(ConfigError, match=r"refinv\[audit\]"):
+        refinv.audit(files / "ae.onnx", np.zeros((2, *SHAPE)), np.zeros((2, *SHAPE)))
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--masks", "bogus:1"], "unknown family"),
+        (["--methods", "blind,magic"], "magic"),
+        (["--rho", "-1"], "rho"),
+        (["--bootstrap", "0"], "--bootstrap"),
+    ],
+)
+def test_errors_like_evaluate(files, tmp_path, argv, msg, capsys):
+    assert main(_audit_args(files, tmp_path, *argv)) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_input_errors(files, tmp_path, capsys):
+    d = files
+    base = ["--train", f"{d / 'data.npz'}:train", "--test", f"{d / 'data.npz'}:test",
+            "--out", str(tmp_path / "o"), *FAST]  # fmt: skip
+    assert main(["audit", str(d / "enc.onnx"), *base]) == 2
+    assert "not an autoencoder" in capsys.readouterr().err
+    bad = ["audit", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:nope", *base[2:]]
+    assert main(bad) == 2
+    assert "nope" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["audit", str(d / "ae.onnx"), *base[:4], "--out", str(tmp_path / "file")]) == 2
+    assert "expected a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the pieces
+def test_roc_summary_is_the_rank_statistic():
+    rng = np.random.default_rng(1)
+    m, u = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 60)
+    m[:5] = u[:5]  # ties count one half
+    r = roc_summary(m, u, n_bootstrap=200, seed=0)
+    pairs = m[:, None] - u[None, :]
+    assert r["auc"] == pytest.approx(np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0))
+    lo, hi = r["auc_ci"]
+    assert lo <= r["auc"] <= hi
+    # TPR at FPR t: the best threshold that calls at most t of the non-members members
+    for t, got in zip((0.01, 0.001), r["tpr_at_fpr"], strict=True):
+        best = max(
+            np.mean(m >= th) for th in np.concatenate([m, u, [np.inf]]) if np.mean(u >= th) <= t
+        )
+        assert got["tpr"] == pytest.approx(best)
+    sep = roc_summary(np.array([5.0, 6.0]), np.array([1.0, 2.0, np.nan]), n_bootstrap=20)
+    assert sep["auc"] == 1.0 and sep["tpr_at_fpr"][0]["tpr"] == 1.0  # NaN = least member-like
+    assert tpr_at_fpr(np.array([0.0, 0.5, 1.0]), np.array([0.2, 0.7, 1.0]), 0.01) == 0.2
+
+
+def test_biharmonic_control_restores_smooth_images_and_keeps_observed_pixels():
+    yy, xx = np.mgrid[0:12, 0:10] / 12.0
+    ramp = (0.2 + 0.3 * yy + 0.4 * xx)[None, None]  # linear: biharmonic reproduces it
+    colour = np.concatenate([ramp, 0.5 * ramp, 1 - ramp], axis=1)
+    rng = np.random.default_rng(0)
+    h = (rng.random((1, 12, 10)) > 0.5).astype(np.uint8)
+    h[0, [0, -1], :] = 1
+    h[0, :, [0, -1]] = 1
+    for x in (ramp, colour):
+        y = x * h[:, None]
+        xc = biharmonic_inpaint(y, h)
+        np.testing.assert_allclose(xc, x, atol=1e-6)
+        np.testing.assert_array_equal(xc[:, :, h[0] == 1], x[:, :, h[0] == 1])
+
+
+def test_import_refinv_stays_light():
+    code = (
+        "import sys, refinv; heavy = ('matplotlib', 'jinja2', 'sklearn', 'skimage');"
+        "assert not [m for m in heavy if m in sys.modules], sys.modules.keys();"
+        "import refinv.audit as a; assert callable(refinv.audit) and refinv.audit is a;"
+        "assert not [m for m in heavy if m in sys.modules]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -287,3 +287,16 @@ def test_import_refinv_stays_light():
         "assert not [m for m in heavy if m in sys.modules]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_demo_points_to_audit(tmp_path, capsys):
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    if not (models / "onnx" / "faces25_lrelu_6x256.onnx").is_file():
+        pytest.skip("shipped demo model not present in models/")
+    assert main(["demo", "--quiet", "--max-iter", "2"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("refinv audit"))
+    assert "faces25_lrelu_6x256.onnx" in line and "faces25.npz:train" in line
+    assert "faces25.npz:test" in line and "--out" in line

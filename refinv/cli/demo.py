@@ -142,4 +142,10 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * tm['onnxruntime_share']:.0f}% of the {tm['report_seconds']:.1f} s inside "
         f"onnxruntime ({f.stats.calls} calls); total {tm['total_seconds']:.1f} s"
     )
+    print(
+        "next: a memorization audit of the same model (membership inference, per-image risk, "
+        "an HTML report; pip install 'refinv[audit]'):\n"
+        f"  refinv audit {model_path} --train {data_path}:train --test {data_path}:test "
+        "--out audit/"
+    )
     return 0

@@ -171,7 +171,7 @@ def test_cli_resume_flag(files, tmp_path, capsys):
     assert main(_audit_args(d, tmp_path)) == 0
     capsys.readouterr()
     assert main(_audit_args(d, tmp_path, "--resume")) == 0
-    assert "16 units from the cache, 0 computed" in capsys.readouterr().out
+    assert "14 units from the cache, 0 computed" in capsys.readouterr().out
 
 
 def test_model_with_no_recovery_is_an_honest_report(files, tmp_path):
@@ -275,7 +275,13 @@ def test_biharmonic_control_restores_smooth_images_and_keeps_observed_pixels():
     for x in (ramp, colour):
         y = x * h[:, None]
         xc = biharmonic_inpaint(y, h)
-        np.testing.assert_allclose(xc, x, atol=1e-6)
+        # a smooth image comes back to a few 1e-3 (PSNR > 45 dB); the erased copy is far off
+        assert np.max(np.abs(xc - x)) < 0.02
+        assert (
+            10 * np.log10(1 / np.mean((xc - x) ** 2))
+            > 45
+            > 10 * np.log10(1 / np.mean((y - x) ** 2))
+        )
         np.testing.assert_array_equal(xc[:, :, h[0] == 1], x[:, :, h[0] == 1])
 
 

@@ -87,7 +87,9 @@ def markdown(rows: list[dict], mask: str) -> str:
         lines.append(
             f"| {Path(r['model']).stem} | {r['n_params']:,} | {r['train_mse']:.2e} | "
             f"{r['test_mse']:.2e} | {'/'.join(map(str, r['jacobian_rank']))} of {r['n_values']} "
-            f"| {r['admm_radius_below_1']} ({r['admm_radius_median']}) | " + " | ".join(cells) + " |"
+            f"| {r['admm_radius_below_1']} ({r['admm_radius_median']}) | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines)
 

@@ -28,7 +28,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     shape = (3, 16, 16)
     n = int(np.prod(shape))
-    h = np.asarray(expand_mask(draw_masks("random:0.5", shape, 1, seed=0), shape, 1, like=np.ones(1)))
+    h = np.asarray(
+        expand_mask(draw_masks("random:0.5", shape, 1, seed=0), shape, 1, like=np.ones(1))
+    )
     h = np.broadcast_to(h, (1, *shape)).reshape(n).astype(np.float64)
     erased = np.flatnonzero(h == 0)
     for k in (16, 32, 64, 128, 256, 320, 384):

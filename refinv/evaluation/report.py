@@ -118,13 +118,18 @@ def run_method(
     """Run one recovery ``method`` (``blind``, ``known``, ``ae-iterations``) on ``y``.
 
     ``mask`` is the true mask (used only by ``known``); ``options`` are the
-    solver's keyword options. Returns the :class:`~refinv.solvers.SolverResult`.
+    solver's keyword options (``mask_init`` may be ``"file:PATH.npz[:KEY]"``: a 0/1 array
+    ``(H, W)`` or ``(N, H, W)`` read as a mask spec). Returns the :class:`~refinv.solvers.SolverResult`.
     """
     from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
 
     opts = dict(options or {})
     if method == "blind":
         opts.setdefault("rng", np.random.default_rng([seed, 1]))
+        init = opts.get("mask_init")
+        if isinstance(init, str) and init.lower().startswith("file:"):  # file:PATH.npz[:KEY]
+            n = int(y.shape[0])
+            opts["mask_init"] = parse_mask(init).draw(pixel_shape(tuple(y.shape[1:])), n)
         return blind_recovery(f, y, progress=progress, **opts)
     if method == "known":
         opts.setdefault("reinsert", not noisy)

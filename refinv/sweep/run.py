@@ -168,6 +168,10 @@ def run_task(task: Task) -> dict:
         # draw the Bernoulli initial masks for the whole split, as refinv evaluate does
         h0 = initial_mask(opts["mask_init"], y_all, rng=np.random.default_rng([task.seed, 1]))
         opts["mask_init"] = np.asarray(h0)[sl].reshape(len(x), *pixel_shape(x.shape[1:]))
+    elif task.method == "blind" and str(opts.get("mask_init", "")).lower().startswith("file:"):
+        # a file of (N, H, W) initial masks is for the whole split: this shard's rows
+        h0 = parse_mask(opts["mask_init"]).draw(pixel_shape(x.shape[1:]), len(x_all))
+        opts["mask_init"] = np.asarray(h0)[sl]
     ort0 = f.stats.seconds
     t0 = time.perf_counter()
     solver_log = logging.getLogger("refinv.solvers")

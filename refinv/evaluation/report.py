@@ -119,7 +119,8 @@ def run_method(
 
     ``mask`` is the true mask (used only by ``known``); ``options`` are the
     solver's keyword options (``mask_init`` may be ``"file:PATH.npz[:KEY]"``: a 0/1 array
-    ``(H, W)`` or ``(N, H, W)`` read as a mask spec). Returns the :class:`~refinv.solvers.SolverResult`.
+    ``(H, W)`` or ``(N, H, W)`` read as a mask spec). Returns the
+    :class:`~refinv.solvers.SolverResult`.
     """
     from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
 

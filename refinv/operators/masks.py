@@ -350,7 +350,8 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
     ``blocks:NxS`` or ``blocks:NxSHxSW`` (N random blocks), ``center:S``,
     ``half:top|bottom|left|right``, ``rows:K``, ``cols:K`` (stripes K thick),
     ``grid:K`` (keep the K-lattice), ``file:PATH.npz`` (key ``mask`` or the
-    only array; ``file:PATH.npz:KEY`` for the array ``KEY``), ``ones``. Errors raise :class:`~refinv.errors.ConfigError`
+    only array; ``file:PATH.npz:KEY`` for the array ``KEY``), ``ones``. Errors raise
+    :class:`~refinv.errors.ConfigError`
     (a bad file's values/shape raise :class:`~refinv.errors.MaskError` when drawn).
     """
     text = str(spec).strip()

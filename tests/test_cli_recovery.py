@@ -221,3 +221,22 @@ def test_evaluate_blind_with_one_initial_mask_for_both_splits(files, tmp_path):
                  str(tmp_path / "b.json")]) == 0  # fmt: skip
     a, b = (json.loads((tmp_path / f"{k}.json").read_text())["runs"] for k in "ab")
     assert [r["mse"] for r in a] == [r["mse"] for r in b]  # all-ones file == the ones default
+
+
+def test_divergence_is_one_line_per_run_with_its_context(files, tmp_path, capsys, caplog):
+    d = files
+    onnx.save(onnx_ae([(3.0 * np.eye(42), np.zeros(42), False)], (1, 6, 7)), tmp_path / "x3.onnx")
+    rc = main(
+        ["evaluate", str(tmp_path / "x3.onnx"), "--train", f"{d / 'data.npz'}:train",
+         "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3", "--methods",
+         "ae-iterations", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert lines == [
+        f"refinv evaluate: warning: checkpoint x3, mask random:0.3, method ae-iterations, "
+        f"split {split}: {n} of {n} samples diverged (NaN/Inf or |x| > 1e+06) and were "
+        "stopped (MSE null in the report); the others continued"
+        for split, n in (("train", 5), ("test", 4))
+    ]
+    assert not [r for r in caplog.records if "diverged" in r.getMessage()]

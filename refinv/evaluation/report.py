@@ -364,11 +364,15 @@ def evaluate_split(
         seconds=sec,
         onnx_seconds=ort,
     )
-    if entry["n_diverged"]:
-        log.info(
-            "%s / %s / %s / %s: %d of %d samples diverged (stopped; reported with MSE null)",
-            label, spec.text, method, split, entry["n_diverged"], entry["n"],
-        )  # fmt: skip
+    if entry["n_diverged"]:  # one warning per run, saying which run (the solver's is silenced)
+        blowup = (solver or {}).get("blowup") or 1e6
+        warnings.warn(
+            f"checkpoint {label}, mask {spec.text}, method {method}, split {split}: "
+            f"{entry['n_diverged']} of {entry['n']} samples diverged (NaN/Inf or |x| > "
+            f"{blowup:g}) and were stopped (MSE null in the report); the others continued",
+            DivergenceWarning,
+            stacklevel=2,
+        )
     return entry, res, y, mask
 
 

@@ -388,6 +388,14 @@ def run_sweep(
                 if out is not None:
                     store.write_task(task, out, __version__)
                     n_done += 1
+                    n_div = int(sum(bool(v) for v in out["diverged"]))
+                    if n_div:  # the worker's solver warning is silenced: one line, here
+                        log.warning(
+                            "checkpoint %s, mask %s, method %s, split %s [%d:%d]: %d of %d "
+                            "samples diverged and were stopped (MSE null in the database)",
+                            task.checkpoint, task.mask, task.method, task.split,
+                            task.start, task.stop, n_div, len(out["diverged"]),
+                        )  # fmt: skip
                 else:
                     store.write_failure(task, err, __version__)
                     n_failed += 1

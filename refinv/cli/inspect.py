@@ -56,7 +56,7 @@ def applicable_methods(chain) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..evaluation.diagnostics import diagnose
+    from ..evaluation.diagnostics import diagnose, parameter_ties
     from ..onnx.graph import read_chain
 
     report: dict = {"model": str(args.model)}
@@ -70,18 +70,32 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_json(args.json, report)
         return 0
     methods = applicable_methods(chain)
+    tied = parameter_ties(chain)
     report.update(
         in_shape=list(chain.in_shape),
         out_shape=list(chain.out_shape),
-        n_params=chain.n_params,
+        n_params=tied["n_params"],
+        n_params_per_layer_sum=tied["n_params_per_layer_sum"],
+        ties=tied["ties"],
         info=chain.info,
         methods=methods,
     )
+    extra = ""
+    if tied["ties"]:
+        extra = f" ({tied['n_params_per_layer_sum']} counted per layer; tied weights below)"
     print(
         f"{args.model}: {len(chain)} layers, input {chain.in_shape}, output {chain.out_shape}, "
-        f"{chain.n_params} parameters"
+        f"{tied['n_params']} unique parameters{extra}"
     )
-    print(f"{'#':>3} {'kind':<15} {'in':<14} {'out':<14} {'activation':<16} {'params':>9}")
+    ties_of: dict[int, list[str]] = {}
+    for t in tied["ties"]:
+        mark = "^T" if t["relation"] == "transpose" else ""
+        ties_of.setdefault(t["layer"], []).append(
+            f"{t['param']} = layer {t['tied_to_layer']} {t['tied_to_param']}{mark}"
+        )
+    print(
+        f"{'#':>3} {'kind':<15} {'in':<14} {'out':<14} {'activation':<16} {'params':>9}  tied"
+    )
     for i, lay in enumerate(chain.layers):
         act = lay.activation.name
         if lay.activation.name == "leaky_relu":
@@ -89,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         params = lay.weight.size + (0 if lay.bias is None else lay.bias.size)
         print(
             f"{i:>3} {lay.kind:<15} {str(lay.in_shape):<14} {str(lay.out_shape):<14} "
-            f"{act:<16} {params:>9}"
+            f"{act:<16} {params:>9}  {', '.join(ties_of.get(i, [])) or '-'}"
         )
     print("explicit-weight methods: " + ", ".join(f"{k}: {v}" for k, v in methods.items()))
     if not args.no_diagnostics:

@@ -93,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         ties_of.setdefault(t["layer"], []).append(
             f"{t['param']} = layer {t['tied_to_layer']} {t['tied_to_param']}{mark}"
         )
-    print(
-        f"{'#':>3} {'kind':<15} {'in':<14} {'out':<14} {'activation':<16} {'params':>9}  tied"
-    )
+    print(f"{'#':>3} {'kind':<15} {'in':<14} {'out':<14} {'activation':<16} {'params':>9}  tied")
     for i, lay in enumerate(chain.layers):
         act = lay.activation.name
         if lay.activation.name == "leaky_relu":

@@ -103,3 +103,72 @@ def test_ties_by_content_in_a_hand_made_graph(tmp_path):
     layers[4] = ("gemm", ("Wt", W.T + np.float32(1e-3)), None)
     t2 = parameter_ties(read_chain(_graph(tmp_path / "t2.onnx", layers, 4)))
     assert [d["layer"] for d in t2["ties"]] == [2] and t2["n_params"] == t["n_params"] + 20
+
+
+def _tied_tanh(path, rng, smax, *, tied=True, n=12, k=16):
+    """f(x) = V tanh(W x + b) with V = W^T (tied: Theorem 1 when smax <= 1) or a random V;
+    the singular values of W are scaled into [0.3 smax, smax]."""
+    U, _, Vt = np.linalg.svd(rng.standard_normal((k, n)), full_matrices=False)
+    W = U @ np.diag(np.linspace(smax, 0.3 * smax, n)) @ Vt
+    b = 0.1 * rng.standard_normal(k)
+    dec = ("W", W) if tied else ("V", rng.standard_normal((k, n)) * smax / np.sqrt(k))
+    return _graph(path, [("gemm", ("W", W), b), ("matmul", dec, None)], n), W
+
+
+def test_prox_check_theorem1_model_passes(tmp_path):
+    """W^T diag(tanh') W with tanh' in (0, 1] and ||W|| = 0.9: symmetric, eigenvalues in
+    [0, 0.81]; measured from the float32 ONNX model by finite differences."""
+    from refinv.evaluation.prox import prox_check
+    from refinv.onnx import OnnxModel
+
+    rng = np.random.default_rng(0)
+    p, W = _tied_tanh(tmp_path / "tied.onnx", rng, 0.9)
+    f = OnnxModel(p)
+    x = rng.random((6, 12)).astype(np.float32)
+    r = prox_check(f, x)
+    assert r["is_prox"] and r["fraction_prox"] == 1.0 and r["n"] == 6
+    assert r["max_asymmetry"] < 1e-3
+    assert -1e-3 <= r["eig_min"] and r["eig_max"] <= 0.81 + 1e-3
+    # the same numbers as the exact Jacobian W^T diag(1 - tanh^2) W at each point
+    b = numpy_helper.to_array(next(t for t in onnx.load(p).graph.initializer if t.name == "b0"))
+    Wf = W.astype(np.float32).astype(np.float64)
+    for xi, pt in zip(x.astype(np.float64), r["points"], strict=True):
+        J = Wf.T @ np.diag(1 - np.tanh(Wf @ xi + b) ** 2) @ Wf
+        ev = np.linalg.eigvalsh(J)
+        assert pt["eig_min"] == pytest.approx(ev[0], abs=1e-3)
+        assert pt["eig_max"] == pytest.approx(ev[-1], abs=1e-3)
+
+
+def test_prox_check_fails_untied_and_expansive_models(tmp_path):
+    from refinv.evaluation.prox import prox_check
+    from refinv.onnx import OnnxModel
+
+    rng = np.random.default_rng(1)
+    x = rng.random((4, 12)).astype(np.float32)
+    untied = prox_check(OnnxModel(_tied_tanh(tmp_path / "u.onnx", rng, 0.9, tied=False)[0]), x)
+    assert not untied["is_prox"] and untied["fraction_prox"] == 0.0
+    assert untied["max_asymmetry"] > 0.1 and not any(p["symmetric"] for p in untied["points"])
+    big = prox_check(OnnxModel(_tied_tanh(tmp_path / "b.onnx", rng, 1.5)[0]), x)
+    assert all(p["symmetric"] for p in big["points"])  # tied: symmetric, but
+    assert not big["is_prox"] and big["eig_max"] > 1.1  # expansive: not a prox
+
+
+def test_inspect_prox_cli(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    p, _ = _tied_tanh(tmp_path / "tied.onnx", rng, 0.9)
+    np.savez(tmp_path / "d.npz", train=rng.random((5, 12)).astype(np.float32))
+    out = tmp_path / "r.json"
+    rc = main(["inspect", str(p), "--no-diagnostics", "--prox", f"{tmp_path / 'd.npz'}",
+               "--prox-n", "3", "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    rep = json.loads(out.read_text())["prox"]
+    assert rep["n"] == 3 and rep["is_prox"] and len(rep["points"]) == 3
+    assert rep["data"].endswith("d.npz:train")
+    assert "a Moreau proximal map there: yes, at every point" in capsys.readouterr().out
+    # an untied model: the verdict says no; a model that is not an autoencoder: exit 2
+    pu, _ = _tied_tanh(tmp_path / "untied.onnx", rng, 0.9, tied=False)
+    assert main(["inspect", str(pu), "--no-diagnostics", "--prox", f"{tmp_path / 'd.npz'}"]) == 0
+    assert "a Moreau proximal map there: no: 0% of the points pass" in capsys.readouterr().out
+    enc = _graph(tmp_path / "enc.onnx", [("gemm", ("W", rng.standard_normal((3, 12))), None)], 12)
+    assert main(["inspect", str(enc), "--no-diagnostics", "--prox", f"{tmp_path / 'd.npz'}"]) == 2
+    assert "refinv inspect: error: --prox: expected an autoencoder" in capsys.readouterr().err

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         "radius < 1: the image is an attracting fixed point of the linearized known-mask ADMM\n"
         "  (an iterate close enough to it converges to it);\n"
         "radius > 1: the image is a repelling fixed point of the linearized iteration; recovery\n"
-        "  from a nearby start is unlikely (a local criterion: not a proof of failure, and not\n"
-        "  a prediction for blind recovery; measured agreement in docs/theory/recovery.md)."
+        "  from a nearby start is unlikely (a local criterion, not a proof of failure; computed\n"
+        "  for the known-mask ADMM, blind recovery adds a mask step; measured agreement with\n"
+        "  actual outcomes in docs/theory/recovery.md)."
     )
     return 0

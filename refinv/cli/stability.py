@@ -1,4 +1,4 @@
-"""``refinv stability``: will this autoencoder's training images be recoverable at all?
+"""``refinv stability``: are this autoencoder's training images attracting fixed points of recovery?
 
     refinv stability MODEL.onnx DATA.npz[:train] [--mask random:0.5] [--seed 0] \\
         [--rho 0.2,0.5,2] [--n 20] [--json OUT.json]

@@ -73,7 +73,10 @@ def add_runtime_args(p: argparse.ArgumentParser):
     """The onnxruntime options :func:`open_model` reads; returns their argument group."""
     r = p.add_argument_group("runtime")
     r.add_argument("--batch-size", type=int, default=None, help="largest batch per ONNX call")
-    r.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    r.add_argument(
+        "--threads", type=int, default=None,
+        help="onnxruntime intra-op threads (default 1; 0: onnxruntime's default, one per core)",
+    )  # fmt: skip
     r.add_argument(
         "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
     )

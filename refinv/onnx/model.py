@@ -240,7 +240,8 @@ class OnnxModel:
         Largest batch sent to onnxruntime in one call; larger inputs are split
         into chunks. Default: no splitting for dynamic-batch models.
     intra_op_threads : int, optional
-        onnxruntime's intra-op thread count (``0``/``None``: its default).
+        onnxruntime's intra-op thread count (default ``None``: 1 thread; ``0``:
+        onnxruntime's own default, one spinning thread per physical core).
     device_id : int
         CUDA device for the CUDA provider.
 
@@ -329,8 +330,9 @@ class OnnxModel:
         self.provider = provider
         self.device_id = device_id
         so = ort.SessionOptions()
-        if intra_op_threads:
-            so.intra_op_num_threads = int(intra_op_threads)
+        # default ONE intra-op thread (never slower than onnxruntime's spinning pool on a loaded
+        # machine; docs/benchmarks.md "time to verdict"); 0 = onnxruntime's own default
+        so.intra_op_num_threads = 1 if intra_op_threads is None else int(intra_op_threads)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         try:
@@ -372,8 +374,10 @@ class OnnxModel:
 
     # --------------------------------------------------------------- calling
     def _run_np(self, x: np.ndarray) -> np.ndarray:
+        sess = self.session
         t0 = time.perf_counter()
-        (y,) = self.session.run([self.output_name], {self.input_name: x})
+        # the C++ session's run: the Python wrapper's per-call input checks cost ~10% at batch 1
+        (y,) = getattr(sess, "_sess", sess).run([self.output_name], {self.input_name: x}, None)
         self.stats.seconds += time.perf_counter() - t0
         self.stats.calls += 1
         self.stats.samples += x.shape[0]
@@ -385,6 +389,8 @@ class OnnxModel:
 
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
+        if self.fixed_batch is None and (self.batch_size is None or n <= self.batch_size) and n:
+            return self._run_np(x)  # one call (the common case: no splitting to plan)
         if n == 0:
             return np.zeros((0, *self.output_sample_shape), dtype=self.dtype)
         chunks = self._chunks(n)

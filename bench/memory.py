@@ -25,6 +25,7 @@ per size is the default (``--repeats N`` for more; the JSON keeps them all).
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,6 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (pins BLAS threads through the environment)
-import numpy as np
 from common import MODELS, ROOT, fmt, parser, publish, record, summary
 
 MODEL = MODELS / "onnx" / "faces25_lrelu_6x256.onnx"
@@ -40,11 +40,17 @@ FACES = MODELS / "data" / "faces25.npz"
 
 
 def make_data(folder: Path, n: int) -> Path:
+    """The tiled data set, written by a child process: Linux folds a parent's peak RSS into
+    the ``ru_maxrss`` of every child it starts afterwards (at ``exec``), so this process
+    must stay small."""
     p = folder / f"faces25_x{n}.npz"
     if not p.is_file():
-        base = np.load(FACES)["train"]
-        reps = -(-n // len(base))
-        np.savez(p, train=np.tile(base, (reps, 1, 1, 1))[:n])
+        code = (
+            "import sys, numpy as np\n"
+            "b = np.load(sys.argv[1])['train']; n = int(sys.argv[3])\n"
+            "np.savez(sys.argv[2], train=np.tile(b, (-(-n // len(b)), 1, 1, 1))[:n])\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(FACES), str(p), str(n)], check=True)
     return p
 
 
@@ -66,6 +72,10 @@ def peak_rss(src: Path, data: Path, out: Path | None) -> tuple[float, float]:
     if p.returncode != 0:
         raise SystemExit(f"refinv recover failed ({p.returncode}): {err[-2000:]}")
     return ru.ru_maxrss / 1024.0, wall  # Linux: KiB
+
+
+def own_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main(argv=None) -> None:
@@ -121,6 +131,7 @@ def main(argv=None) -> None:
         "--threads 1 --quiet [--out OUT.npz]",
         rows=rows,
         largest_over_smallest=ratios,
+        parent_peak_rss_mib=own_peak_mib(),
     )
     publish(doc, f"memory_{args.label}", render, args)
 

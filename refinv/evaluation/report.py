@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress_label
 from ..errors import ConfigError, DivergenceWarning
 from ..operators.masks import MaskSpec, erase, parse_mask, pixel_shape
 from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB, psnr_from_mse
@@ -332,7 +333,7 @@ def evaluate_split(
     stats = getattr(f, "stats", None)
     ort0 = stats.seconds if stats is not None else None
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_label(f"{label} {spec.text} {split}"):
         warnings.simplefilter("ignore", DivergenceWarning)
         res = run_method(
             method,
@@ -569,6 +570,15 @@ def format_loss_table(doc: dict) -> str:
 
 
 # ------------------------------------------------------------------ figures
+def _figure_class():
+    """matplotlib's ``Figure``, drawn without pyplot: the user's backend is never switched."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("figures need matplotlib (pip install 'refinv[plot]')") from exc
+    return Figure
+
+
 def _img(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 3:
@@ -594,19 +604,14 @@ def figure_examples(
     split: str = "",
 ) -> Path:
     """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..io import atomic_write_bytes
 
+    Figure = _figure_class()
     k = int(x.shape[0])
     rows = [("original", x), ("degraded", y), ("recovered", xhat)]
     rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
-    fig, axes = plt.subplots(
-        len(rows), max(k, 1), figsize=(1.6 * max(k, 1), 1.7 * len(rows)), squeeze=False
-    )
+    fig = Figure(figsize=(1.6 * max(k, 1), 1.7 * len(rows)))
+    axes = fig.subplots(len(rows), max(k, 1), squeeze=False)
     for i, (name, arr) in enumerate(rows):
         for j in range(k):
             ax = axes[i][j]
@@ -622,7 +627,6 @@ def figure_examples(
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -630,12 +634,9 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
     """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..io import atomic_write_bytes
+
+    Figure = _figure_class()
 
     by: dict[tuple, list] = {}
     for r in doc["runs"]:
@@ -643,7 +644,8 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
             by.setdefault((r["mask"], r["method"]), []).append(
                 (r["train_loss"], r["accurate_rate"])
             )
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for (mask, method), pts in sorted(by.items()):
         pts.sort()
         ax.plot(
@@ -657,5 +659,4 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import refinv
-from refinv.cli import main
 from refinv.cli import demo as demo_mod
+from refinv.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "refinv" / "_data"

@@ -6,16 +6,16 @@ Given a generator ``G`` (a decoder: latent code -> image) and an image
 ``y = G(z*)``, find the code. refinv reads the weights of a dense ONNX
 generator as a :class:`~refinv.onnx.graph.LayerChain` and offers
 
-* **PLUGIn** (seed 003, eq. 5): gradient descent with the Jacobian replaced
+* **PLUGIn** (Joshi et al., 2021, eq. 5): gradient descent with the Jacobian replaced
   by the static matrix ``A_1^T ... A_d^T``
   (:func:`~refinv.solvers.generators.plugin`);
-* **gradient descent** on ``1/2 ||G(x) - y||^2`` (seed 003, eq. 4), with
+* **gradient descent** on ``1/2 ||G(x) - y||^2`` (Joshi et al., 2021, eq. 4), with
   Armijo backtracking and momentum (:func:`~refinv.solvers.generators.gradient_descent`);
-* **Latent-Pursuit** (seed 002, Algorithm 3): layer by layer from the
+* **Latent-Pursuit** (Aberdam et al., 2020, Algorithm 3): layer by layer from the
   image down, each layer a convex problem on the support of the layer
   above (:func:`~refinv.solvers.layered.latent_pursuit`);
 
-and the invertibility **diagnostics** of seed 002, Section 3
+and the invertibility **diagnostics** of Aberdam et al. (2020), Section 3
 (:func:`~refinv.evaluation.diagnostics.diagnose`): layer cardinalities
 ``s_i``, the expansion conditions of Theorem 2, mutual coherence. See
 :doc:`/theory/generators` for the mathematics.
@@ -120,7 +120,7 @@ fig.tight_layout()
 # A trained generator
 # -------------------
 # ``models/onnx/digits28_gen_fc_20-128-392-784_decoder.onnx`` is the decoder
-# of an autoencoder trained on 28x28 digits (seed 002, Section 6.2): two ReLU
+# of an autoencoder trained on 28x28 digits (Aberdam et al., 2020, Section 6.2): two ReLU
 # layers with biases (batch norm folded in) and a piecewise linear output
 # unit. :func:`~refinv.onnx.graph.read_chain` extracts its layers; the codes
 # of the training images are shipped with it, so ``y = G(z)`` has a known
@@ -182,7 +182,7 @@ fig.tight_layout()
 # %%
 # Uniqueness diagnostics
 # ----------------------
-# Theorem 2 of seed 002 (random weights) asks the layers to *expand* along
+# Theorem 2 of Aberdam et al. (2020) (random weights) asks the layers to *expand* along
 # the way down: ``s_1 >= n_0`` (the first hidden layer has at least as many
 # active units as the latent has entries), ``s_i < s_{i+1}``, and
 # ``s_L < n``. The layer-wise methods rely on them. The second shipped

@@ -13,7 +13,7 @@ weights of a :class:`refinv.onnx.graph.Layer` and a ``like`` array).
   ``(C, M/group, kH, kW)``): exactly the adjoint of the ``Conv2d`` with the
   same weight, taking ``output_padding`` into account.
 * :class:`Gradient2d` - forward differences over the last two axes, zero at
-  the last row/column (seed 004, Section 4.1); ``div = -grad^T``.
+  the last row/column (Wang and Benning, 2023, Section 4.1); ``div = -grad^T``.
 * :func:`operator_norm` - ``||A||_2`` by power iteration on ``A^T A``.
 
 Convolutions are computed by gathering the kernel taps with strided slices

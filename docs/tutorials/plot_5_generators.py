@@ -164,7 +164,7 @@ for method, res in runs.items():
 # (:class:`~refinv.errors.DivergenceWarning`), and its images are noise.
 
 fig, axes = plt.subplots(
-    1 + len(runs), n_img, figsize=(1.3 * n_img, 1.45 * (1 + len(runs))), squeeze=False
+    1 + len(runs), n_img, figsize=(max(1.6 * n_img, 6.4), 1.6 * (1 + len(runs))), squeeze=False
 )
 rows = [("target y", y)] + [(m, gen.forward(np.asarray(r.x))) for m, r in runs.items()]
 for i, (label, imgs) in enumerate(rows):
@@ -175,7 +175,8 @@ for i, (label, imgs) in enumerate(rows):
         ax.set_xticks([])
         ax.set_yticks([])
         if j == 0:
-            ax.set_ylabel(label, fontsize=7)
+            # row labels: the method's name only, horizontal, in a readable size
+            ax.set_ylabel(label.split(" (")[0], fontsize=10, rotation=0, ha="right", va="center")
 fig.tight_layout()
 # sphinx_gallery_thumbnail_number = 2
 

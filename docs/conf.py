@@ -127,7 +127,7 @@ def _esc(text: str) -> str:
     return "``".join(parts)
 
 
-_OWN_PAGES = {"index", "models", "gpu", "cli", "sweep", "benchmarks"}
+_OWN_PAGES = {"index", "models", "gpu", "cli", "sweep", "benchmarks", "citing"}
 
 
 def _add_extra_pages(app, docname, source):

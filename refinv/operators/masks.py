@@ -1,6 +1,6 @@
 """Pixel erasure ``y = H x + e`` and the families of missing-pixel masks.
 
-The degradation of the memorization experiments (ALGORITHMS.md, Part 1) is a
+The degradation of the memorization experiments (Abitbul and Dar, 2023) is a
 pixel erasure: ``H = diag(h)`` with ``h_i in {0, 1}``; an erased pixel
 (``h_i = 0``) is set to 0 in ``y``; optional i.i.d. Gaussian noise ``e`` is
 added to every entry (erased ones included, as in ``y = H x + e``).

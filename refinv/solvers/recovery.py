@@ -2,8 +2,8 @@
 
 Given a trained autoencoder ``f`` (any callable on batches, usually a
 :class:`refinv.onnx.OnnxModel`) and degraded samples ``y = H x + e`` with
-``H = diag(h)`` a pixel erasure, the solvers estimate ``x`` (ALGORITHMS.md,
-Part 1; seed 000). All three run the whole batch at once on the shared
+``H = diag(h)`` a pixel erasure, the solvers estimate ``x`` (Abitbul and
+Dar, 2023). All three run the whole batch at once on the shared
 :func:`~refinv.solvers.run_loop`, stop per sample, and return a
 :class:`~refinv.solvers.SolverResult` with per-sample ``iterations``,
 ``converged``, ``diverged`` and ``residual``.
@@ -336,7 +336,7 @@ def blind_recovery(
 
     Notes
     -----
-    Outer iteration ``t`` (ALGORITHMS.md, Part 1)::
+    Outer iteration ``t`` (Abitbul and Dar, 2023)::
 
         repeat K times:                          # PnP-ADMM, eqs. (12)-(17)
             v = (h*y + rho*(z - u)) / (h + rho)

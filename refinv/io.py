@@ -67,8 +67,16 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(f"{what} {str(path)!r}: {str(parent)!r} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {str(path)!r}: the folder {str(parent)!r} is not writable")
+    try:  # a real probe: os.access says yes to root on read-only mounts and /proc
+        if parent == path.parent:
+            with tempfile.TemporaryFile(prefix=f".{path.name}.probe-", dir=parent):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".refinv-probe-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {str(path)!r}: cannot write in {str(parent)!r} ({exc.strerror or exc})"
+        ) from exc
     return path
 
 

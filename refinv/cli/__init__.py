@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from ._checks import check_args
+
+        check_args(args)
         return int(args.func(args) or 0)
     except RefinvError as exc:
         print(f"refinv {args.command}: error: {exc}", file=sys.stderr)

@@ -49,6 +49,7 @@ raised blind recovery further (94% / 54%) but stays off by default.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -216,7 +217,7 @@ def _check(f: Model, y: Any, name: str = "y") -> Any:
 def _positive_int(value: Any, name: str) -> None:
     """``value`` must be a whole number >= 1 (an int, or a float equal to one; not bool)."""
     ok = False
-    if not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
             v = float(value)
             ok = math.isfinite(v) and v >= 1 and v == int(v)
@@ -227,10 +228,9 @@ def _positive_int(value: Any, name: str) -> None:
 
 
 def _real(value: Any, name: str, what: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {what}, got {value!r}") from None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected {what}, got {value!r}")
+    return float(value)
 
 
 def _check_common(

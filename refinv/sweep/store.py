@@ -112,7 +112,11 @@ def _now() -> str:
 
 
 class Store:
-    """An open results database. Only ONE process (the sweep's parent) writes to it."""
+    """An open results database, written by a sweep's parent process (its workers only compute).
+
+    Two sweeps of the same config on one store are safe (every read-then-write is one
+    transaction; a task computed by both is written twice with the same numbers).
+    """
 
     def __init__(self, path: str | Path, *, readonly: bool = False, check: bool = True):
         self.path = Path(path)
@@ -305,24 +309,24 @@ class Store:
         self, settings: dict, fingerprint: str, masks: list[str], methods: list[str]
     ) -> None:
         """Record the sweep's settings, or refuse a config whose settings differ from the DB's."""
-        meta = self.meta()
-        if "fingerprint" in meta and meta["fingerprint"] != fingerprint:
-            raise ConfigError(
-                f"{self.path}: holds results computed with other settings "
-                f"{json.dumps(meta.get('settings'), sort_keys=True)}; this config has "
-                f"{json.dumps(settings, sort_keys=True)}. Use another --db for a new sweep."
-            )
-        old_masks = meta.get("masks", [])
-        old_methods = meta.get("methods", [])
-        rows = {
-            "schema_version": STORE_SCHEMA_VERSION,
-            "settings": settings,
-            "fingerprint": fingerprint,
-            "masks": old_masks + [m for m in masks if m not in old_masks],
-            "methods": old_methods + [m for m in methods if m not in old_methods],
-            "created_utc": meta.get("created_utc", _now()),
-        }
-        with self._tx():
+        with self._tx():  # read and write in one transaction: concurrent sweeps
+            meta = self.meta()
+            if "fingerprint" in meta and meta["fingerprint"] != fingerprint:
+                raise ConfigError(
+                    f"{self.path}: holds results computed with other settings "
+                    f"{json.dumps(meta.get('settings'), sort_keys=True)}; this config has "
+                    f"{json.dumps(settings, sort_keys=True)}. Use another --db for a new sweep."
+                )
+            old_masks = meta.get("masks", [])
+            old_methods = meta.get("methods", [])
+            rows = {
+                "schema_version": STORE_SCHEMA_VERSION,
+                "settings": settings,
+                "fingerprint": fingerprint,
+                "masks": old_masks + [m for m in masks if m not in old_masks],
+                "methods": old_methods + [m for m in methods if m not in old_methods],
+                "created_utc": meta.get("created_utc", _now()),
+            }
             for k, v in rows.items():
                 self.conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, json.dumps(v))
@@ -342,16 +346,16 @@ class Store:
         return dict(zip(("label", "model", "sha256", "train_loss", "test_loss"), row, strict=True))
 
     def add_checkpoint(self, entry: dict) -> None:
-        old = self.checkpoint(entry["label"])
-        if old is not None:
-            if old["sha256"] != entry["sha256"]:
-                raise ConfigError(
-                    f"{self.path}: checkpoint {entry['label']!r} was computed with a model of "
-                    f"sha256 {old['sha256'][:12]}..., the config's has {entry['sha256'][:12]}...; "
-                    "give it another label or use another --db"
-                )
-            return
-        with self._tx():
+        with self._tx():  # check and insert in one transaction: concurrent sweeps on one store
+            old = self.checkpoint(entry["label"])
+            if old is not None:
+                if old["sha256"] != entry["sha256"]:
+                    raise ConfigError(
+                        f"{self.path}: checkpoint {entry['label']!r} was computed with a model "
+                        f"of sha256 {old['sha256'][:12]}..., the config's has "
+                        f"{entry['sha256'][:12]}...; give it another label or use another --db"
+                    )
+                return
             pos = self.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
             self.conn.execute(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",

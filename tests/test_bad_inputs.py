@@ -355,6 +355,7 @@ def cli_files(tmp_path_factory):
     onnx.save(onnx_ae([(projection(train), np.zeros(42), False)], (1, 6, 7)), d / "ae.onnx")
     np.savez(d / "data.npz", train=train.astype(np.float32),
              empty=np.zeros((0, 1, 6, 7), np.float32))  # fmt: skip
+    np.savez(d / "y0.npz", y=np.zeros((0, 1, 6, 7)))
     colour = rng.random((3, 3, 4, 5))
     onnx.save(onnx_ae([(np.eye(60), np.zeros(60), False)], (3, 4, 5)), d / "colour.onnx")
     np.savez(d / "last.npz", train=colour.transpose(0, 2, 3, 1).astype(np.float32))
@@ -376,6 +377,8 @@ def _cli(capsys, *argv):
         (["recover", "{d}/ae.onnx", "{d}/data.npz:empty"], "at least one image"),
         (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz:empty"], "at least one image"),
         (["stability", "{d}/ae.onnx", "{d}/data.npz:empty"], "at least one image"),
+        (["invert", "{d}/ae.onnx", "{d}/y0.npz", "--method", "gd"], "at least one observation"),
+        (["bregman", "{d}/ae.onnx", "{d}/y0.npz", "--json", "{d}/b.json"], "at least one code"),
         (["inspect", "{d}/ae.onnx", "--samples", "0"], "--samples: expected an integer >= 1"),
         (["inspect", "{d}/ae.onnx", "--samples", "-1"], "--samples"),
         (["inspect", "{d}/ae.onnx", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 
 __all__ = ["check_args", "max_threads"]
 
-_AT_LEAST_ONE = ("batch_size", "samples", "n", "limit", "workers")
+_AT_LEAST_ONE = ("batch_size", "samples", "n", "limit", "workers", "prox_n")
 _OUTPUT_FILES = ("json", "out", "save")
 
 

@@ -93,6 +93,8 @@ def run(args) -> int:
             f"{args.codes}:{args.key}: expected codes (N, {m}) for the encoder's output "
             f"{chain.out_shape}, got {y.shape}"
         )
+    if y.shape[0] == 0:
+        raise ShapeError(f"{args.codes}:{args.key}: expected at least one code, got {y.shape}")
     y = y.reshape((y.shape[0], *chain.out_shape))
     x_true = None
     if args.truth_key in arrays:

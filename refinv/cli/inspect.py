@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UnsupportedGraphError
+from ..errors import NonFiniteError, UnsupportedGraphError
 from ..io import atomic_write_json
 
 _PLAIN = ("relu", "leaky_relu", "prelu", "identity", "tanh", "sigmoid", "plu")
@@ -168,6 +168,18 @@ def run(args: argparse.Namespace) -> int:
         )
     print("explicit-weight methods: " + ", ".join(f"{k}: {v}" for k, v in methods.items()))
     if not args.no_diagnostics:
+        bad = [
+            f"{i} ({lay.kind})"
+            for i, lay in enumerate(chain.layers)
+            if not np.all(np.isfinite(np.asarray(lay.weight)))
+            or (lay.bias is not None and not np.all(np.isfinite(np.asarray(lay.bias))))
+        ]
+        if bad:
+            raise NonFiniteError(
+                f"{args.model}: expected finite weights for the diagnostics, layer(s) "
+                f"{', '.join(bad)} hold NaN/Inf (a diverged training?); --no-diagnostics "
+                "shows the layers alone"
+            )
         rng = np.random.default_rng(args.seed)
         if args.latents:
             from ..io import load_images

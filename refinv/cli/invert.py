@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         )
     dt = np.float32 if args.float32 else np.float64
     y = np.asarray(arrays["y"], dtype=dt)
+    if y.ndim < 1 or y.shape[0] == 0:
+        raise ShapeError(f"{args.data}:y: expected at least one observation, got {y.shape}")
     n = y.shape[0] if args.limit is None else min(args.limit, y.shape[0])
     y = y[:n]
     nd = int(np.prod(chain.out_shape))

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress_label
 from ..errors import ConfigError, DivergenceWarning
 from ..operators.masks import MaskSpec, erase, parse_mask, pixel_shape
 from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB, psnr_from_mse
@@ -339,7 +340,7 @@ def evaluate_split(
     stats = getattr(f, "stats", None)
     ort0 = stats.seconds if stats is not None else None
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_label(f"{label} {spec.text} {split}"):
         warnings.simplefilter("ignore", DivergenceWarning)
         res = run_method(
             method,
@@ -580,6 +581,15 @@ def format_loss_table(doc: dict) -> str:
 
 
 # ------------------------------------------------------------------ figures
+def _figure_class():
+    """matplotlib's ``Figure``, drawn without pyplot: the user's backend is never switched."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("figures need matplotlib (pip install 'refinv[plot]')") from exc
+    return Figure
+
+
 def _img(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 3:
@@ -681,6 +691,7 @@ def figure_examples(
     """
     from ..io import atomic_write_bytes
 
+    _figure_class()  # matplotlib is needed for its font: a clear error if it is missing
     k = int(x.shape[0])
     rows = [("original", x), ("degraded", y), ("recovered", xhat)]
     rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
@@ -714,12 +725,9 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
     """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..io import atomic_write_bytes
+
+    Figure = _figure_class()
 
     by: dict[tuple, list] = {}
     for r in doc["runs"]:
@@ -727,7 +735,8 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
             by.setdefault((r["mask"], r["method"]), []).append(
                 (r["train_loss"], r["accurate_rate"])
             )
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for (mask, method), pts in sorted(by.items()):
         pts.sort()
         ax.plot(
@@ -741,5 +750,4 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())

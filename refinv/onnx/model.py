@@ -225,6 +225,44 @@ class OrtStats:
         self.seconds = 0.0
 
 
+# The one command that swaps the CPU runtime for the GPU one (docs/gpu.md).
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cuda_provider_missing(available: list[str]) -> str:
+    """Why ``provider='cuda'`` cannot work with this onnxruntime, and the exact fix.
+
+    ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` are two distributions that write
+    one ``onnxruntime/`` package folder: with both installed, whichever was
+    installed last owns the shared files, and typically only the CPU providers load.
+    """
+    cpu, gpu = _dist_version("onnxruntime"), _dist_version("onnxruntime-gpu")
+    if cpu and gpu:
+        return (
+            f"provider='cuda': both onnxruntime {cpu} (CPU) and onnxruntime-gpu {gpu} are "
+            "installed; they share one 'onnxruntime' package folder and the CPU build's files "
+            f"are the ones loaded (providers {available}). Fix: {GPU_INSTALL}"
+        )
+    if gpu:
+        return (
+            f"provider='cuda': onnxruntime-gpu {gpu} is installed but reports no "
+            f"CUDAExecutionProvider (providers {available}); reinstall it: {GPU_INSTALL}"
+        )
+    return (
+        "provider='cuda' needs onnxruntime-gpu instead of the CPU onnxruntime"
+        f"{f' {cpu}' if cpu else ''} (providers {available}). Fix: {GPU_INSTALL}"
+    )
+
+
 class OnnxModel:
     """An ONNX network as a function on batches.
 
@@ -317,10 +355,7 @@ class OnnxModel:
             providers: list[Any] = ["CPUExecutionProvider"]
         elif provider == "cuda":
             if "CUDAExecutionProvider" not in available:
-                raise BackendError(
-                    "provider='cuda' needs onnxruntime with the CUDA execution provider "
-                    f"(pip install 'refinv[gpu]'); this onnxruntime has {available}"
-                )
+                raise BackendError(cuda_provider_missing(available))
             providers = [
                 ("CUDAExecutionProvider", {"device_id": device_id}),
                 "CPUExecutionProvider",
@@ -341,6 +376,12 @@ class OnnxModel:
             raise OnnxModelError(
                 f"{self.label}: onnxruntime could not load the model: {exc}"
             ) from exc
+        if provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise BackendError(
+                f"{self.label}: provider='cuda': onnxruntime-gpu could not start its CUDA "
+                "provider (no usable GPU, or the CUDA 12 / cuDNN 9 libraries it needs are "
+                f"not found) and fell back to {self.session.get_providers()}"
+            )
         self._out_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ info

@@ -50,7 +50,10 @@ def register(sub) -> None:
         help="more models of the same training run: recovery vs train loss, AUC per checkpoint",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, Bernoulli init")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the three files")
+    # dest out_dir: the shared check of refinv.cli._checks reads --out as a file path
+    p.add_argument(
+        "--out", dest="out_dir", required=True, metavar="DIR", help="folder for the three files"
+    )
     p.add_argument(
         "--resume", action="store_true",
         help="reuse the finished runs cached in DIR/cache (an interrupted audit continues)",
@@ -89,9 +92,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bootstrap: expected a positive count, got {args.bootstrap}")
     if args.gallery < 0:
         raise ConfigError(f"--gallery: expected a count >= 0, got {args.gallery}")
-    out = Path(args.out)
+    from ..io import check_writable
+
+    out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: expected a folder, got the file {str(out)!r}")
+    check_writable(out / "report.json", "--out")
     paths = [args.model, *args.checkpoints]
     models = [(Path(p).stem, open_model(p, args)) for p in paths]
     f0 = models[0][1]

@@ -39,6 +39,7 @@ at load, by the probe run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -161,9 +162,9 @@ def _safe_external_path(location: str, base_dir: Path, label: str) -> Path:
             f"model's folder {str(base)!r}"
         )
     if not full.is_file():
-        raise OnnxModelError(
-            f"{label}: external data file {location!r} not found in {str(base)!r} (expected a "
-            "regular file)"
+        raise UnsafeModelError(
+            f"{label}: external data file {location!r} not found in the model's folder "
+            f"{str(base)!r} (expected a regular file there; nothing outside it is read)"
         )
     return full
 
@@ -302,7 +303,7 @@ def _load_external(
     info = {e.key: e.value for e in t.external_data}
     loc = info.get("location", "")
     if base_dir is None:
-        raise OnnxModelError(
+        raise UnsafeModelError(
             f"{label}: tensor {_tensor_name(t)} references the external data file {loc!r}; load "
             "the model from its path so the file can be found (and checked) next to it"
         )
@@ -395,9 +396,9 @@ def load_onnx(
                 "raise it with max_bytes=... or REFINV_MAX_MODEL_BYTES"
             )
         with open(path, "rb") as fh:
-            data = fh.read(int(min(budget[0], 2**62)) + 1)
-        if len(data) > budget[0]:
-            raise ResourceLimitError(f"{label}: the file grew beyond {int(limit)} bytes")
+            data = fh.read(size + 1)  # bounded by the size checked above
+        if len(data) > size or len(data) > budget[0]:
+            raise ResourceLimitError(f"{label}: the file grew while being read")
         budget[0] -= len(data)
         model = _parse(data, label)
     else:
@@ -536,52 +537,60 @@ def _ort_message(exc: BaseException) -> str:
     return msg
 
 
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
 class _Watchdog:
-    """One daemon thread that sets ``RunOptions.terminate`` on calls past their deadline."""
+    """One daemon thread that sets ``RunOptions.terminate`` on calls past their deadline.
+
+    Registering a call is a dict insertion (atomic under the GIL, no lock on the
+    hot path); the thread looks at the running calls every ``interval`` seconds
+    (at most a quarter of the shortest limit seen, at most 1 s).
+    """
 
     def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._active: dict[int, list] = {}
-        self._next = 0
-        self._wake: float | None = None
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[float, Any]] = {}
+        self._fired: set[int] = set()
+        self._ids = itertools.count(1)
+        self._interval = 1.0
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, run_options: Any, seconds: float) -> int:
-        deadline = time.monotonic() + seconds
-        with self._cv:
-            self._next += 1
-            tok = self._next
-            self._active[tok] = [deadline, run_options, False]
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="refinv-ort-watchdog", daemon=True
-                )
-                self._thread.start()
-            if self._wake is None or deadline < self._wake:
-                self._cv.notify()
+        tok = next(self._ids)
+        self._active[tok] = (time.monotonic() + seconds, run_options)
+        if self._thread is None or seconds < 4 * self._interval:
+            with self._lock:
+                self._interval = min(self._interval, max(seconds / 4, 0.005))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="refinv-ort-watchdog", daemon=True
+                    )
+                    self._thread.start()
+            self._wake.set()
         return tok
 
     def stop(self, tok: int) -> bool:
         """Forget a call; True if it was stopped for running too long."""
-        with self._cv:
-            entry = self._active.pop(tok, None)
-        return bool(entry and entry[2])
+        self._active.pop(tok, None)
+        if tok in self._fired:
+            self._fired.discard(tok)
+            return True
+        return False
 
     def _loop(self) -> None:
-        with self._cv:
-            while True:
-                now = time.monotonic()
-                nxt = None
-                for e in self._active.values():
-                    if e[2]:
-                        continue
-                    if e[0] <= now:
-                        e[1].terminate = True
-                        e[2] = True
-                    elif nxt is None or e[0] < nxt:
-                        nxt = e[0]
-                self._wake = nxt
-                self._cv.wait(None if nxt is None else nxt - now)
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            now = time.monotonic()
+            for tok, (deadline, ro) in list(self._active.items()):
+                if deadline <= now and tok in self._active:
+                    self._fired.add(tok)
+                    ro.terminate = True
 
 
 _WATCHDOG = _Watchdog()
@@ -598,9 +607,7 @@ def run_session(
     iobinding: Any = None,
 ) -> Any:
     """``session.run`` with a wall-time limit; every failure becomes a RefinvError."""
-    import onnxruntime as ort
-
-    ro = ort.RunOptions()
+    ro = _ort().RunOptions()
     ro.log_severity_level = 4  # the error comes back in the exception; nothing on stderr
     tok = _WATCHDOG.start(ro, time_limit) if time_limit > 0 else None
     try:

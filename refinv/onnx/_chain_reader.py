@@ -38,12 +38,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import OnnxModelError, RefinvError, UnsupportedGraphError
+from ..errors import OnnxModelError, RefinvError, ResourceLimitError, UnsupportedGraphError
 from .graph import Activation, Layer, LayerChain
 from .model import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIME_LIMIT,
     _limit,
+    _prod,
     load_onnx,
     open_session,
     run_session,
@@ -110,6 +111,13 @@ def _probe(
     opts.log_severity_level = 3
     memory_limit = _limit(None, "REFINV_ORT_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "memory_limit")
     time_limit = _limit(None, "REFINV_ORT_TIME_LIMIT", DEFAULT_TIME_LIMIT, "time_limit")
+    nbytes = _prod(dims) * np.dtype(dtype).itemsize
+    if memory_limit > 0 and nbytes > memory_limit / 4:
+        raise ResourceLimitError(
+            f"{label}: the probe input of shape {tuple(dims)} alone needs {nbytes} bytes, more "
+            f"than a quarter of the memory ceiling of {int(memory_limit)} bytes; raise it with "
+            "REFINV_ORT_MEMORY_LIMIT"
+        )
     try:
         data = probe.SerializeToString()
     except Exception as exc:

@@ -640,6 +640,13 @@ def run_session(
             _WATCHDOG.stop(tok)
 
 
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
@@ -841,9 +848,18 @@ class OnnxModel:
         """Run the model once on a small batch; refuse outputs that do not match what it
         declares, its input batch or its input dtype. Returns the output sample shape."""
         nb = self.fixed_batch or 2
-        size = nb * int(np.prod(self.sample_shape))
+        size = nb * _prod(self.sample_shape)
+        nbytes = size * self.dtype.itemsize
+        budget = self.memory_limit / 4 if self.memory_limit > 0 else float("inf")
+        if nbytes > budget:
+            raise ResourceLimitError(
+                f"{self.label}: the probe batch of shape {(nb, *self.sample_shape)} alone needs "
+                f"{nbytes} bytes, more than a quarter of the memory ceiling of "
+                f"{int(self.memory_limit)} bytes; raise it with memory_limit=... or "
+                "REFINV_ORT_MEMORY_LIMIT"
+            )
         # deterministic values in [0, 1): image-like, and not all equal
-        x = ((np.arange(size, dtype=np.float64) * 0.618034) % 1.0).astype(self.dtype)
+        x = np.resize((np.arange(97) * 0.618034 % 1.0).astype(self.dtype), size)
         y = self._run_np(x.reshape(nb, *self.sample_shape))
         self.stats.reset()
         where = f"{self.label}: probe run on a batch of shape {(nb, *self.sample_shape)}"

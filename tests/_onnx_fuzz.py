@@ -249,7 +249,7 @@ def _proto_mutation(m: onnx.ModelProto, rng: random.Random) -> str:
 def _external_trick(rng: random.Random) -> Case:
     kind = rng.choice(EXTERNAL_KINDS)
     loc = rng.choice(["secret.bin", "../secret.bin", "ABS", "link.bin", "sub/../../secret.bin",
-                      "data.bin", "data.bin", "", "dir", "./data.bin", "..\\secret.bin",
+                      "data.bin", "data.bin", "data.bin", "data.bin", "", "dir", "./data.bin", "..\\secret.bin",
                       "/proc/self/environ", "data.bin\x00x", "~/secret.bin"])  # fmt: skip
     if loc == "ABS":
         loc = "@ROOT@/secret.bin"
@@ -257,7 +257,7 @@ def _external_trick(rng: random.Random) -> Case:
         np.arange(4, dtype=np.int64).tobytes())  # fmt: skip
     m = external_model(kind, loc)
     tensors = [t for t in _all_tensors(m) if t.data_location == TensorProto.EXTERNAL]
-    how = rng.choice(["plain", "offset", "length", "nonint", "both"])
+    how = rng.choice(["plain", "plain", "plain", "offset", "length", "nonint", "both"])
     for t in tensors:
         e = {x.key: x for x in t.external_data}
         if how in ("offset", "both"):

@@ -169,11 +169,11 @@ fig.tight_layout()
 # %%
 # Is a 0% rate "not memorized" or "not measurable"? The stability check
 # ---------------------------------------------------------------------
-# A memorized image is a fixed point of the ADMM; it is recovered only if it
-# *attracts* the iteration. :func:`~refinv.evaluation.stability.pnp_admm_stability`
+# A memorized image is a fixed point of the ADMM; an iterate near it converges
+# to it if it *attracts* the iteration. :func:`~refinv.evaluation.stability.pnp_admm_stability`
 # measures that: the spectral radius of the linearized known-mask ADMM at
-# each training image (< 1 attracts, > 1 repels; theory in
-# :doc:`/theory/recovery`). Here on this faces model and on the shipped 8x8
+# each training image (< 1 attracts, > 1 repels: a local criterion, whose
+# agreement with actual outcomes is measured in :doc:`/theory/recovery`). Here on this faces model and on the shipped 8x8
 # digits model, which fits its training set just as well (train MSE 2e-13)
 # but whose training images are never recovered.
 

@@ -52,8 +52,8 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument(
         "--mask-init", default=None,
-        help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero "
-        f"(default {DEFAULTS['mask_init']})",
+        help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero, or "
+        f"file:PATH.npz[:KEY] (a 0/1 array (H, W) or (N, H, W)) (default {DEFAULTS['mask_init']})",
     )  # fmt: skip
     g.add_argument("--tau", type=float, default=None, help="mask-step tolerance (default 0)")
     g.add_argument(
@@ -91,6 +91,8 @@ def solver_options(args: argparse.Namespace) -> dict:
         "tau": args.tau,
         "clip": True if args.clip else None,
     }
+    if str(args.mask_init or "").lower().startswith("file:"):
+        parse_mask(args.mask_init)  # a missing file or key fails now, before any model runs
     return {k: v for k, v in opts.items() if v is not None}
 
 

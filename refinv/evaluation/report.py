@@ -118,13 +118,19 @@ def run_method(
     """Run one recovery ``method`` (``blind``, ``known``, ``ae-iterations``) on ``y``.
 
     ``mask`` is the true mask (used only by ``known``); ``options`` are the
-    solver's keyword options. Returns the :class:`~refinv.solvers.SolverResult`.
+    solver's keyword options (``mask_init`` may be ``"file:PATH.npz[:KEY]"``: a 0/1 array
+    ``(H, W)`` or ``(N, H, W)`` read as a mask spec). Returns the
+    :class:`~refinv.solvers.SolverResult`.
     """
     from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
 
     opts = dict(options or {})
     if method == "blind":
         opts.setdefault("rng", np.random.default_rng([seed, 1]))
+        init = opts.get("mask_init")
+        if isinstance(init, str) and init.lower().startswith("file:"):  # file:PATH.npz[:KEY]
+            n = int(y.shape[0])
+            opts["mask_init"] = parse_mask(init).draw(pixel_shape(tuple(y.shape[1:])), n)
         return blind_recovery(f, y, progress=progress, **opts)
     if method == "known":
         opts.setdefault("reinsert", not noisy)
@@ -358,11 +364,15 @@ def evaluate_split(
         seconds=sec,
         onnx_seconds=ort,
     )
-    if entry["n_diverged"]:
-        log.info(
-            "%s / %s / %s / %s: %d of %d samples diverged (stopped; reported with MSE null)",
-            label, spec.text, method, split, entry["n_diverged"], entry["n"],
-        )  # fmt: skip
+    if entry["n_diverged"]:  # one warning per run, saying which run (the solver's is silenced)
+        blowup = (solver or {}).get("blowup") or 1e6
+        warnings.warn(
+            f"checkpoint {label}, mask {spec.text}, method {method}, split {split}: "
+            f"{entry['n_diverged']} of {entry['n']} samples diverged (NaN/Inf or |x| > "
+            f"{blowup:g}) and were stopped (MSE null in the report); the others continued",
+            DivergenceWarning,
+            stacklevel=2,
+        )
     return entry, res, y, mask
 
 

@@ -29,7 +29,8 @@ Mask families (all reproducible: random ones draw from an explicit seed or
     grid:K          only the lattice i % K == 0 and j % K == 0 is kept, every
                     other pixel erased (K = 2 erases 3/4 of the pixels)
     file:PATH.npz   a user 0/1 array from an .npz (key "mask", or its only
-                    array), shape (H, W) or (N, H, W)
+                    array), shape (H, W) or (N, H, W); file:PATH.npz:KEY
+                    takes the array KEY
     ones            nothing erased (sanity runs)
 
 Random families give each image its own draw (sample ``i`` of a batch gets
@@ -70,7 +71,7 @@ __all__ = [
 
 MASK_GRAMMAR = (
     "random:P | blocks:NxS | blocks:NxSHxSW | center:S | half:top|bottom|left|right | "
-    "rows:K | cols:K | grid:K | file:PATH.npz | ones"
+    "rows:K | cols:K | grid:K | file:PATH.npz[:KEY] | ones"
 )
 
 
@@ -349,7 +350,8 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
     ``blocks:NxS`` or ``blocks:NxSHxSW`` (N random blocks), ``center:S``,
     ``half:top|bottom|left|right``, ``rows:K``, ``cols:K`` (stripes K thick),
     ``grid:K`` (keep the K-lattice), ``file:PATH.npz`` (key ``mask`` or the
-    only array), ``ones``. Errors raise :class:`~refinv.errors.ConfigError`
+    only array; ``file:PATH.npz:KEY`` for the array ``KEY``), ``ones``. Errors raise
+    :class:`~refinv.errors.ConfigError`
     (a bad file's values/shape raise :class:`~refinv.errors.MaskError` when drawn).
     """
     text = str(spec).strip()
@@ -388,20 +390,34 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
             raise ConfigError(f"mask {text!r}: expected half:top|bottom|left|right")
         return MaskSpec("half", (side,), text)
     if fam == "file":
-        path = Path(arg)
+        # file:PATH.npz or file:PATH.npz:KEY (a path that exists as given wins, so a
+        # file name with a colon still works)
+        path, key = Path(arg), None
+        head, sep, tail = arg.rpartition(":")
+        if sep and head and tail and not path.is_file():
+            path, key = Path(head), tail
         try:
             arrays = load_npz(path)  # never unpickles
         except ConfigError as exc:
             raise ConfigError(f"mask {text!r}: {exc}") from exc
-        if "mask" in arrays:
+        if key is not None:
+            if key not in arrays:
+                raise ConfigError(
+                    f"mask {text!r}: expected a key of {path} after ':', one of "
+                    f"{sorted(arrays)}; got {key!r}"
+                )
+            a = arrays[key]
+        elif "mask" in arrays:
             a = arrays["mask"]
         elif len(arrays) == 1:
             a = next(iter(arrays.values()))
         else:
             raise ConfigError(
-                f"mask {text!r}: expected a key 'mask' or one array, got {sorted(arrays)}"
+                f"mask {text!r}: expected a key 'mask' or one array (or file:PATH.npz:KEY), "
+                f"got {sorted(arrays)}"
             )
-        return MaskSpec("file", (str(path),), text, array=np.asarray(a))
+        params = (str(path),) if key is None else (str(path), key)
+        return MaskSpec("file", params, text, array=np.asarray(a))
     raise ConfigError(f"mask {text!r}: unknown family {fam!r}; expected one of {MASK_GRAMMAR}")
 
 

@@ -173,7 +173,7 @@ def _proto_mutation(m: onnx.ModelProto, rng: random.Random) -> str:
                 del a.ints[:]
                 a.ints.extend(rng.choice(_WEIRD_INTS) for _ in range(rng.randrange(0, 6)))
             else:
-                a.type = rng.randrange(0, 16)
+                a.type = rng.choice(list(onnx.AttributeProto.AttributeType.values()))
         else:
             name = rng.choice(["pads", "strides", "group", "axis", "alpha", "transA", "to"])
             n.attribute.append(helper.make_attribute(name, rng.choice(_WEIRD_INTS)))

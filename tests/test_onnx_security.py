@@ -359,3 +359,20 @@ def test_telemetry_is_disabled_unless_asked(monkeypatch):
     monkeypatch.setenv("REFINV_ORT_TELEMETRY", "1")
     OnnxModel(_plus_c(c))
     assert calls == ["off", "on"]
+
+
+def test_node_count_and_sparse_dense_size_are_capped(monkeypatch):
+    nodes = [
+        helper.make_node("Identity", ["x" if i == 0 else f"t{i - 1}"], ["y" if i == 5 else f"t{i}"])
+        for i in range(6)
+    ]
+    m = _graph(nodes, [], TensorProto.FLOAT, TensorProto.FLOAT, ["N", 4])
+    assert OnnxModel(m).sample_shape == (4,)
+    monkeypatch.setenv("REFINV_MAX_NODES", "5")
+    with pytest.raises(ResourceLimitError, match="6 nodes .* more than the limit of 5"):
+        OnnxModel(m)
+    monkeypatch.delenv("REFINV_MAX_NODES")
+    g = external_model("sparse_initializer_values", None)
+    g.graph.sparse_initializer[0].dims[0] = 2**27  # 512 MiB once dense
+    with pytest.raises(ResourceLimitError, match="sparse tensors make 536870912 bytes"):
+        load_onnx(g)

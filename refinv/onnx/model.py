@@ -89,6 +89,10 @@ DEFAULT_MAX_BYTES = 2 * GiB
 DEFAULT_TIME_LIMIT = 600.0
 #: onnxruntime arena ceiling per session, bytes; ``memory_limit=``/``REFINV_ORT_MEMORY_LIMIT``.
 DEFAULT_MEMORY_LIMIT = 4 * GiB
+#: Most nodes in all graphs of a model (subgraphs, functions); ``REFINV_MAX_NODES``.
+DEFAULT_MAX_NODES = 5000
+#: Largest total dense size of the sparse tensors, bytes; ``REFINV_MAX_SPARSE_BYTES``.
+DEFAULT_MAX_SPARSE_BYTES = 256 * 2**20
 
 _CONTROL_FLOW = {"Loop", "Scan", "If"}
 # bits per element of each tensor data type, and the typed field holding it when not raw
@@ -419,8 +423,24 @@ def load_onnx(
             )
     for t in tensors:
         _check_tensor(t, label, limit)
+    max_nodes = _limit(None, "REFINV_MAX_NODES", DEFAULT_MAX_NODES, "REFINV_MAX_NODES")
+    if max_nodes > 0 and len(nodes) > max_nodes:
+        raise ResourceLimitError(
+            f"{label}: {len(nodes)} nodes (all graphs), more than the limit of {int(max_nodes)}; "
+            "raise it with REFINV_MAX_NODES (0: no limit)"
+        )
+    sparse_limit = _limit(
+        None, "REFINV_MAX_SPARSE_BYTES", DEFAULT_MAX_SPARSE_BYTES, "REFINV_MAX_SPARSE_BYTES"
+    )
+    dense_total = 0
     for sp in sparse:
         _check_sparse(sp, label, limit)
+        dense_total += _prod(sp.dims) * _BITS.get(sp.values.data_type, 64) // 8
+        if dense_total > sparse_limit > 0:
+            raise ResourceLimitError(
+                f"{label}: the sparse tensors make {dense_total} bytes once dense, more than the "
+                f"limit of {int(sparse_limit)}; raise it with REFINV_MAX_SPARSE_BYTES (0: no limit)"
+            )
     if not allow_control_flow:
         for node in nodes:
             if node.op_type in _CONTROL_FLOW or any(

@@ -1,4 +1,4 @@
-"""PLUGIn and gradient descent on explicit generators (seed 003)."""
+"""PLUGIn and gradient descent on explicit generators (Joshi et al., 2021)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from refinv.solvers.generators import (
 
 
 def gaussian_chain(rng, widths, act="relu"):
-    """Weights A_i (n_i x n_{i-1}) with i.i.d. N(0, 1/n_i) entries (seed 003's model)."""
+    """Weights A_i (n_i x n_{i-1}) with i.i.d. N(0, 1/n_i) entries (Joshi et al.'s (2021) model)."""
     ws = [
         rng.standard_normal((b, a)) / np.sqrt(b)
         for a, b in zip(widths[:-1], widths[1:], strict=True)
@@ -25,7 +25,7 @@ def gaussian_chain(rng, widths, act="relu"):
 
 
 def test_monte_carlo_unbiasedness_of_AT_relu_Ax():
-    """E[A^T ReLU(A x)] = x/2 for A with i.i.d. N(0, 1/m) entries (eq. 7 of seed 003)."""
+    """E[A^T ReLU(A x)] = x/2 for A with i.i.d. N(0, 1/m) entries (eq. 7 of Joshi et al., 2021)."""
     rng = np.random.default_rng(1234)
     m, n, T = 40, 4, 4000
     x = rng.standard_normal(n)

@@ -5,7 +5,7 @@ How much did this autoencoder memorize?
 An overparameterized autoencoder trained to (near) zero loss can *memorize*
 its training set: erase half of the pixels of a training image, and the
 network can put them back exactly, although it cannot do so for an image it
-never saw. refinv measures this by **blind recovery** (seed 000): the
+never saw. refinv measures this by **blind recovery** (Abitbul and Dar, 2023): the
 degradation ``y = H x`` erases pixels, ``H = diag(h)`` is *unknown*, and
 plug-and-play ADMM with the autoencoder ``f`` as the prior alternates with a
 closed-form estimate of the mask ``h`` (:doc:`/theory/recovery`).

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show_refinv
     try:
+        from ._checks import check_args
+
+        check_args(args)
         return int(args.func(args) or 0)
     except RefinvError as exc:
         print(f"refinv {args.command}: error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """``refinv inspect MODEL.onnx``: the layer chain of a model and its invertibility diagnostics.
 
 Prints the layers (kind, shapes, activation, parameters), the parameter count,
-which explicit-weight methods apply, and the diagnostics of seed 002, Section 3
+which explicit-weight methods apply, and the diagnostics of Aberdam et al. (2020), Section 3
 (cardinalities of a forward pass on random latents, mutual coherence, Theorem 2
 conditions). ``--json OUT`` writes the same as JSON. A model that is not a
 plain chain is reported (exit 0) with the reason. ``--prox DATA.npz[:key]``
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UnsupportedGraphError
+from ..errors import NonFiniteError, UnsupportedGraphError
 from ..io import atomic_write_json
 
 _PLAIN = ("relu", "leaky_relu", "prelu", "identity", "tanh", "sigmoid", "plu")
@@ -23,7 +23,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "inspect",
         help="show a model's layer chain and invertibility diagnostics",
-        description=__doc__.splitlines()[0],
+        description="Print the layer chain of an ONNX model, read from its initializers (kind, "
+        "shapes, activation, parameters), which explicit-weight methods apply, and the "
+        "invertibility diagnostics of Aberdam et al. (2020), Section 3.",
     )
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--samples", type=int, default=64, help="random latents for the diagnostics")
@@ -166,6 +168,18 @@ def run(args: argparse.Namespace) -> int:
         )
     print("explicit-weight methods: " + ", ".join(f"{k}: {v}" for k, v in methods.items()))
     if not args.no_diagnostics:
+        bad = [
+            f"{i} ({lay.kind})"
+            for i, lay in enumerate(chain.layers)
+            if not np.all(np.isfinite(np.asarray(lay.weight)))
+            or (lay.bias is not None and not np.all(np.isfinite(np.asarray(lay.bias))))
+        ]
+        if bad:
+            raise NonFiniteError(
+                f"{args.model}: expected finite weights for the diagnostics, layer(s) "
+                f"{', '.join(bad)} hold NaN/Inf (a diverged training?); --no-diagnostics "
+                "shows the layers alone"
+            )
         rng = np.random.default_rng(args.seed)
         if args.latents:
             from ..io import load_images

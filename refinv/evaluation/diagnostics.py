@@ -1,4 +1,4 @@
-"""Invertibility diagnostics of a generator (seed 002, Section 3).
+"""Invertibility diagnostics of a generator (Aberdam et al., 2020, Section 3).
 
 * layer cardinalities ``s_i = ||x_i||_0`` of a forward pass (hidden layers);
 * mutual coherence ``mu(W) = max_{i != j} |<w_i, w_j>| / (||w_i|| ||w_j||)``

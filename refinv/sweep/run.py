@@ -376,7 +376,9 @@ def run_sweep(
         todo = [t for t in tasks if t.task_id not in done_ids]
         skipped = len(tasks) - len(todo)
         log.info("sweep: %d tasks, %d already done, %d to run", len(tasks), skipped, len(todo))
-        bar = Progress(len(todo), desc=f"sweep ({skipped} done before)", enabled=progress)
+        bar = Progress(
+            len(todo), desc=f"sweep ({skipped} done before)", enabled=progress, leave=True
+        )
         n_done = n_failed = 0
         it = (
             _iter_dask(todo, scheduler, workers)
@@ -404,7 +406,10 @@ def run_sweep(
                         task.checkpoint, task.mask, task.method, task.split,
                         task.start, task.stop, err.strip().splitlines()[-1] if err else "",
                     )  # fmt: skip
-                bar.update(n_done + n_failed)
+                bar.update(
+                    n_done + n_failed,
+                    note=f"{task.checkpoint} {task.mask} {task.method} {task.split}",
+                )
         finally:
             bar.close()
     return SweepSummary(

@@ -668,6 +668,8 @@ def run_session(
             session.run_with_iobinding(iobinding, ro)
             return None
         # the C++ session's run: the Python wrapper's per-call input checks cost ~10% at batch 1
+        if outputs is None:
+            return session.run(None, feeds, ro)
         return getattr(session, "_sess", session).run(outputs, feeds, ro)
     except Exception as exc:
         fired = tok is not None and _WATCHDOG.stop(tok)

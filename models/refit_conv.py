@@ -151,7 +151,9 @@ def main(argv=None):
             r["ort_test_mse"] = ort_mse(Path(r["path"]), Xte)
         print(json.dumps(r), flush=True)
     if a.register:
-        register(a, args, rows, a.run, n_params(lc), n_params(base), m_conv, cond)
+        register(
+            a, args, rows, a.run, n_params(lc) - n_params(base.out), n_params(base), m_conv, cond
+        )
 
 
 def register(a, args, rows, run: Path, n_par: int, n_base: int, m_conv: float, cond: float):

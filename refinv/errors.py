@@ -24,6 +24,7 @@ __all__ = [
     "OnnxModelError",
     "UnsafeModelError",
     "UnsupportedGraphError",
+    "ResourceLimitError",
     "ConfigError",
     "DivergenceWarning",
 ]
@@ -63,6 +64,10 @@ class UnsafeModelError(OnnxModelError):
 
 class UnsupportedGraphError(OnnxModelError):
     """An ONNX graph uses an operator or a topology a method cannot handle."""
+
+
+class ResourceLimitError(OnnxModelError):
+    """An ONNX model exceeded a resource limit (file size, memory, time of one call)."""
 
 
 class ConfigError(RefinvError, ValueError):

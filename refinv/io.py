@@ -327,35 +327,42 @@ def load_images(
     if key not in arrays:
         raise ConfigError(f"{path}: no array {key!r}; it has {sorted(arrays)}")
     a = arrays[key]
-    if not np.issubdtype(a.dtype, np.floating):
-        raise DTypeError(f"{path}:{key}: expected floating-point images, got dtype {a.dtype}")
-    if a.ndim < 1 or a.shape[0] == 0:
-        raise ShapeError(f"{path}:{key}: expected at least one image, got an array of shape "
-                         f"{a.shape}")  # fmt: skip
+    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape)
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
-        want = f"(N, {', '.join(map(str, sample_shape))})"
-        if a.ndim >= 2 and _same_layout(tuple(a.shape[1:]), tuple(sample_shape)):
-            a = a.reshape((a.shape[0], *sample_shape))
-        elif a.ndim >= 2 and math.prod(a.shape[1:]) == math.prod(sample_shape):
-            hint = ""
-            if len(sample_shape) == 3 and tuple(a.shape[1:]) == (
-                *sample_shape[1:],
-                sample_shape[0],
-            ):
-                hint = (" (channels-last; transpose it to channels-first, e.g. "
-                        "np.transpose(a, (0, 3, 1, 2)))")  # fmt: skip
-            raise ShapeError(
-                f"{path}:{key}: expected images of shape {want} to match the model, got "
-                f"{a.shape}{hint}: the same number of values per image in another layout, "
-                "which refinv does not reshape (it would scramble the images)"
-            )
-        else:
-            raise ShapeError(
-                f"{path}:{key}: expected images of shape {want} to match the model, got {a.shape}"
-            )
+        a = a.reshape((a.shape[0], *sample_shape))
     if not np.all(np.isfinite(a)):
         raise NonFiniteError(f"{path}:{key}: expected finite values, got NaN/Inf")
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def check_images_header(
+    label: str, shape: tuple[int, ...], dtype: Any, sample_shape: tuple[int, ...] | None
+) -> None:
+    """The checks of :func:`load_images` that need only an array's shape and dtype (also
+    run on the header of a file read in chunks): floating, at least one image, and samples
+    of ``sample_shape`` up to reshapes that cannot reorder values."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    if dtype.hasobject or not np.issubdtype(dtype, np.floating):
+        raise DTypeError(f"{label}: expected floating-point images, got dtype {dtype}")
+    if len(shape) < 1 or shape[0] == 0:
+        raise ShapeError(f"{label}: expected at least one image, got an array of shape {shape}")
+    if sample_shape is None or shape[1:] == tuple(sample_shape):
+        return
+    want = f"(N, {', '.join(map(str, sample_shape))})"
+    if len(shape) >= 2 and _same_layout(shape[1:], tuple(sample_shape)):
+        return
+    if len(shape) >= 2 and math.prod(shape[1:]) == math.prod(sample_shape):
+        hint = ""
+        if len(sample_shape) == 3 and shape[1:] == (*sample_shape[1:], sample_shape[0]):
+            hint = (" (channels-last; transpose it to channels-first, e.g. "
+                    "np.transpose(a, (0, 3, 1, 2)))")  # fmt: skip
+        raise ShapeError(
+            f"{label}: expected images of shape {want} to match the model, got "
+            f"{shape}{hint}: the same number of values per image in another layout, "
+            "which refinv does not reshape (it would scramble the images)"
+        )
+    raise ShapeError(f"{label}: expected images of shape {want} to match the model, got {shape}")
 
 
 def _same_layout(got: tuple[int, ...], want: tuple[int, ...]) -> bool:

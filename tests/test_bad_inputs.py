@@ -104,12 +104,6 @@ def test_strict_integer_arrays_are_dtype_errors():
             run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="refinv/onnx/model.py compares with xp.float16, which array-api-strict lacks "
-    "(AttributeError); fixed with the ONNX work, outside this issue's files",
-)
 def test_onnx_model_strict_integer_array_is_a_dtype_error(tmp_path):
     p = tmp_path / "ae.onnx"
     onnx.save(onnx_ae([(np.eye(16), np.zeros(16), False)], (1, 4, 4), np.float32), p)

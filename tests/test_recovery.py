@@ -435,3 +435,31 @@ def test_one_outer_iteration_matches_the_algorithm_box():
     np.testing.assert_allclose(r.state.u, u, rtol=0, atol=1e-14)
     np.testing.assert_array_equal(r.state.h, mask_step(y, z))
     np.testing.assert_array_equal(r.x, r.state.z)
+
+
+def test_shipped_conv_autoencoder_memorizes():
+    """The convolutional row (models/README.md, colour16 trials): the plain conv autoencoder
+    with a 64-value bottleneck gives its training images back under blind and known-mask
+    recovery and never its held-out images; AE iterations alone recover none. Measured on
+    all 50 images: blind 84%, known 90%, AE iterations 0%, held-out 0% (the first 12
+    training images are all recovered by both)."""
+    man = MODELS / "MANIFEST.json"
+    path = MODELS / "onnx" / "colour16_convae_lrelu_c4.onnx"
+    if not (man.is_file() and path.is_file()):
+        pytest.skip(f"shipped model {path} not present")
+    data = np.load(MODELS / "data" / "colour16.npz")
+    f = OnnxModel(path)
+    m = draw_masks("random:0.5", f.sample_shape, 12, 0)
+
+    def rate(x, solver, **kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DivergenceWarning)
+            r = solver(f, erase(x, m), **kw)
+        mse = np.mean((np.asarray(r.x, np.float64) - x) ** 2, axis=(1, 2, 3))
+        return np.mean(np.nan_to_num(mse, nan=np.inf) < 1e-7)
+
+    train, test = data["train"][:12], data["test"][:12]
+    assert rate(train, blind_recovery) >= 0.9
+    assert rate(train, known_mask_recovery, mask=m) >= 0.9
+    assert rate(train, ae_iterations, max_iter=100) == 0.0
+    assert rate(test, blind_recovery) == 0.0

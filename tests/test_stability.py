@@ -214,3 +214,20 @@ def test_shipped_unet_repels_its_training_images():
     h = draw_masks("random:0.5", f.sample_shape, len(x), seed=0)
     r = pnp_admm_stability(f, x, h, rho=0.5)  # auto -> arnoldi (3072 > 2048)
     np.testing.assert_allclose(r, [1.105, 1.120], atol=0.005)
+
+
+@pytest.mark.skipif(
+    not (ROOT / "models" / "onnx" / "colour16_convae_lrelu_c4.onnx").is_file(),
+    reason="needs models/",
+)
+def test_shipped_conv_autoencoder_attracts_its_training_images():
+    """The conv autoencoder that memorizes (64-value bottleneck) keeps its training images
+    attracting, unlike the U-Nets (models/README.md: 46 of 50 below 1, median 0.80)."""
+    from refinv import OnnxModel
+    from refinv.operators.masks import draw_masks
+
+    f = OnnxModel(ROOT / "models" / "onnx" / "colour16_convae_lrelu_c4.onnx")
+    x = np.load(ROOT / "models" / "data" / "colour16.npz")["train"][:5]
+    h = draw_masks("random:0.5", f.sample_shape, len(x), seed=0)
+    r = pnp_admm_stability(f, x, h, rho=0.5, method="arnoldi")
+    assert np.median(r) < 0.9 and np.sum(r < 1) >= 4

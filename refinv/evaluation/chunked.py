@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DivergenceWarning, DTypeError, NonFiniteError, ShapeError
+from ..errors import ConfigError, DivergenceWarning, NonFiniteError, ShapeError
+from ..io import check_images_header
 from ..operators.masks import MaskSpec, erase, pixel_shape
 
 __all__ = [
@@ -78,18 +79,10 @@ class NpzImages:
         except zipfile.BadZipFile as exc:
             raise ConfigError(f"{self.path}: not an .npz file ({exc})") from exc
         label = f"{self.path}:{key}"
-        if dt.hasobject or not np.issubdtype(dt, np.floating):
-            raise DTypeError(f"{label}: expected floating-point images, got dtype {dt}")
+        check_images_header(label, shape, dt, self.sample_shape)  # the rules of load_images
         if fortran:
             raise ConfigError(f"{label}: expected a C-ordered array, got Fortran order")
         n_pix = int(np.prod(self.sample_shape))
-        if tuple(shape[1:]) != self.sample_shape and not (
-            len(shape) >= 2 and int(np.prod(shape[1:])) == n_pix
-        ):
-            raise ShapeError(
-                f"{label}: expected images of shape (N, {', '.join(map(str, self.sample_shape))}) "
-                f"to match the model, got {tuple(shape)}"
-            )
         self.n = int(shape[0])
         self._file_dtype = dt
         self._per_image = n_pix * dt.itemsize

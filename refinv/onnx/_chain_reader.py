@@ -4,7 +4,9 @@ How it works
 ------------
 1. The model is loaded safely (:func:`refinv.onnx.model.load_onnx`).
 2. One *probe* run of onnxruntime on a zero input of batch 1 (or the model's
-   fixed batch) returns every intermediate tensor. This gives the exact sample
+   fixed batch) returns every intermediate tensor (under the same memory
+   ceiling and time limit as :class:`~refinv.onnx.OnnxModel`, see
+   ``REFINV_ORT_MEMORY_LIMIT`` / ``REFINV_ORT_TIME_LIMIT``). This gives the exact sample
    shape of every tensor on the data path (whatever chain of
    Shape/Gather/Unsqueeze/Concat the exporter emitted for a Flatten or an
    Unflatten) and the value of every constant computed inside the graph
@@ -36,9 +38,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import OnnxModelError, UnsupportedGraphError
+from ..errors import OnnxModelError, RefinvError, ResourceLimitError, UnsupportedGraphError
 from .graph import Activation, Layer, LayerChain
-from .model import load_onnx
+from .model import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TIME_LIMIT,
+    _limit,
+    _prod,
+    load_onnx,
+    open_session,
+    run_session,
+)
 
 __all__ = ["read_chain"]
 
@@ -63,21 +73,28 @@ def _node_label(node: onnx.NodeProto, idx: int) -> str:
     return f"node {node.name or f'#{idx}'} (op {node.op_type})"
 
 
-def _probe(model: onnx.ModelProto, input_name: str, input_vi: onnx.ValueInfoProto, dtype):
+def _probe(
+    model: onnx.ModelProto, input_name: str, input_vi: onnx.ValueInfoProto, dtype, label: str
+):
     """Run the model once on zeros; return every named tensor's value."""
     import onnxruntime as ort
 
     dims = []
     for i, d in enumerate(input_vi.type.tensor_type.shape.dim):
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         elif i == 0:
             dims.append(1)
         else:
             raise OnnxModelError(
-                f"input {input_name!r}: expected fixed sample dimensions, got a symbolic "
-                f"dimension at axis {i}"
+                f"{label}: input {input_name!r}: expected fixed positive sample dimensions, got "
+                f"{d.dim_value if d.HasField('dim_value') else 'a symbolic dimension'} at axis {i}"
             )
+    if len(dims) < 2:
+        raise OnnxModelError(
+            f"{label}: input {input_name!r}: expected a declared shape (batch, *sample_shape), "
+            f"got {dims}"
+        )
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
@@ -92,14 +109,31 @@ def _probe(model: onnx.ModelProto, input_name: str, input_vi: onnx.ValueInfoProt
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(
-            probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    memory_limit = _limit(None, "REFINV_ORT_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "memory_limit")
+    time_limit = _limit(None, "REFINV_ORT_TIME_LIMIT", DEFAULT_TIME_LIMIT, "time_limit")
+    nbytes = _prod(dims) * np.dtype(dtype).itemsize
+    if memory_limit > 0 and nbytes > memory_limit / 4:
+        raise ResourceLimitError(
+            f"{label}: the probe input of shape {tuple(dims)} alone needs {nbytes} bytes, more "
+            f"than a quarter of the memory ceiling of {int(memory_limit)} bytes; raise it with "
+            "REFINV_ORT_MEMORY_LIMIT"
         )
-        names = [o.name for o in sess.get_outputs()]
-        vals = sess.run(None, {input_name: np.zeros(dims, dtype=dtype)})
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxModelError(f"probe run of the model failed: {exc}") from exc
+    try:
+        data = probe.SerializeToString()
+    except Exception as exc:
+        raise OnnxModelError(f"{label}: cannot serialize the probe model: {exc}") from exc
+    sess = open_session(
+        data, opts, ["CPUExecutionProvider"], label=label, memory_limit=memory_limit
+    )
+    names = [o.name for o in sess.get_outputs()]
+    vals = run_session(
+        sess,
+        None,
+        {input_name: np.zeros(dims, dtype=dtype)},
+        label=f"{label}: probe run",
+        time_limit=time_limit,
+        memory_limit=memory_limit,
+    )
     return dict(zip(names, vals, strict=True)), dims[0]
 
 
@@ -234,8 +268,22 @@ def read_chain(source: Any) -> LayerChain:
         label = getattr(source, "label", label)
     else:
         model, label, _ = load_onnx(source)
+    try:
+        return _read_chain(model, label)
+    except RefinvError:
+        raise
+    except Exception as exc:  # a malformed graph the walk did not anticipate
+        raise UnsupportedGraphError(
+            f"{label}: cannot read the layer chain: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _read_chain(model: onnx.ModelProto, label: str) -> LayerChain:
     g = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    try:
+        inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    except Exception as exc:
+        raise OnnxModelError(f"{label}: cannot read the initializers: {exc}") from exc
     inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1 or len(g.output) != 1:
         raise UnsupportedGraphError(
@@ -244,8 +292,14 @@ def read_chain(source: Any) -> LayerChain:
         )
     in_vi = inputs[0]
     elem = in_vi.type.tensor_type.elem_type
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+    if not in_vi.type.HasField("tensor_type") or elem not in floats:
+        raise UnsupportedGraphError(
+            f"{label}: expected a float16/float32/float64 tensor input, got "
+            f"{in_vi.type.WhichOneof('value') or 'no type'} with element type {elem}"
+        )
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-    values, batch = _probe(model, in_vi.name, in_vi, np_dtype)
+    values, batch = _probe(model, in_vi.name, in_vi, np_dtype, label)
     values.update(inits)
     in_shape = tuple(int(d) for d in values.get(in_vi.name, np.zeros(0)).shape[1:]) or tuple(
         int(d.dim_value) for d in in_vi.type.tensor_type.shape.dim[1:]
@@ -274,171 +328,186 @@ def read_chain(source: Any) -> LayerChain:
     nodes, plu = _fuse_plu(list(g.node), consts, values)
     for idx, node in enumerate(nodes):
         lbl = _node_label(node, idx)
-        ins = [i for i in node.input if i]
-        data_ins = [i for i in ins if kind.get(i) == "data"]
-        if node.op_type in _SHAPE_SOURCES:
-            for o in node.output:
-                kind[o] = "shape"
-            skipped.append(node.name or node.op_type)
-            continue
-        if not data_ins:
-            k = "shape" if any(kind.get(i) == "shape" for i in ins) else "const"
-            for o in node.output:
-                kind[o] = k
-            skipped.append(node.name or node.op_type)
-            continue
-        if len(data_ins) > 1 or data_ins[0] != current or current in consumed:
-            prev = consumed.get(data_ins[0]) or consumed.get(current)
-            raise UnsupportedGraphError(
-                f"{label}: {lbl} is not part of a simple chain (it reads "
-                f"{', '.join(repr(i) for i in data_ins)}"
-                + (f", already consumed by {prev}" if prev else "")
-                + "): skip connections and branches are not supported by explicit-weight methods"
-            )
-        consumed[current] = lbl
-        a = _attrs(node)
-        op = node.op_type
-        others = [i for i in ins if i != current]
-        out = node.output[0]
-        new_shape = sample_shape(out)
+        try:
+            ins = [i for i in node.input if i]
+            data_ins = [i for i in ins if kind.get(i) == "data"]
+            if node.op_type in _SHAPE_SOURCES:
+                for o in node.output:
+                    kind[o] = "shape"
+                skipped.append(node.name or node.op_type)
+                continue
+            if not data_ins:
+                k = "shape" if any(kind.get(i) == "shape" for i in ins) else "const"
+                for o in node.output:
+                    kind[o] = k
+                skipped.append(node.name or node.op_type)
+                continue
+            if len(data_ins) > 1 or data_ins[0] != current or current in consumed:
+                prev = consumed.get(data_ins[0]) or consumed.get(current)
+                raise UnsupportedGraphError(
+                    f"{label}: {lbl} is not part of a simple chain (it reads "
+                    f"{', '.join(repr(i) for i in data_ins)}"
+                    + (f", already consumed by {prev}" if prev else "")
+                    + "): skip connections and branches are not supported by explicit-weight methods"
+                )
+            consumed[current] = lbl
+            a = _attrs(node)
+            op = node.op_type
+            others = [i for i in ins if i != current]
+            out = node.output[0]
+            new_shape = sample_shape(out)
 
-        if op in _PASS or op in _RESHAPES:
-            if op == "Flatten" and int(a.get("axis", 1)) != 1:
-                raise UnsupportedGraphError(
-                    f"{label}: {lbl}: Flatten with axis={a.get('axis')} mixes the batch axis; "
-                    "expected axis=1"
-                )
-            if op in _RESHAPES and sample_shape(out) and values[out].shape[0] != batch:
-                raise UnsupportedGraphError(
-                    f"{label}: {lbl}: reshape changes the batch axis "
-                    f"({batch} -> {values[out].shape[0]})"
-                )
-            b.shape = new_shape
-        elif op == "Gemm":
-            if int(a.get("transA", 0)):
-                raise UnsupportedGraphError(f"{label}: {lbl}: Gemm with transA=1 on the data path")
-            if node.input[0] != current:
-                raise UnsupportedGraphError(f"{label}: {lbl}: the data must be Gemm's first input")
-            w = const(node.input[1], lbl)
-            w = w if int(a.get("transB", 0)) else w.T
-            w = float(a.get("alpha", 1.0)) * w
-            bias = None
-            if len(node.input) > 2 and node.input[2]:
-                c = const(node.input[2], lbl) * float(a.get("beta", 1.0))
-                bias = np.broadcast_to(c.reshape(-1) if c.size > 1 else c, (w.shape[0],)).copy()
-            b.open_layer(kind="dense", weight=w, bias=bias, name=node.name)
-            b.shape = new_shape
-        elif op == "MatMul":
-            if node.input[0] != current or len(b.shape) != 1:
-                raise UnsupportedGraphError(
-                    f"{label}: {lbl}: MatMul must multiply a (batch, features) data tensor on the "
-                    f"left by a constant matrix; got data shape {b.shape}"
-                )
-            w = const(node.input[1], lbl)
-            if w.ndim != 2:
-                raise UnsupportedGraphError(f"{label}: {lbl}: MatMul weight of rank {w.ndim}")
-            b.open_layer(kind="dense", weight=w.T.copy(), bias=None, name=node.name)
-            b.shape = new_shape
-        elif op in ("Add", "Sub"):
-            if b.open is None:
-                raise UnsupportedGraphError(
-                    f"{label}: {lbl}: a bias {op} with no open linear layer to fold it into "
-                    "(e.g. after an activation)"
-                )
-            c = const(others[0], lbl)
-            if op == "Sub":
-                c = -c if node.input[1] != current else None
-                if c is None:
-                    raise UnsupportedGraphError(f"{label}: {lbl}: constant minus data")
-            c = np.broadcast_to(c, (1, *new_shape))[0]
-            o = b.open
-            bias_full = c if o["kind"] == "dense" else c
-            if o["kind"] == "dense":
-                add = np.asarray(bias_full).reshape(-1)
-            else:  # conv: a per-channel constant
-                cb = np.asarray(bias_full)
-                per_ch = cb.reshape(cb.shape[0], -1)
-                if not np.all(per_ch == per_ch[:, :1]):
+            if op in _PASS or op in _RESHAPES:
+                if op == "Flatten" and int(a.get("axis", 1)) != 1:
                     raise UnsupportedGraphError(
-                        f"{label}: {lbl}: a non per-channel bias after a convolution"
+                        f"{label}: {lbl}: Flatten with axis={a.get('axis')} mixes the batch axis; "
+                        "expected axis=1"
                     )
-                add = per_ch[:, 0].copy()
-            o["bias"] = add.copy() if o.get("bias") is None else o["bias"] + add
-        elif op == "BatchNormalization":
-            if b.open is None:
-                raise UnsupportedGraphError(
-                    f"{label}: {lbl}: BatchNormalization with no preceding linear layer to fold "
-                    "into (e.g. after an activation)"
+                if op in _RESHAPES and sample_shape(out) and values[out].shape[0] != batch:
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: reshape changes the batch axis "
+                        f"({batch} -> {values[out].shape[0]})"
+                    )
+                b.shape = new_shape
+            elif op == "Gemm":
+                if int(a.get("transA", 0)):
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: Gemm with transA=1 on the data path"
+                    )
+                if node.input[0] != current:
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: the data must be Gemm's first input"
+                    )
+                w = const(node.input[1], lbl)
+                w = w if int(a.get("transB", 0)) else w.T
+                w = float(a.get("alpha", 1.0)) * w
+                bias = None
+                if len(node.input) > 2 and node.input[2]:
+                    c = const(node.input[2], lbl) * float(a.get("beta", 1.0))
+                    bias = np.broadcast_to(c.reshape(-1) if c.size > 1 else c, (w.shape[0],)).copy()
+                b.open_layer(kind="dense", weight=w, bias=bias, name=node.name)
+                b.shape = new_shape
+            elif op == "MatMul":
+                if node.input[0] != current or len(b.shape) != 1:
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: MatMul must multiply a (batch, features) data tensor on the "
+                        f"left by a constant matrix; got data shape {b.shape}"
+                    )
+                w = const(node.input[1], lbl)
+                if w.ndim != 2:
+                    raise UnsupportedGraphError(f"{label}: {lbl}: MatMul weight of rank {w.ndim}")
+                b.open_layer(kind="dense", weight=w.T.copy(), bias=None, name=node.name)
+                b.shape = new_shape
+            elif op in ("Add", "Sub"):
+                if b.open is None:
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: a bias {op} with no open linear layer to fold it into "
+                        "(e.g. after an activation)"
+                    )
+                c = const(others[0], lbl)
+                if op == "Sub":
+                    c = -c if node.input[1] != current else None
+                    if c is None:
+                        raise UnsupportedGraphError(f"{label}: {lbl}: constant minus data")
+                c = np.broadcast_to(c, (1, *new_shape))[0]
+                o = b.open
+                bias_full = c if o["kind"] == "dense" else c
+                if o["kind"] == "dense":
+                    add = np.asarray(bias_full).reshape(-1)
+                else:  # conv: a per-channel constant
+                    cb = np.asarray(bias_full)
+                    per_ch = cb.reshape(cb.shape[0], -1)
+                    if not np.all(per_ch == per_ch[:, :1]):
+                        raise UnsupportedGraphError(
+                            f"{label}: {lbl}: a non per-channel bias after a convolution"
+                        )
+                    add = per_ch[:, 0].copy()
+                o["bias"] = add.copy() if o.get("bias") is None else o["bias"] + add
+            elif op == "BatchNormalization":
+                if b.open is None:
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: BatchNormalization with no preceding linear layer to fold "
+                        "into (e.g. after an activation)"
+                    )
+                if int(a.get("training_mode", 0)):
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: BatchNormalization in training mode"
+                    )
+                scale, beta, mean, var = (const(i, lbl) for i in node.input[1:5])
+                s = scale / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+                o = b.open
+                w = o["weight"]
+                if o["kind"] == "conv_transpose":  # weight (C_in, C_out/group, k...)
+                    grp = o.get("group", 1)
+                    cin, cog = w.shape[0], w.shape[1]
+                    w = w.reshape(grp, cin // grp, cog, *w.shape[2:])
+                    w = w * s.reshape(grp, 1, cog, *([1] * (w.ndim - 3)))
+                    w = w.reshape(cin, cog, *w.shape[3:])
+                else:  # dense (out, in) and conv (out, in/group, k...): scale rows
+                    w = w * s.reshape(-1, *([1] * (w.ndim - 1)))
+                bias = o.get("bias")
+                bias = np.zeros(s.shape[0]) if bias is None else bias
+                o["weight"] = w
+                o["bias"] = s * (bias - mean) + beta
+            elif op in _ACTIVATIONS or op in ("Clip", "_PLU"):
+                if b.open is None:
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: an activation with no linear layer before it (two activations "
+                        "in a row, or an activation on the input)"
+                    )
+                name = _ACTIVATIONS.get(op, {"Clip": "clip", "_PLU": "plu"}.get(op))
+                slope = None
+                if op == "LeakyRelu":
+                    slope = float(a.get("alpha", 0.01))
+                elif op == "PRelu":
+                    slope = const(node.input[1], lbl)
+                elif op == "Clip":
+                    slope = _clip_bounds(node, values)
+                elif op == "_PLU":
+                    slope = plu[out]
+                b.shape = new_shape
+                b.close(Activation(name, slope))
+            elif op in ("Conv", "ConvTranspose"):
+                if node.input[0] != current:
+                    raise UnsupportedGraphError(f"{label}: {lbl}: the data must be the first input")
+                if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                    raise UnsupportedGraphError(
+                        f"{label}: {lbl}: auto_pad={a['auto_pad']!r}; expected explicit pads"
+                    )
+                w = const(node.input[1], lbl)
+                nsp = w.ndim - 2
+                bias = const(node.input[2], lbl) if len(node.input) > 2 and node.input[2] else None
+                b.open_layer(
+                    kind="conv" if op == "Conv" else "conv_transpose",
+                    weight=w,
+                    bias=bias,
+                    strides=a.get("strides", [1] * nsp),
+                    pads=a.get("pads", [0] * (2 * nsp)),
+                    dilations=a.get("dilations", [1] * nsp),
+                    group=a.get("group", 1),
+                    output_padding=a.get("output_padding", [0] * nsp)
+                    if op == "ConvTranspose"
+                    else (),
+                    name=node.name,
                 )
-            if int(a.get("training_mode", 0)):
-                raise UnsupportedGraphError(f"{label}: {lbl}: BatchNormalization in training mode")
-            scale, beta, mean, var = (const(i, lbl) for i in node.input[1:5])
-            s = scale / np.sqrt(var + float(a.get("epsilon", 1e-5)))
-            o = b.open
-            w = o["weight"]
-            if o["kind"] == "conv_transpose":  # weight (C_in, C_out/group, k...)
-                grp = o.get("group", 1)
-                cin, cog = w.shape[0], w.shape[1]
-                w = w.reshape(grp, cin // grp, cog, *w.shape[2:])
-                w = w * s.reshape(grp, 1, cog, *([1] * (w.ndim - 3)))
-                w = w.reshape(cin, cog, *w.shape[3:])
-            else:  # dense (out, in) and conv (out, in/group, k...): scale rows
-                w = w * s.reshape(-1, *([1] * (w.ndim - 1)))
-            bias = o.get("bias")
-            bias = np.zeros(s.shape[0]) if bias is None else bias
-            o["weight"] = w
-            o["bias"] = s * (bias - mean) + beta
-        elif op in _ACTIVATIONS or op in ("Clip", "_PLU"):
-            if b.open is None:
+                b.shape = new_shape
+            else:
                 raise UnsupportedGraphError(
-                    f"{label}: {lbl}: an activation with no linear layer before it (two activations "
-                    "in a row, or an activation on the input)"
+                    f"{label}: {lbl} is not supported on the data path; supported: "
+                    "Gemm, MatMul, Add, Sub, BatchNormalization, Relu, LeakyRelu, PRelu, Tanh, "
+                    "Sigmoid, Clip, PLU (a*u + b*Clip(u)), Identity, Dropout, Flatten, Reshape, "
+                    "Squeeze, Unsqueeze, Conv, ConvTranspose"
                 )
-            name = _ACTIVATIONS.get(op, {"Clip": "clip", "_PLU": "plu"}.get(op))
-            slope = None
-            if op == "LeakyRelu":
-                slope = float(a.get("alpha", 0.01))
-            elif op == "PRelu":
-                slope = const(node.input[1], lbl)
-            elif op == "Clip":
-                slope = _clip_bounds(node, values)
-            elif op == "_PLU":
-                slope = plu[out]
-            b.shape = new_shape
-            b.close(Activation(name, slope))
-        elif op in ("Conv", "ConvTranspose"):
-            if node.input[0] != current:
-                raise UnsupportedGraphError(f"{label}: {lbl}: the data must be the first input")
-            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise UnsupportedGraphError(
-                    f"{label}: {lbl}: auto_pad={a['auto_pad']!r}; expected explicit pads"
-                )
-            w = const(node.input[1], lbl)
-            nsp = w.ndim - 2
-            bias = const(node.input[2], lbl) if len(node.input) > 2 and node.input[2] else None
-            b.open_layer(
-                kind="conv" if op == "Conv" else "conv_transpose",
-                weight=w,
-                bias=bias,
-                strides=a.get("strides", [1] * nsp),
-                pads=a.get("pads", [0] * (2 * nsp)),
-                dilations=a.get("dilations", [1] * nsp),
-                group=a.get("group", 1),
-                output_padding=a.get("output_padding", [0] * nsp) if op == "ConvTranspose" else (),
-                name=node.name,
-            )
-            b.shape = new_shape
-        else:
+            kind[out] = "data"
+            for o in node.output[1:]:
+                kind[o] = "const"  # e.g. Dropout's mask: never used on the data path
+            current = out
+        except RefinvError:
+            raise
+        except Exception as exc:  # e.g. a constant of an unexpected shape or dtype
             raise UnsupportedGraphError(
-                f"{label}: {lbl} is not supported on the data path; supported: "
-                "Gemm, MatMul, Add, Sub, BatchNormalization, Relu, LeakyRelu, PRelu, Tanh, "
-                "Sigmoid, Clip, PLU (a*u + b*Clip(u)), Identity, Dropout, Flatten, Reshape, "
-                "Squeeze, Unsqueeze, Conv, ConvTranspose"
-            )
-        kind[out] = "data"
-        for o in node.output[1:]:
-            kind[o] = "const"  # e.g. Dropout's mask: never used on the data path
-        current = out
+                f"{label}: {lbl}: cannot read this node: {type(exc).__name__}: {exc}"
+            ) from exc
 
     if current != g.output[0].name:
         raise UnsupportedGraphError(

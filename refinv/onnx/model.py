@@ -7,11 +7,21 @@ providers, and is then called like a function on a batch
 ``(batch, *sample_shape)`` of any array-API array, returning the same array
 type.
 
-Security: ONNX files are untrusted input. :func:`load_onnx` never lets
-onnx or onnxruntime follow an external-data reference by itself: every
-reference must be a relative path that resolves inside the model's folder
-(no ``..``, no absolute paths, no symlink escaping it), the data is read by
-us, and the session is built from the in-memory model.
+Security: ONNX files are untrusted input (the security model is in the
+documentation's "Security model" page). :func:`load_onnx` never lets onnx or
+onnxruntime follow an external-data reference by itself: every tensor of the
+model (initializers, attribute tensors, the values and indices of sparse
+tensors, tensors inside subgraphs and functions) is found, every external
+reference must be a relative path that resolves inside the model's folder (no
+``..``, no absolute paths, no symlink escaping it), the data is read by us,
+checked against the tensor's dims and dtype, and the session is built from the
+in-memory model in which no external reference is left. Resource limits
+(file size, control flow, memory ceiling, time per call) are described in
+:class:`OnnxModel`; every failure of onnx, protobuf or onnxruntime comes out
+as a :class:`~refinv.errors.RefinvError`.
+
+Telemetry: onnxruntime's telemetry events are disabled when refinv opens its
+first session; set ``REFINV_ORT_TELEMETRY=1`` to leave them on.
 
 Behaviour on NaN input: the forward pass does not scan its input (it is the
 inner loop of every solver); NaN/Inf propagate through the network. Solvers
@@ -20,14 +30,20 @@ validate their own inputs once, at entry.
 dtype policy: the model's input dtype (usually float32) is what onnxruntime
 gets. A float64 batch given to a float32 model is cast at this boundary and
 the output is cast back to float64, so float64 solvers work with float32
-models (the network itself then computes in float32).
+models (the network itself then computes in float32). The model's output
+must have the same floating dtype as its input: a float16-input model that
+returns float32 (or any model returning an integer or bool tensor) is refused
+at load, by the probe run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +52,16 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from ..backend import is_cupy, is_numpy, namespace, to_numpy
-from ..errors import BackendError, DTypeError, OnnxModelError, ShapeError, UnsafeModelError
+from ..errors import (
+    BackendError,
+    ConfigError,
+    DTypeError,
+    OnnxModelError,
+    ResourceLimitError,
+    ShapeError,
+    UnsafeModelError,
+    UnsupportedGraphError,
+)
 
 __all__ = ["OnnxModel", "load_onnx", "ModelSource"]
 
@@ -89,12 +114,67 @@ _FLOAT_TYPES = {
 MIN_OPSET = 7
 
 
+# ---------------------------------------------------------------- limits
+GiB = 2**30
+#: Largest model read (file plus external data), bytes; ``max_bytes=``/``REFINV_MAX_MODEL_BYTES``.
+DEFAULT_MAX_BYTES = 2 * GiB
+#: Wall-time limit of one onnxruntime call, seconds; ``time_limit=``/``REFINV_ORT_TIME_LIMIT``.
+DEFAULT_TIME_LIMIT = 600.0
+#: onnxruntime arena ceiling per session, bytes; ``memory_limit=``/``REFINV_ORT_MEMORY_LIMIT``.
+DEFAULT_MEMORY_LIMIT = 4 * GiB
+#: Most nodes in all graphs of a model (subgraphs, functions); ``REFINV_MAX_NODES``.
+DEFAULT_MAX_NODES = 5000
+#: Largest total dense size of the sparse tensors, bytes; ``REFINV_MAX_SPARSE_BYTES``.
+DEFAULT_MAX_SPARSE_BYTES = 256 * 2**20
+
+_CONTROL_FLOW = {"Loop", "Scan", "If"}
+# bits per element of each tensor data type, and the typed field holding it when not raw
+_BITS = {
+    1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64,
+    14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8,
+}  # fmt: skip
+_FIELD = {1: "float_data", 14: "float_data", 11: "double_data", 15: "double_data",
+          7: "int64_data", 12: "uint64_data", 13: "uint64_data", 8: "string_data"}  # fmt: skip
+# values per element in the typed field (complex: 2; 4-bit types: two per int32)
+_PER_ELEM = {14: 2.0, 15: 2.0, 21: 0.5, 22: 0.5, 23: 0.5}
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not v >= 0:
+        raise ConfigError(f"{name}: expected a non-negative number, got {raw!r}")
+    return v
+
+
+def _limit(value: float | None, env: str, default: float, what: str) -> float:
+    """An explicit limit, else the environment's, else the default; 0 means no limit."""
+    v = _env_number(env, default) if value is None else value
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: expected a non-negative number, got {value!r}") from None
+    if not v >= 0:
+        raise ConfigError(f"{what}: expected a non-negative number, got {value!r}")
+    return v
+
+
 def _safe_external_path(location: str, base_dir: Path, label: str) -> Path:
     """Resolve an external-data location, refusing anything outside ``base_dir``."""
+    if not location or "\x00" in location:
+        raise UnsafeModelError(
+            f"{label}: external data path {location!r} is empty or holds a NUL byte; expected a "
+            f"file name relative to the model's folder {str(base_dir)!r}"
+        )
     p = Path(location)
     if (
         p.is_absolute()
-        or location.startswith(("/", "\\"))
+        or location.startswith(("/", "\\", "~"))
         or (len(location) > 1 and location[1] == ":")
     ):
         raise UnsafeModelError(
@@ -106,61 +186,306 @@ def _safe_external_path(location: str, base_dir: Path, label: str) -> Path:
             f"{label}: external data path {location!r} contains '..'; expected a path inside "
             f"the model's folder {str(base_dir)!r}"
         )
-    base = base_dir.resolve()
-    full = (base / p).resolve()
+    try:
+        base = base_dir.resolve()
+        full = (base / p).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UnsafeModelError(
+            f"{label}: external data path {location!r} cannot be resolved ({exc})"
+        ) from exc
     if full != base and base not in full.parents:
         raise UnsafeModelError(
             f"{label}: external data path {location!r} resolves to {str(full)!r}, outside the "
             f"model's folder {str(base)!r}"
         )
     if not full.is_file():
-        raise OnnxModelError(f"{label}: external data file {location!r} not found in {str(base)!r}")
+        raise UnsafeModelError(
+            f"{label}: external data file {location!r} not found in the model's folder "
+            f"{str(base)!r} (expected a regular file there; nothing outside it is read)"
+        )
     return full
 
 
+def _scan(model: onnx.ModelProto, label: str) -> tuple[list, list, list]:
+    """Every TensorProto, SparseTensorProto and NodeProto anywhere in ``model``.
+
+    Walks all fields by reflection (graphs, subgraphs of If/Loop/Scan, sparse
+    tensors' values and indices, functions, training info), so no place a
+    tensor can hide is missed; also refuses text fields that are not UTF-8.
+    """
+    tensor_d = onnx.TensorProto.DESCRIPTOR
+    sparse_d = onnx.SparseTensorProto.DESCRIPTOR
+    node_d = onnx.NodeProto.DESCRIPTOR
+    tensors: list = []
+    sparse: list = []
+    nodes: list = []
+    stack: list = [model]
+    while stack:
+        msg = stack.pop()
+        d = msg.DESCRIPTOR
+        if d is tensor_d:
+            tensors.append(msg)
+        elif d is sparse_d:
+            sparse.append(msg)
+        elif d is node_d:
+            nodes.append(msg)
+        for fd, val in msg.ListFields():
+            if fd.type == fd.TYPE_MESSAGE:
+                if fd.is_repeated:
+                    stack.extend(val)
+                else:
+                    stack.append(val)
+            elif fd.type == fd.TYPE_STRING:
+                for v in val if fd.is_repeated else (val,):
+                    if not isinstance(v, str):
+                        raise OnnxModelError(
+                            f"{label}: field {fd.full_name} holds {bytes(v)[:40]!r}, expected "
+                            "UTF-8 text"
+                        )
+    return tensors, sparse, nodes
+
+
+def _tensor_name(t: onnx.TensorProto) -> str:
+    return repr(t.name) if t.name else "(unnamed)"
+
+
+def _numel(dims, label: str, what: str) -> int:
+    n = 1
+    for d in dims:
+        if d < 0:
+            raise OnnxModelError(f"{label}: {what}: expected non-negative dims, got {list(dims)}")
+        n *= int(d)
+    return n
+
+
+def _check_tensor(t: onnx.TensorProto, label: str, max_bytes: float) -> None:
+    """Refuse a tensor whose data does not match its dims and dtype."""
+    what = f"tensor {_tensor_name(t)}"
+    dt = t.data_type
+    if dt not in _BITS and dt != onnx.TensorProto.STRING:
+        names = dict((v, k) for k, v in onnx.TensorProto.DataType.items())
+        raise OnnxModelError(
+            f"{label}: {what}: unsupported data type {dt} ({names.get(dt, 'unknown enum value')}); "
+            "expected a numeric ONNX tensor type"
+        )
+    if t.HasField("segment"):
+        raise OnnxModelError(f"{label}: {what}: segmented tensors are not supported")
+    n = _numel(t.dims, label, what)
+    if dt == onnx.TensorProto.STRING:
+        if t.HasField("raw_data") or len(t.string_data) != n:
+            raise OnnxModelError(
+                f"{label}: {what}: expected {n} strings for dims {list(t.dims)}, got "
+                f"{len(t.string_data)}"
+            )
+        return
+    nbytes = -(-n * _BITS[dt] // 8)
+    if nbytes > max_bytes > 0:
+        raise ResourceLimitError(
+            f"{label}: {what}: dims {list(t.dims)} make {nbytes} bytes, more than the limit of "
+            f"{int(max_bytes)} (max_bytes)"
+        )
+    if t.HasField("raw_data"):
+        got = len(t.raw_data)
+        if got != nbytes:
+            raise OnnxModelError(
+                f"{label}: {what}: dims {list(t.dims)} of "
+                f"{onnx.TensorProto.DataType.Name(dt)} need {nbytes} bytes of raw data, got {got}"
+            )
+        return
+    field = _FIELD.get(dt, "int32_data")
+    want = -(-int(n * _PER_ELEM.get(dt, 1.0) * 2) // 2)  # ceil, exact for the 0.5 and 2 cases
+    got = len(getattr(t, field))
+    if got != want:
+        raise OnnxModelError(
+            f"{label}: {what}: dims {list(t.dims)} of {onnx.TensorProto.DataType.Name(dt)} need "
+            f"{want} values in {field}, got {got}"
+        )
+
+
+def _check_sparse(s: onnx.SparseTensorProto, label: str, max_bytes: float) -> None:
+    """A sparse tensor: values 1-D (nnz), indices (nnz) or (nnz, rank) in range."""
+    from onnx import numpy_helper
+
+    what = f"sparse tensor {_tensor_name(s.values)}"
+    n = _numel(s.dims, label, what)
+    bits = _BITS.get(s.values.data_type, 64)
+    if n * bits // 8 > max_bytes > 0:
+        raise ResourceLimitError(
+            f"{label}: {what}: dense shape {list(s.dims)} makes {n * bits // 8} bytes, more "
+            f"than the limit of {int(max_bytes)} (max_bytes)"
+        )
+    vals, idx = s.values, s.indices
+    if len(vals.dims) != 1:
+        raise OnnxModelError(f"{label}: {what}: expected 1-D values, got dims {list(vals.dims)}")
+    nnz = int(vals.dims[0])
+    if idx.data_type != onnx.TensorProto.INT64:
+        raise OnnxModelError(f"{label}: {what}: expected int64 indices")
+    rank = len(s.dims)
+    if list(idx.dims) not in ([nnz], [nnz, rank]):
+        raise OnnxModelError(
+            f"{label}: {what}: expected indices of dims [{nnz}] or [{nnz}, {rank}], got "
+            f"{list(idx.dims)}"
+        )
+    ind = numpy_helper.to_array(idx)
+    if ind.size:
+        hi = np.asarray(s.dims, dtype=np.int64) if ind.ndim == 2 else np.int64(min(n, 2**62))
+        if ind.min() < 0 or np.any(ind >= hi):
+            raise OnnxModelError(f"{label}: {what}: indices out of range for dims {list(s.dims)}")
+
+
+def _load_external(
+    t: onnx.TensorProto, base_dir: Path | None, label: str, budget: list[float]
+) -> None:
+    """Read an external tensor's bytes from inside ``base_dir`` into ``raw_data``."""
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    if base_dir is None:
+        raise UnsafeModelError(
+            f"{label}: tensor {_tensor_name(t)} references the external data file {loc!r}; load "
+            "the model from its path so the file can be found (and checked) next to it"
+        )
+    path = _safe_external_path(loc, base_dir, label)
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise OnnxModelError(
+            f"{label}: tensor {_tensor_name(t)}: external data offset/length "
+            f"{info.get('offset')!r}/{info.get('length')!r} are not integers"
+        ) from None
+    size = path.stat().st_size
+    if (
+        offset < 0
+        or offset > size
+        or (length is not None and (length < 0 or offset + length > size))
+    ):
+        raise OnnxModelError(
+            f"{label}: tensor {_tensor_name(t)}: external data offset {offset} and length "
+            f"{length} do not fit in {loc!r} ({size} bytes)"
+        )
+    if length is None:
+        length = size - offset
+    budget[0] -= length
+    if budget[0] < 0:
+        raise ResourceLimitError(
+            f"{label}: the model and its external data exceed the limit of {int(budget[1])} bytes "
+            "read; raise it with max_bytes=... or REFINV_MAX_MODEL_BYTES"
+        )
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(length)
+    if len(data) != length:
+        raise OnnxModelError(f"{label}: external data file {loc!r} changed while being read")
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.DEFAULT
+    t.raw_data = data
+
+
 def load_onnx(
-    source: ModelSource, *, check: bool = True
+    source: ModelSource,
+    *,
+    check: bool = True,
+    max_bytes: float | None = None,
+    allow_control_flow: bool = False,
 ) -> tuple[onnx.ModelProto, str, Path | None]:
     """Load and validate an ONNX model safely.
 
     Returns ``(model, label, base_dir)`` where ``label`` names the source in
     error messages and ``base_dir`` is the folder external data may live in.
+    The returned model holds all its data inline (no external reference left).
+
+    Parameters
+    ----------
+    max_bytes : float, optional
+        Largest number of bytes read (the file plus its external data), checked
+        before reading. Default ``REFINV_MAX_MODEL_BYTES`` or 2 GiB; 0: no limit.
+    allow_control_flow : bool
+        Accept Loop, Scan, If (and any node with a subgraph). Refused by default:
+        a 1 KB graph with a Loop can run for ever.
     """
+    limit = _limit(max_bytes, "REFINV_MAX_MODEL_BYTES", DEFAULT_MAX_BYTES, "max_bytes")
+    allow_control_flow = allow_control_flow or os.environ.get("REFINV_ALLOW_CONTROL_FLOW") == "1"
+    budget = [limit if limit > 0 else float("inf"), limit]
     base_dir: Path | None = None
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
-        label = f"ModelProto({model.graph.name or 'unnamed'})"
+        label = "ModelProto"
     elif isinstance(source, (bytes, bytearray, memoryview)):
         label = "<bytes>"
-        model = _parse(bytes(source), label)
+        data = bytes(source)
+        if len(data) > budget[0]:
+            raise ResourceLimitError(
+                f"{label}: {len(data)} bytes, more than the limit of {int(limit)}; raise it "
+                "with max_bytes=... or REFINV_MAX_MODEL_BYTES"
+            )
+        model = _parse(data, label)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = str(path)
         if not path.is_file():
             raise OnnxModelError(f"{label}: no such ONNX file")
         base_dir = path.parent
-        model = _parse(path.read_bytes(), label)
+        size = path.stat().st_size
+        if size > budget[0]:
+            raise ResourceLimitError(
+                f"{label}: the file has {size} bytes, more than the limit of {int(limit)} read; "
+                "raise it with max_bytes=... or REFINV_MAX_MODEL_BYTES"
+            )
+        with open(path, "rb") as fh:
+            data = fh.read(size + 1)  # bounded by the size checked above
+        if len(data) > size or len(data) > budget[0]:
+            raise ResourceLimitError(f"{label}: the file grew while being read")
+        budget[0] -= len(data)
+        model = _parse(data, label)
     else:
         raise OnnxModelError(
             f"expected a path, bytes or onnx.ModelProto, got {type(source).__name__}"
         )
 
-    ext = [
-        t
-        for t in external_data_helper._get_all_tensors(model)
-        if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
-    ]
-    if ext:
-        if base_dir is None:
+    tensors, sparse, nodes = _scan(model, label)
+    if isinstance(source, onnx.ModelProto):
+        label = f"ModelProto({model.graph.name or 'unnamed'})"
+    for t in tensors:
+        if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL:
+            _load_external(t, base_dir, label, budget)
+        elif t.external_data:
             raise OnnxModelError(
-                f"{label}: the model references external data files; load it from its path so "
-                "they can be found (and checked) next to it"
+                f"{label}: tensor {_tensor_name(t)} has external data entries but is not marked "
+                "external; expected one or the other"
             )
-        for t in ext:
-            info = {e.key: e.value for e in t.external_data}
-            _safe_external_path(info.get("location", ""), base_dir, label)
-        external_data_helper.load_external_data_for_model(model, str(base_dir))
+    for t in tensors:
+        _check_tensor(t, label, limit)
+    max_nodes = _limit(None, "REFINV_MAX_NODES", DEFAULT_MAX_NODES, "REFINV_MAX_NODES")
+    if max_nodes > 0 and len(nodes) > max_nodes:
+        raise ResourceLimitError(
+            f"{label}: {len(nodes)} nodes (all graphs), more than the limit of {int(max_nodes)}; "
+            "raise it with REFINV_MAX_NODES (0: no limit)"
+        )
+    sparse_limit = _limit(
+        None, "REFINV_MAX_SPARSE_BYTES", DEFAULT_MAX_SPARSE_BYTES, "REFINV_MAX_SPARSE_BYTES"
+    )
+    dense_total = 0
+    for sp in sparse:
+        _check_sparse(sp, label, limit)
+        dense_total += _prod(sp.dims) * _BITS.get(sp.values.data_type, 64) // 8
+        if dense_total > sparse_limit > 0:
+            raise ResourceLimitError(
+                f"{label}: the sparse tensors make {dense_total} bytes once dense, more than the "
+                f"limit of {int(sparse_limit)}; raise it with REFINV_MAX_SPARSE_BYTES (0: no limit)"
+            )
+    if not allow_control_flow:
+        for node in nodes:
+            if node.op_type in _CONTROL_FLOW or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                for a in node.attribute
+            ):
+                raise UnsupportedGraphError(
+                    f"{label}: node {node.name or '(unnamed)'} (op {node.op_type}) is control "
+                    "flow (a subgraph); refused for untrusted models because a few bytes of it "
+                    "can run for ever. Pass allow_control_flow=True (or set "
+                    "REFINV_ALLOW_CONTROL_FLOW=1) if you trust the model"
+                )
 
     if not model.graph.node:
         raise OnnxModelError(f"{label}: not an ONNX model (the graph has no nodes)")
@@ -176,7 +501,7 @@ def load_onnx(
     if check:
         try:
             onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as exc:
+        except Exception as exc:  # ValidationError, and ValueError for > 2 GB protos
             raise OnnxModelError(f"{label}: invalid ONNX model: {exc}") from exc
     return model, label, base_dir
 
@@ -194,6 +519,188 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise OnnxModelError(f"{label}: not an ONNX model (no IR version or no graph)")
     return model
+
+
+# ------------------------------------------------------ onnxruntime boundary
+_SESSION_LOCK = threading.Lock()
+_TELEMETRY_DONE = False
+
+
+def _telemetry(ort: Any) -> None:
+    """Disable onnxruntime telemetry once, unless ``REFINV_ORT_TELEMETRY=1``."""
+    global _TELEMETRY_DONE
+    if _TELEMETRY_DONE:
+        return
+    _TELEMETRY_DONE = True
+    try:
+        if os.environ.get("REFINV_ORT_TELEMETRY", "") == "1":
+            ort.enable_telemetry_events()
+        else:
+            ort.disable_telemetry_events()
+    except Exception:  # older or minimal builds without the switch
+        log.debug("onnxruntime has no telemetry switch")
+
+
+def open_session(
+    model_bytes: bytes,
+    so: Any,
+    providers: list[Any],
+    *,
+    label: str,
+    memory_limit: float,
+) -> Any:
+    """An onnxruntime session for an already validated, inline model.
+
+    Forces the ONNX format (never onnxruntime's own format), disables constant
+    folding (it evaluates constant subgraphs at creation, outside every limit)
+    and, with ``memory_limit > 0``, gives the session its own CPU arena capped
+    at ``memory_limit`` bytes (onnxruntime's environment allocator: registered
+    anew right before the session is created, under a lock).
+    """
+    import onnxruntime as ort
+
+    so.add_session_config_entry("session.load_model_format", "ONNX")
+    with _SESSION_LOCK:
+        _telemetry(ort)
+        if memory_limit > 0:
+            so.add_session_config_entry("session.use_env_allocators", "1")
+            mem = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # max_mem, extend strategy 1 (kSameAsRequested: no power-of-two overshoot)
+            ort.create_and_register_allocator(mem, ort.OrtArenaCfg(int(memory_limit), 1, -1, -1))
+        try:
+            return ort.InferenceSession(
+                model_bytes,
+                sess_options=so,
+                providers=providers,
+                disabled_optimizers=["ConstantFolding"],
+            )
+        except Exception as exc:
+            raise OnnxModelError(
+                f"{label}: onnxruntime could not load the model: {_ort_message(exc)}"
+            ) from exc
+
+
+def _ort_message(exc: BaseException) -> str:
+    msg = str(exc).strip()
+    m = re.search(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", msg, re.S)
+    if m:
+        return f"node {m.group(2) or '(unnamed)'} (op {m.group(1)}): {m.group(3).strip()}"
+    return msg
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+class _Watchdog:
+    """One daemon thread that sets ``RunOptions.terminate`` on calls past their deadline.
+
+    Registering a call is a dict insertion (atomic under the GIL, no lock on the
+    hot path); the thread looks at the running calls every ``interval`` seconds
+    (at most a quarter of the shortest limit seen, at most 1 s).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[float, Any]] = {}
+        self._fired: set[int] = set()
+        self._ids = itertools.count(1)
+        self._interval = 1.0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, run_options: Any, seconds: float) -> int:
+        tok = next(self._ids)
+        self._active[tok] = (time.monotonic() + seconds, run_options)
+        if self._thread is None or seconds < 4 * self._interval:
+            with self._lock:
+                self._interval = min(self._interval, max(seconds / 4, 0.005))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="refinv-ort-watchdog", daemon=True
+                    )
+                    self._thread.start()
+            self._wake.set()
+        return tok
+
+    def stop(self, tok: int) -> bool:
+        """Forget a call; True if it was stopped for running too long."""
+        self._active.pop(tok, None)
+        if tok in self._fired:
+            self._fired.discard(tok)
+            return True
+        return False
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            now = time.monotonic()
+            for tok, (deadline, ro) in list(self._active.items()):
+                if deadline <= now and tok in self._active:
+                    self._fired.add(tok)
+                    ro.terminate = True
+
+
+_WATCHDOG = _Watchdog()
+
+
+def run_session(
+    session: Any,
+    outputs: list[str] | None,
+    feeds: dict[str, Any] | None,
+    *,
+    label: str,
+    time_limit: float,
+    memory_limit: float,
+    iobinding: Any = None,
+) -> Any:
+    """``session.run`` with a wall-time limit; every failure becomes a RefinvError."""
+    ro = _ort().RunOptions()
+    ro.log_severity_level = 4  # the error comes back in the exception; nothing on stderr
+    tok = _WATCHDOG.start(ro, time_limit) if time_limit > 0 else None
+    try:
+        if iobinding is not None:
+            session.run_with_iobinding(iobinding, ro)
+            return None
+        # the C++ session's run: the Python wrapper's per-call input checks cost ~10% at batch 1
+        if outputs is None:
+            return session.run(None, feeds, ro)
+        return getattr(session, "_sess", session).run(outputs, feeds, ro)
+    except Exception as exc:
+        fired = tok is not None and _WATCHDOG.stop(tok)
+        tok = None
+        if fired:
+            raise ResourceLimitError(
+                f"{label}: one onnxruntime call ran longer than the time limit of "
+                f"{time_limit:g} s and was stopped; raise it with OnnxModel(..., time_limit=...) "
+                "or REFINV_ORT_TIME_LIMIT (seconds, 0: no limit)"
+            ) from exc
+        msg = _ort_message(exc)
+        if "Available memory of" in msg or "Failed to allocate memory" in msg:
+            raise ResourceLimitError(
+                f"{label}: the model needs more memory than the ceiling of {int(memory_limit)} "
+                f"bytes ({msg}); raise it with OnnxModel(..., memory_limit=...) or "
+                "REFINV_ORT_MEMORY_LIMIT (bytes, 0: no limit), or use a smaller batch_size"
+            ) from exc
+        shapes = {k: tuple(getattr(v, "shape", ())) for k, v in (feeds or {}).items()}
+        raise OnnxModelError(
+            f"{label}: onnxruntime failed on input {shapes or '(bound buffers)'}: {msg}"
+        ) from exc
+    finally:
+        if tok is not None:
+            _WATCHDOG.stop(tok)
+
+
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -282,6 +789,31 @@ class OnnxModel:
         onnxruntime's own default, one spinning thread per physical core).
     device_id : int
         CUDA device for the CUDA provider.
+    max_bytes : float, optional
+        Largest model read (file plus external data), checked before reading.
+        Default: ``REFINV_MAX_MODEL_BYTES`` or 2 GiB; 0: no limit.
+    allow_control_flow : bool
+        Accept graphs with Loop, Scan or If (any subgraph). Default: refused
+        (or ``REFINV_ALLOW_CONTROL_FLOW=1``), since a tiny Loop can run for ever.
+    time_limit : float, optional
+        Wall-time limit of one onnxruntime call in seconds (a stuck call is
+        stopped through ``RunOptions.terminate`` between two operators and
+        raises :class:`~refinv.errors.ResourceLimitError`). Default:
+        ``REFINV_ORT_TIME_LIMIT`` or 600; 0: no limit.
+    memory_limit : float, optional
+        Ceiling of the session's CPU memory arena in bytes (weights and
+        activations; an allocation beyond it fails at once with
+        :class:`~refinv.errors.ResourceLimitError`); with ``provider="cuda"``
+        also the CUDA arena's ``gpu_mem_limit``. Default:
+        ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's own arena, no
+        ceiling.
+
+    Verification at load: the model is run once on a probe batch (2 samples,
+    or the fixed batch) and the computed output is compared with the declared
+    output (shape, dtype), with the input batch and with the input's dtype;
+    any mismatch raises :class:`~refinv.errors.OnnxModelError`. Every later
+    call checks the output's shape and dtype again (a data-dependent shape
+    is refused, not passed on).
 
     Examples
     --------
@@ -299,11 +831,26 @@ class OnnxModel:
         batch_size: int | None = None,
         intra_op_threads: int | None = None,
         device_id: int = 0,
+        max_bytes: float | None = None,
+        allow_control_flow: bool = False,
+        time_limit: float | None = None,
+        memory_limit: float | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        self.proto, self.label, self.base_dir = load_onnx(source)
-        self._bytes = self.proto.SerializeToString()
+        self.time_limit = _limit(
+            time_limit, "REFINV_ORT_TIME_LIMIT", DEFAULT_TIME_LIMIT, "time_limit"
+        )
+        self.memory_limit = _limit(
+            memory_limit, "REFINV_ORT_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "memory_limit"
+        )
+        self.proto, self.label, self.base_dir = load_onnx(
+            source, max_bytes=max_bytes, allow_control_flow=allow_control_flow
+        )
+        try:
+            self._bytes = self.proto.SerializeToString()
+        except Exception as exc:  # > 2 GB once the external data are inline
+            raise ResourceLimitError(f"{self.label}: cannot serialize the model: {exc}") from exc
         self.sha256 = hashlib.sha256(self._bytes).hexdigest()
         self.stats = OrtStats()
 
@@ -318,10 +865,17 @@ class OnnxModel:
             )
         inp, out = inputs[0], outputs[0]
         elem = inp.type.tensor_type.elem_type
-        if elem not in _FLOAT_TYPES:
+        if not inp.type.HasField("tensor_type") or elem not in _FLOAT_TYPES:
+            kind = inp.type.WhichOneof("value") or "no type"
+            name = dict((v, k) for k, v in onnx.TensorProto.DataType.items()).get(elem, elem)
             raise OnnxModelError(
-                f"{self.label}: expected a floating-point input (float32/float64/float16), got "
-                f"{onnx.TensorProto.DataType.Name(elem)}"
+                f"{self.label}: expected a floating-point input tensor (float32/float64/float16), "
+                f"got {kind if kind != 'tensor_type' else name}"
+            )
+        if not out.type.HasField("tensor_type"):
+            raise OnnxModelError(
+                f"{self.label}: expected a tensor output, got "
+                f"{out.type.WhichOneof('value') or 'no type'}"
             )
         self.dtype: np.dtype = _FLOAT_TYPES[elem]
         self.input_name = inp.name
@@ -346,7 +900,7 @@ class OnnxModel:
             else None
         )
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
         self.batch_size = batch_size
 
         provider = provider.lower()
@@ -356,12 +910,12 @@ class OnnxModel:
         elif provider == "cuda":
             if "CUDAExecutionProvider" not in available:
                 raise BackendError(cuda_provider_missing(available))
-            providers = [
-                ("CUDAExecutionProvider", {"device_id": device_id}),
-                "CPUExecutionProvider",
-            ]
+            cuda_opts: dict[str, Any] = {"device_id": device_id}
+            if self.memory_limit > 0:
+                cuda_opts["gpu_mem_limit"] = int(self.memory_limit)
+            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
         else:
-            raise ValueError(f"provider: expected 'cpu' or 'cuda', got {provider!r}")
+            raise ConfigError(f"provider: expected 'cpu' or 'cuda', got {provider!r}")
         self.provider = provider
         self.device_id = device_id
         so = ort.SessionOptions()
@@ -370,12 +924,9 @@ class OnnxModel:
         so.intra_op_num_threads = 1 if intra_op_threads is None else int(intra_op_threads)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(self._bytes, sess_options=so, providers=providers)
-        except Exception as exc:
-            raise OnnxModelError(
-                f"{self.label}: onnxruntime could not load the model: {exc}"
-            ) from exc
+        self.session = open_session(
+            self._bytes, so, providers, label=self.label, memory_limit=self.memory_limit
+        )
         if provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise BackendError(
                 f"{self.label}: provider='cuda': onnxruntime-gpu could not start its CUDA "
@@ -383,6 +934,7 @@ class OnnxModel:
                 f"not found) and fell back to {self.session.get_providers()}"
             )
         self._out_shape: tuple[int, ...] | None = None
+        self._out_shape = self._probe(out)
 
     # ------------------------------------------------------------------ info
     def __repr__(self) -> str:
@@ -391,16 +943,62 @@ class OnnxModel:
             f"provider={self.provider!r})"
         )
 
+    def _probe(self, out: onnx.ValueInfoProto) -> tuple[int, ...]:
+        """Run the model once on a small batch; refuse outputs that do not match what it
+        declares, its input batch or its input dtype. Returns the output sample shape."""
+        nb = self.fixed_batch or 2
+        size = nb * _prod(self.sample_shape)
+        nbytes = size * self.dtype.itemsize
+        budget = self.memory_limit / 4 if self.memory_limit > 0 else float("inf")
+        if nbytes > budget:
+            raise ResourceLimitError(
+                f"{self.label}: the probe batch of shape {(nb, *self.sample_shape)} alone needs "
+                f"{nbytes} bytes, more than a quarter of the memory ceiling of "
+                f"{int(self.memory_limit)} bytes; raise it with memory_limit=... or "
+                "REFINV_ORT_MEMORY_LIMIT"
+            )
+        # deterministic values in [0, 1): image-like, and not all equal
+        x = np.resize((np.arange(97) * 0.618034 % 1.0).astype(self.dtype), size)
+        y = self._run_np(x.reshape(nb, *self.sample_shape))
+        self.stats.reset()
+        where = f"{self.label}: probe run on a batch of shape {(nb, *self.sample_shape)}"
+        if not isinstance(y, np.ndarray):
+            raise OnnxModelError(f"{where}: expected a tensor output, got {type(y).__name__}")
+        if y.dtype.kind != "f":
+            raise OnnxModelError(f"{where}: expected a floating-point output, got dtype {y.dtype}")
+        if y.dtype != self.dtype:
+            raise OnnxModelError(
+                f"{where}: expected the output in the input's dtype {self.dtype}, got {y.dtype} "
+                "(refinv does not mix dtypes between a model's input and output)"
+            )
+        if y.ndim < 2 or y.shape[0] != nb or 0 in y.shape:
+            raise OnnxModelError(
+                f"{where}: expected an output of shape ({nb}, *sample_shape) with one output "
+                f"sample per input sample, got {y.shape}"
+            )
+        declared_elem = out.type.tensor_type.elem_type
+        if declared_elem and _FLOAT_TYPES.get(declared_elem) != y.dtype:
+            name = dict((v, k) for k, v in onnx.TensorProto.DataType.items()).get(declared_elem)
+            raise OnnxModelError(
+                f"{where}: the graph declares output dtype {name or declared_elem} but computes "
+                f"{y.dtype}"
+            )
+        odims = _dims(out)
+        if out.type.tensor_type.HasField("shape"):
+            declared = [nb if i == 0 and not isinstance(d, int) else d for i, d in enumerate(odims)]
+            if len(odims) != y.ndim or any(
+                isinstance(d, int) and d != c for d, c in zip(declared, y.shape, strict=True)
+            ):
+                raise OnnxModelError(
+                    f"{where}: the graph declares output shape {odims} but computes {y.shape}"
+                )
+        return tuple(int(d) for d in y.shape[1:])
+
     @property
     def output_sample_shape(self) -> tuple[int, ...]:
-        """Shape of one output sample (declared, or found by one forward pass on zeros)."""
-        if self._out_shape is None:
-            if self._declared_out is not None:
-                self._out_shape = self._declared_out
-            else:
-                nb = self.fixed_batch or 1
-                z = np.zeros((nb, *self.sample_shape), dtype=self.dtype)
-                self._out_shape = tuple(self._run_np(z).shape[1:])
+        """Shape of one output sample (computed by the probe run at load, checked against the
+        declared one)."""
+        assert self._out_shape is not None
         return self._out_shape
 
     @property
@@ -411,14 +1009,30 @@ class OnnxModel:
         """The model's initializers (weights) as read-only NumPy arrays."""
         from onnx import numpy_helper
 
-        return {i.name: numpy_helper.to_array(i) for i in self.proto.graph.initializer}
+        try:
+            return {i.name: numpy_helper.to_array(i) for i in self.proto.graph.initializer}
+        except Exception as exc:
+            raise OnnxModelError(f"{self.label}: cannot read the initializers: {exc}") from exc
 
     # --------------------------------------------------------------- calling
     def _run_np(self, x: np.ndarray) -> np.ndarray:
-        sess = self.session
         t0 = time.perf_counter()
-        # the C++ session's run: the Python wrapper's per-call input checks cost ~10% at batch 1
-        (y,) = getattr(sess, "_sess", sess).run([self.output_name], {self.input_name: x}, None)
+        (y,) = run_session(
+            self.session,
+            [self.output_name],
+            {self.input_name: x},
+            label=self.label,
+            time_limit=self.time_limit,
+            memory_limit=self.memory_limit,
+        )
+        if self._out_shape is not None and (
+            y.dtype != self.dtype or y.shape[1:] != self._out_shape or y.shape[0] != x.shape[0]
+        ):
+            raise OnnxModelError(
+                f"{self.label}: on a batch of shape {x.shape} the model returned "
+                f"{getattr(y, 'shape', None)} {getattr(y, 'dtype', type(y).__name__)}; expected "
+                f"{(x.shape[0], *self._out_shape)} {self.dtype} (as in the probe run at load)"
+            )
         self.stats.seconds += time.perf_counter() - t0
         self.stats.calls += 1
         self.stats.samples += x.shape[0]
@@ -476,7 +1090,15 @@ class OnnxModel:
                 self.output_name, "cuda", self.device_id, self.dtype, tuple(o.shape), o.data.ptr
             )
             t0 = time.perf_counter()
-            self.session.run_with_iobinding(io)
+            run_session(
+                self.session,
+                None,
+                None,
+                label=self.label,
+                time_limit=self.time_limit,
+                memory_limit=self.memory_limit,
+                iobinding=io,
+            )
             self.stats.seconds += time.perf_counter() - t0
             self.stats.calls += 1
             self.stats.samples += e - s
@@ -498,7 +1120,8 @@ class OnnxModel:
                 f"{', '.join(map(str, self.sample_shape))}), got {tuple(x.shape)}"
             )
         in_dtype = x.dtype
-        if not (in_dtype == xp.float32 or in_dtype == xp.float64 or in_dtype == xp.float16):
+        floats = [getattr(xp, n) for n in ("float32", "float64", "float16") if hasattr(xp, n)]
+        if not any(in_dtype == t for t in floats):  # array-api-strict has no float16
             raise DTypeError(
                 f"{self.label}: expected a floating-point batch (the model takes {self.dtype}), "
                 f"got dtype {in_dtype}"

@@ -85,8 +85,8 @@ def test_listed_cuda_provider_that_falls_back_is_refused(monkeypatch):
     )
     real = ort.InferenceSession
 
-    def session(data, sess_options=None, providers=None):  # what the fallback looks like
-        return real(data, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    def session(data, sess_options=None, providers=None, **kw):  # what the fallback looks like
+        return real(data, sess_options=sess_options, providers=["CPUExecutionProvider"], **kw)
 
     monkeypatch.setattr(ort, "InferenceSession", session)
     with pytest.raises(BackendError, match="could not start its CUDA provider"):

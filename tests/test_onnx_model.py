@@ -289,6 +289,16 @@ def test_external_data_escaping_folder_refused(tmp_path, location):
         OnnxModel(p)
 
 
+def test_external_data_dotdot_refused_even_inside_the_folder(tmp_path):
+    """The '..' guard on its own: 'sub/../w.bin' resolves INSIDE the model's folder (the
+    resolve() check would let it through) and the file exists, yet it is refused."""
+    p = _external_model(tmp_path, "sub/../w.bin")
+    (p.parent / "sub").mkdir()
+    (p.parent / "w.bin").write_bytes(np.ones(16, np.float32).tobytes())
+    with pytest.raises(UnsafeModelError, match=r"contains '\.\.'"):
+        OnnxModel(p)
+
+
 def test_external_data_symlink_escape_refused(tmp_path):
     (tmp_path / "secret.bin").write_bytes(np.ones(16, np.float32).tobytes())
     p = _external_model(tmp_path, "link.bin")

@@ -86,6 +86,7 @@ def test_deterministic_families():
     "spec, family, erased",
     [
         ("random:0.5", "random", 32),
+        ("random:0.25", "random", 16),
         ("center:4", "center", 16),
         ("rows:2", "rows", None),
         ("cols:2", "cols", None),

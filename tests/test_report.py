@@ -61,6 +61,9 @@ def test_recovery_metrics_clamps():
     assert met["psnr"][0] == 200.0 and met["psnr"][1] == pytest.approx(60.0)
     assert met["psnr"][2] == 0.0 and met["psnr"][3] == 0.0
     assert np.isnan(met["mse"][3])
+    with np.errstate(over="raise"):  # an overflowing MSE (inf) is reported like a NaN one
+        huge = recovery_metrics(x[:1], np.full((1, 1, 2, 2), 1e200))
+    assert np.isnan(huge["mse"][0]) and huge["psnr"][0] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +257,19 @@ def test_mask_error_is_the_error_not_the_agreement():
     )
     np.testing.assert_array_equal(np.asarray(res.state.h), 1.0)
     assert int((~mask).sum()) == 3 * 4
-    assert entry["mask_error"] == 0.25
+    assert entry["mask_error"] == 0.25 and entry["erased_fraction"] == 0.25
     ones, *_ = evaluate_split(_identity, x, parse_mask("ones"), "blind", solver={"max_iter": 2})
     assert ones["mask_error"] == 0.0
+
+
+def test_known_mask_reinsertion_only_without_noise(memorizer):
+    """Re-inserting the observed pixels (eq. 31) is right only for noiseless data: the
+    report turns it off when noise_std > 0."""
+    f, train, _ = memorizer
+    spec = parse_mask("random:0.3")
+    _, clean, *_ = evaluate_split(f, train, spec, "known", solver={"max_iter": 2})
+    _, noisy, *_ = evaluate_split(f, train, spec, "known", noise_std=0.01, solver={"max_iter": 2})
+    assert clean.info["reinsert"] is True and noisy.info["reinsert"] is False
 
 
 class CountingModel:

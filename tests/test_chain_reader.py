@@ -351,6 +351,20 @@ def test_sub_bias_is_folded_with_its_sign():
     np.testing.assert_allclose(
         read_chain(m).forward(x.astype(np.float64)), _ort(m, x), rtol=1e-5, atol=1e-6
     )
+    # a Gemm's own bias and a following Sub/Add accumulate: b0 - c + d
+    b0 = rng.standard_normal(4).astype(np.float32)
+    d = rng.standard_normal(4).astype(np.float32)
+    both = [
+        oh.make_node("Gemm", ["x", "W", "b0"], ["a"], transB=1),
+        oh.make_node("Sub", ["a", "c"], ["s"]),
+        oh.make_node("Add", ["s", "d"], ["y"]),
+    ]
+    mb = _model(both, {"W": w, "b0": b0, "c": c, "d": d}, [3], [4])
+    (lay,) = read_chain(mb).layers
+    np.testing.assert_allclose(lay.bias, (b0 - c + d).astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(
+        read_chain(mb).forward(x.astype(np.float64)), _ort(mb, x), rtol=1e-5, atol=1e-6
+    )
     minus = [
         oh.make_node("Gemm", ["x", "W"], ["a"], transB=1),
         oh.make_node("Sub", ["c", "a"], ["y"]),

@@ -1,6 +1,6 @@
 """Part 4 of the benchmarks: generator inversion, time to a latent error of 1e-6.
 
-The random-generator setting of seed 003: ``G(z) = ReLU(A_3 ReLU(A_2 ReLU(A_1 z)))``
+The random-generator setting of Joshi et al. (2021): ``G(z) = ReLU(A_3 ReLU(A_2 ReLU(A_1 z)))``
 with ``n = (20, 600, 500, 500)`` and i.i.d. ``N(0, 1/n_i)`` weights (``n_i`` the
 layer's output size), no biases, float64, a batch of latents
 ``z* ~ N(0, I)`` (seed 0), noiseless ``y = G(z*)``.
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
             "## Generator inversion: time to a latent error of 1e-6 (part 4)",
             "",
             f"Command: `python bench/generators.py --batch {args.batch} --repeats "
-            f"{args.repeats} --markdown` ({doc['date']}). Random ReLU generator of seed 003, "
+            f"{args.repeats} --markdown` ({doc['date']}). Random ReLU generator of Joshi et al. (2021), "
             f"n = {SIZES}, N(0, 1/n_i) weights, {args.batch} latents, noiseless, float64, one "
             "thread, library defaults. PLUGIn / gradient descent: iterations until every "
             f"sample's relative latent error <= 1e-6 (cap {args.max_iter}) x the median seconds "

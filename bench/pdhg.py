@@ -6,7 +6,7 @@ differences (zero at the last row/column), on a synthetic piecewise-constant
 image plus Gaussian noise (std 0.1, seed 0), ``alpha = 0.1``, float64,
 64x64 and 256x256.
 
-* refinv: :func:`refinv.solvers.bregman.perceptron_pdhg` (eq. 14 of seed 004:
+* refinv: :func:`refinv.solvers.bregman.perceptron_pdhg` (eq. 14 of Wang and Benning (2023):
   an explicit gradient step on the data term, a projected dual step), with
   ``tau_x = s / (1 + s)`` and ``tau_z = s / alpha^2``, ``s = 0.99 / sqrt(8)``
   (Condat-Vu's condition ``1/tau_x - 8 tau_z alpha^2 >= 1/2`` holds),

@@ -26,6 +26,9 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 served from _static/mathjax/ of the built site (the package ships it), not
+    # from a CDN: formulas render for offline readers (sets mathjax_path)
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
@@ -124,7 +127,7 @@ def _esc(text: str) -> str:
     return "``".join(parts)
 
 
-_OWN_PAGES = {"index", "models", "gpu", "cli", "sweep", "benchmarks"}
+_OWN_PAGES = {"index", "models", "gpu", "cli", "sweep", "benchmarks", "citing"}
 
 
 def _add_extra_pages(app, docname, source):

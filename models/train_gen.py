@@ -1,10 +1,10 @@
-"""Generators (seeds 002, 003) and encoders for lifted Bregman inversion (seed 004).
+"""Generators (Aberdam et al., 2020; Joshi et al., 2021) and encoders for lifted Bregman inversion (Wang and Benning, 2023).
 
 All four are autoencoders trained with full-batch Adam on the 100 training
 digits of ``data/digits28.npz`` (1x28x28, NOT MNIST: see README); the parts
 the inversion methods need are exported as separate ONNX files:
 
-* ``gen-fc``  (seed 002, Sec. 6.2): decoder z(20) -> Linear 128 -> BN -> ReLU ->
+* ``gen-fc``  (Aberdam et al., 2020, Sec. 6.2): decoder z(20) -> Linear 128 -> BN -> ReLU ->
   Linear 392 -> BN -> ReLU -> Linear 784 -> PLU, PLU(u) = 0.1 u + 0.9 clip(u, 0, 1)
   (invertible piecewise linear: identity on [0, 1], slope 0.1 outside;
   inverse: y on [0, 1], 10 y below 0, 10 (y - 0.9) above 1). Batch norm is
@@ -12,15 +12,15 @@ the inversion methods need are exported as separate ONNX files:
   full-batch statistics of the final training codes), so the ONNX graph is
   Gemm, Relu, Gemm, Relu, Gemm, then Clip/Mul/Mul/Add for the PLU, Reshape.
   Encoder (not shipped) 784-392-128-20, ReLU, linear code.
-* ``plugin``  (seed 003, Sec. 4): decoder z(20) -> 500 -> 500 -> 784, ReLU after
+* ``plugin``  (Joshi et al., 2021, Sec. 4): decoder z(20) -> 500 -> 500 -> 784, ReLU after
   EVERY layer (output included), NO biases: G(z) = ReLU(A3 ReLU(A2 ReLU(A1 z))),
   the form of PLUGIn's theory (legacy export of bias-free Linear gives MatMul
   nodes whose weight initializers are already transposed, (in, out)).
   Encoder (not shipped) 784-500-500-20, ReLU, linear code.
-* ``bregman-fc`` (seed 004, Sec. 5.1.2): x -> ReLU(W1 x + b1) (code 100) ->
+* ``bregman-fc`` (Wang and Benning, 2023, Sec. 5.1.2): x -> ReLU(W1 x + b1) (code 100) ->
   W2 . + b2. Encoder and decoder exported separately (Flatten + Gemm + Relu;
   Gemm + Reshape). The paper centres MNIST images; we do not (images in [0, 1]).
-* ``bregman-conv`` (seed 004, Sec. 5.2): encoder Conv(1->8, 4x4, s2, p1) ReLU,
+* ``bregman-conv`` (Wang and Benning, 2023, Sec. 5.2): encoder Conv(1->8, 4x4, s2, p1) ReLU,
   Conv(8->16, 4x4, s2, p1) ReLU, Flatten, Linear(784 -> 300) ReLU (the code);
   decoder Linear(300 -> 784) (affine), reshape 16x7x7, ConvTranspose(16->8,
   4x4, s2, p1) ReLU, ConvTranspose(8->1, 4x4, s2, p1) ReLU.

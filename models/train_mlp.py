@@ -1,4 +1,4 @@
-"""Deep fully connected autoencoders trained to (numerical) perfect fit (seed 000, App. C).
+"""Deep fully connected autoencoders trained to (numerical) perfect fit (Abitbul and Dar, 2023, App. C).
 
 Full-batch Adam with a cosine learning-rate schedule, Kaiming init
 (leaky_relu, a = slope) and zero biases. The model is saved (ONNX) the first

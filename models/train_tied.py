@@ -1,4 +1,4 @@
-"""Tied 2-layer autoencoder satisfying Theorem 1 of seed 000 (a Moreau proximity operator).
+"""Tied 2-layer autoencoder satisfying Theorem 1 of Abitbul and Dar (2023) (a Moreau proximity operator).
 
     f(x) = W^T s(W x + b),   s = LeakyReLU(0.1)  (s' in {0.1, 1}, inside [0, 1]),
     W in R^{k x 64}, all singular values of W in [0, 0.9999].

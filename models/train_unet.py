@@ -1,4 +1,4 @@
-"""Small U-Net autoencoders on the 3x32x32 colour patches (seed 000, App. C, Fig. C.2).
+"""Small U-Net autoencoders on the 3x32x32 colour patches (Abitbul and Dar, 2023, App. C, Fig. C.2).
 
 Architecture (base width c): every conv is 3x3, stride 1, padding 1, and is
 followed by the activation (LeakyReLU(0.1), PReLU per channel, or Softplus):

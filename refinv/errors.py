@@ -19,6 +19,7 @@ __all__ = [
     "DTypeError",
     "NonFiniteError",
     "MaskError",
+    "MaskSpecError",
     "BackendError",
     "OnnxModelError",
     "UnsafeModelError",
@@ -66,6 +67,10 @@ class UnsupportedGraphError(OnnxModelError):
 
 class ConfigError(RefinvError, ValueError):
     """A configuration value (CLI option, sweep file, solver parameter) is invalid."""
+
+
+class MaskSpecError(MaskError, ConfigError):
+    """A mask spec's count or size does not fit the image (e.g. ``grid:K`` with K > H, W)."""
 
 
 class DivergenceWarning(RuntimeWarning):

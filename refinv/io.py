@@ -2,15 +2,25 @@
 
 Every result file refinv writes goes through :func:`atomic_write_bytes`
 (temp file in the same folder, fsync, ``os.replace``), so an interrupted run
-never leaves a half-written file behind.
+never leaves a half-written file behind. A run killed mid-write leaves its
+hidden temp file ``.NAME.PID-XXXX.tmp``; the next write of ``NAME`` removes
+the temp files of processes that no longer run.
+
+Reading is bounded: :func:`load_npz` refuses an ``.npz`` whose arrays would
+take more than ``max_bytes`` once decompressed (default 1 GiB, or the
+environment variable ``REFINV_NPZ_MAX_BYTES``), from the zip members'
+declared sizes and the arrays' headers, before anything is decompressed.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +37,125 @@ __all__ = [
     "load_images",
     "load_images_for",
     "parse_data_spec",
+    "check_writable",
+    "npz_max_bytes",
+    "NPZ_MAX_BYTES",
+    "NPZ_MAX_BYTES_ENV",
 ]
+
+#: default cap on the decompressed size of an ``.npz`` read by :func:`load_npz` (1 GiB)
+NPZ_MAX_BYTES = 1 << 30
+#: environment variable that overrides :data:`NPZ_MAX_BYTES` (a number of bytes)
+NPZ_MAX_BYTES_ENV = "REFINV_NPZ_MAX_BYTES"
+
+# temp files of writers without a PID in the name (refinv <= 0.x) older than this are stale
+_OLD_TMP_AGE_S = 3600.0
+
+
+def check_writable(path: str | os.PathLike, what: str = "output", *, probe: bool = True) -> Path:
+    """Refuse, before any work, an output path that cannot be written.
+
+    ``path`` must not be a directory, and its folder (or the nearest existing
+    ancestor, the writers create the missing ones) must be a directory where
+    this process can create a file: with ``probe`` (default) a temporary file
+    (or folder) is created there and removed at once. Raises
+    :class:`~refinv.errors.ConfigError`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r}: expected a file path, got a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {str(path)!r}: {str(parent)!r} is not a directory")
+    if not probe:
+        return path
+    try:  # a real probe: os.access says yes to root on read-only mounts and /proc
+        if parent == path.parent:
+            with tempfile.TemporaryFile(prefix=f".{path.name}.probe-", dir=parent):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".refinv-probe-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {str(path)!r}: cannot write in {str(parent)!r} ({exc.strerror or exc})"
+        ) from exc
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove ``.NAME.*.tmp`` left next to ``path`` by writers that were killed.
+
+    A temp file named ``.NAME.PID-XXXX.tmp`` is stale when process PID no
+    longer runs (this process's own are in use by another thread: kept); one
+    without a PID (older writers) when it is over an hour old.
+    """
+    prefix = f".{path.name}."
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    now = time.time()
+    for e in entries:
+        name = e.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        tag = name[len(prefix) : -len(".tmp")]
+        pid_s, sep, _ = tag.partition("-")
+        try:
+            if sep and pid_s.isdigit():
+                pid = int(pid_s)
+                stale = pid != os.getpid() and not _pid_alive(pid)
+            else:
+                stale = now - e.stat(follow_symlinks=False).st_mtime > _OLD_TMP_AGE_S
+            if stale and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+        except OSError:
+            pass  # another process removed or replaced it meanwhile
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    An unwritable path (a directory, a read-only folder, a full disk) raises
+    :class:`~refinv.errors.ConfigError`; the temp file is removed on every error.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_writable(path, probe=False)  # the temp file below is the probe
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(path)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
+        )
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
     return path
 
@@ -74,11 +185,103 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` file, refusing pickled objects."""
+def npz_max_bytes(max_bytes: int | None = None) -> int:
+    """The decompressed-size cap of :func:`load_npz`: ``max_bytes``, else the environment
+    variable ``REFINV_NPZ_MAX_BYTES``, else :data:`NPZ_MAX_BYTES` (1 GiB)."""
+    if max_bytes is None:
+        env = os.environ.get(NPZ_MAX_BYTES_ENV, "").strip()
+        if not env:
+            return NPZ_MAX_BYTES
+        try:
+            v = float(env)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v >= 1 and v == int(v)):
+            raise ConfigError(
+                f"{NPZ_MAX_BYTES_ENV}: expected a positive whole number of bytes, got {env!r}"
+            )
+        return int(v)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ConfigError(f"max_bytes: expected a positive integer, got {max_bytes!r}")
+    return max_bytes
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:  # (3, 0): utf-8 header; NumPy has no public reader for it
+        shape, _, dtype = fmt._read_array_header(f, version)
+    return tuple(shape), dtype
+
+
+def _check_npz_size(path: Path, cap: int) -> None:
+    """Refuse an ``.npz`` over ``cap`` decompressed bytes, reading only zip and .npy headers."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConfigError(f"{path}: not a readable .npz file ({exc})") from exc
+    with zf:
+        infos = zf.infolist()
+        declared = sum(i.file_size for i in infos)
+        how = f"set {NPZ_MAX_BYTES_ENV}=BYTES (or pass max_bytes) to allow a larger file"
+        if declared > cap:
+            raise ConfigError(
+                f"{path}: expected at most {_gib(cap)} of arrays once decompressed, its "
+                f"{len(infos)} member(s) declare {_gib(declared)}; {how}"
+            )
+        total = 0
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                continue
+            try:
+                with zf.open(info) as f:
+                    shape, dtype = _npy_header(f)
+            except Exception as exc:
+                raise ConfigError(
+                    f"{path}: member {info.filename!r} is not a readable .npy array ({exc})"
+                ) from exc
+            if dtype.hasobject:
+                raise ConfigError(
+                    f"{path}: array {info.filename[:-4]!r} holds Python objects (dtype "
+                    f"{dtype}), which load only with pickle; refinv never loads pickles"
+                )
+            nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise ConfigError(
+                    f"{path}: array {info.filename[:-4]!r} of shape {tuple(shape)} {dtype} "
+                    f"needs {nbytes} bytes, its zip member holds {info.file_size}: truncated "
+                    "or forged"
+                )
+            total += nbytes
+        if total > cap:
+            raise ConfigError(
+                f"{path}: expected at most {_gib(cap)} of arrays, its arrays take {_gib(total)}; "
+                f"{how}"
+            )
+
+
+def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` file, refusing pickled objects and oversized files.
+
+    ``max_bytes`` caps the decompressed size of all arrays together (default
+    :func:`npz_max_bytes`: ``REFINV_NPZ_MAX_BYTES`` or 1 GiB). It is checked on
+    the zip members' declared sizes and on the arrays' headers before any
+    array is decompressed, so a small file that would inflate to gigabytes is
+    refused at once (:class:`~refinv.errors.ConfigError`).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
+    cap = npz_max_bytes(max_bytes)
+    _check_npz_size(path, cap)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -107,8 +310,14 @@ def load_images(
 ) -> np.ndarray:
     """Images ``(N, *sample_shape)`` from ``DATA.npz[:key]``, validated.
 
-    The array must be floating and finite; a flat ``(N, prod(sample_shape))``
-    array is reshaped to the model's sample shape.
+    The array must be floating, finite and hold at least one image. Its
+    images must have the model's ``sample_shape``, up to reshapes that cannot
+    reorder values: singleton axes added or dropped (``(N, H, W)`` for a
+    ``(1, H, W)`` model) and, for single-channel samples, flattening
+    (``(N, H*W)`` rows for a ``(1, H, W)`` model, ``(N, H, W)`` images for an
+    ``(H*W,)`` model). Anything else with the right number of values (e.g.
+    channels-last ``(N, H, W, C)`` for a ``(C, H, W)`` model, or flat rows
+    of colour images) is refused: a reshape would scramble the images.
     """
     if key is None:
         path, key = parse_data_spec(str(spec))
@@ -120,17 +329,46 @@ def load_images(
     a = arrays[key]
     if not np.issubdtype(a.dtype, np.floating):
         raise DTypeError(f"{path}:{key}: expected floating-point images, got dtype {a.dtype}")
+    if a.ndim < 1 or a.shape[0] == 0:
+        raise ShapeError(f"{path}:{key}: expected at least one image, got an array of shape "
+                         f"{a.shape}")  # fmt: skip
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
-        if a.ndim >= 2 and int(np.prod(a.shape[1:])) == int(np.prod(sample_shape)):
+        want = f"(N, {', '.join(map(str, sample_shape))})"
+        if a.ndim >= 2 and _same_layout(tuple(a.shape[1:]), tuple(sample_shape)):
             a = a.reshape((a.shape[0], *sample_shape))
+        elif a.ndim >= 2 and math.prod(a.shape[1:]) == math.prod(sample_shape):
+            hint = ""
+            if len(sample_shape) == 3 and tuple(a.shape[1:]) == (
+                *sample_shape[1:],
+                sample_shape[0],
+            ):
+                hint = (" (channels-last; transpose it to channels-first, e.g. "
+                        "np.transpose(a, (0, 3, 1, 2)))")  # fmt: skip
+            raise ShapeError(
+                f"{path}:{key}: expected images of shape {want} to match the model, got "
+                f"{a.shape}{hint}: the same number of values per image in another layout, "
+                "which refinv does not reshape (it would scramble the images)"
+            )
         else:
             raise ShapeError(
-                f"{path}:{key}: expected images of shape (N, {', '.join(map(str, sample_shape))}) "
-                f"to match the model, got {a.shape}"
+                f"{path}:{key}: expected images of shape {want} to match the model, got {a.shape}"
             )
     if not np.all(np.isfinite(a)):
         raise NonFiniteError(f"{path}:{key}: expected finite values, got NaN/Inf")
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _same_layout(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Whether samples of shape ``got`` reshape to ``want`` without reordering pixels:
+    equal once size-1 axes are dropped, or one side flat and the other single-channel
+    (at most two axes longer than 1, flattened row-major)."""
+    sg = tuple(d for d in got if d != 1)
+    sw = tuple(d for d in want if d != 1)
+    if sg == sw:
+        return True
+    if math.prod(sg) != math.prod(sw):
+        return False
+    return (len(sg) == 1 and len(sw) <= 2) or (len(sw) == 1 and len(sg) <= 2)
 
 
 def load_images_for(f: Any, spec: str | os.PathLike, key: str | None = None) -> np.ndarray:

@@ -169,3 +169,80 @@ def test_stability_command_matches_the_iteration_matrix(files, capsys, method):
     assert "median radius" in capsys.readouterr().out
     assert main(["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0"]) == 2
     assert "--rho" in capsys.readouterr().err
+
+
+def test_mask_init_from_a_file(files, tmp_path, capsys):
+    """--mask-init file:PATH.npz:KEY reaches the blind solver: the CLI's estimates are those
+    of blind_recovery(mask_init=that array), and differ from the default (ones) start."""
+    from refinv.evaluation.report import degrade
+    from refinv.onnx import OnnxModel
+    from refinv.operators.masks import parse_mask
+    from refinv.solvers.recovery import blind_recovery
+
+    d = files
+    rng = np.random.default_rng(5)
+    h0 = (rng.random((5, 6, 7)) < 0.5).astype(np.uint8)
+    np.savez(tmp_path / "init.npz", h0=h0, other=1 - h0)
+    out = {}
+    for name, extra in [
+        ("file", ["--mask-init", f"file:{tmp_path / 'init.npz'}:h0"]),
+        ("ones", []),
+    ]:
+        rc = main(
+            ["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--mask", "random:0.5",
+             "--method", "blind", "--max-iter", "3", "--out", str(tmp_path / f"{name}.npz"),
+             "--json", str(tmp_path / f"{name}.json"), "--quiet", *extra]
+        )  # fmt: skip
+        assert rc == 0
+        with np.load(tmp_path / f"{name}.npz") as z:
+            out[name] = z["x_hat"]
+    doc = json.loads((tmp_path / "file.json").read_text())
+    assert doc["settings"]["solver"]["blind"]["mask_init"] == f"file:{tmp_path / 'init.npz'}:h0"
+    f = OnnxModel(d / "ae.onnx")
+    x = np.load(d / "data.npz")["train"]
+    y, _ = degrade(x, parse_mask("random:0.5"), seed=0)
+    ref = blind_recovery(f, y, mask_init=h0, max_iter=3, progress=False)
+    np.testing.assert_allclose(out["file"], np.asarray(ref.x), atol=1e-6)
+    assert np.abs(out["file"] - out["ones"]).max() > 1e-3
+    # errors: a missing key names the keys there; a wrong batch names the shapes
+    base = ["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--method", "blind", "--quiet"]
+    assert main([*base, "--mask-init", f"file:{tmp_path / 'init.npz'}:nope"]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "h0" in err and "other" in err
+    assert main([*base, "--mask-init", f"file:{tmp_path / 'init.npz'}"]) == 2
+    assert "file:PATH.npz:KEY" in capsys.readouterr().err
+    np.savez(tmp_path / "three.npz", mask=h0[:3])
+    assert main([*base, "--mask-init", f"file:{tmp_path / 'three.npz'}"]) == 2
+    assert "refinv recover: error:" in capsys.readouterr().err
+
+
+def test_evaluate_blind_with_one_initial_mask_for_both_splits(files, tmp_path):
+    d = files
+    np.savez(tmp_path / "one.npz", mask=np.ones((6, 7), dtype=np.uint8))
+    args = ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
+            f"{d / 'data.npz'}:test", "--masks", "center:2", "--methods", "blind",
+            "--max-iter", "3", "--quiet"]  # fmt: skip
+    assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*args, "--mask-init", f"file:{tmp_path / 'one.npz'}", "--json",
+                 str(tmp_path / "b.json")]) == 0  # fmt: skip
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text())["runs"] for k in "ab")
+    assert [r["mse"] for r in a] == [r["mse"] for r in b]  # all-ones file == the ones default
+
+
+def test_divergence_is_one_line_per_run_with_its_context(files, tmp_path, capsys, caplog):
+    d = files
+    onnx.save(onnx_ae([(3.0 * np.eye(42), np.zeros(42), False)], (1, 6, 7)), tmp_path / "x3.onnx")
+    rc = main(
+        ["evaluate", str(tmp_path / "x3.onnx"), "--train", f"{d / 'data.npz'}:train",
+         "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3", "--methods",
+         "ae-iterations", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert lines == [
+        f"refinv evaluate: warning: checkpoint x3, mask random:0.3, method ae-iterations, "
+        f"split {split}: {n} of {n} samples diverged (NaN/Inf or |x| > 1e+06) and were "
+        "stopped (MSE null in the report); the others continued"
+        for split, n in (("train", 5), ("test", 4))
+    ]
+    assert not [r for r in caplog.records if "diverged" in r.getMessage()]

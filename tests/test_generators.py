@@ -1,4 +1,4 @@
-"""PLUGIn and gradient descent on explicit generators (seed 003)."""
+"""PLUGIn and gradient descent on explicit generators (Joshi et al., 2021)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from refinv.solvers.generators import (
 
 
 def gaussian_chain(rng, widths, act="relu"):
-    """Weights A_i (n_i x n_{i-1}) with i.i.d. N(0, 1/n_i) entries (seed 003's model)."""
+    """Weights A_i (n_i x n_{i-1}) with i.i.d. N(0, 1/n_i) entries (Joshi et al.'s (2021) model)."""
     ws = [
         rng.standard_normal((b, a)) / np.sqrt(b)
         for a, b in zip(widths[:-1], widths[1:], strict=True)
@@ -26,7 +26,7 @@ def gaussian_chain(rng, widths, act="relu"):
 
 @pytest.mark.parametrize("act", ["relu", "leaky_relu:0.2"])
 def test_monte_carlo_unbiasedness_of_the_library_gradient(act):
-    """E[A^T s(A x)] = lambda x for A with i.i.d. N(0, 1/m) entries (eq. 7 of seed 003), with
+    """E[A^T s(A x)] = lambda x for A with i.i.d. N(0, 1/m) entries (eq. 7 of Joshi et al., 2021), with
     lambda = leaky_constant(s) ((1 + c) / 2) and A^T s(A x) computed by the library:
     DenseNet.backward(pres, A x) = A^T D A x = A^T s(A x) (s(a) = D a, D = diag(s'(A x)))."""
     rng = np.random.default_rng(1234)

@@ -1,4 +1,4 @@
-"""Layered basis pursuit, Latent-Pursuit, the oracle and batched FISTA (seed 002)."""
+"""Layered basis pursuit, Latent-Pursuit, the oracle and batched FISTA (Aberdam et al., 2020)."""
 
 from __future__ import annotations
 

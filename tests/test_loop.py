@@ -112,8 +112,9 @@ def test_divergence_flagged_others_continue():
     x = st_.x.copy()
     x[2, 1] = np.nan  # a NaN sample
     st_ = st_._replace(x=x)
-    with pytest.warns(DivergenceWarning, match="2 of 3 samples diverged"):
+    with pytest.warns(DivergenceWarning, match="2 of 3 samples diverged") as rec:
         r = run_loop(geometric_step, st_, max_iter=100, tol=1e-4, blowup=1e3)
+    assert len([w for w in rec if w.category is DivergenceWarning]) == 1
     assert r.diverged.tolist() == [False, True, True]
     assert r.stop_reason[0] == "converged" and r.stop_reason[1] == r.stop_reason[2] == "diverged"
     assert r.iterations[1] == 7  # 3**6 = 729 <= 1e3 < 3**7
@@ -197,3 +198,15 @@ def test_relative_change_divides_by_the_old_iterate():
     got = relative_change(np, new, old)
     eps = np.finfo(np.float64).eps
     np.testing.assert_allclose(got, [5.0 / 5.0, 2.0 / 1.0, 1.0 / eps], rtol=1e-15)
+
+
+def test_divergence_is_one_warning_and_no_log_line(caplog):
+    """One message per event: the DivergenceWarning, not a log record as well."""
+    st_ = make_state(np, [1.0, 1.0], [0.5, 3.0], "float64")
+    with caplog.at_level("DEBUG"), pytest.warns(DivergenceWarning) as rec:
+        run_loop(geometric_step, st_, max_iter=100, tol=1e-4, blowup=1e3, method="geo")
+    assert [str(w.message) for w in rec if w.category is DivergenceWarning] == [
+        "geo: 1 of 2 samples diverged (NaN/Inf or |x| > 1000) and were stopped; "
+        "the others continued"
+    ]
+    assert not [r for r in caplog.records if r.levelno >= 30]

@@ -229,3 +229,20 @@ def test_noise_is_added_to_every_pixel_erased_ones_included():
     assert np.std(e[~erased]) == pytest.approx(sigma, rel=0.01)
     assert abs(np.mean(e)) < 5 * sigma / np.sqrt(e.size)
     assert np.count_nonzero(e[erased]) == erased.sum()
+
+
+def test_file_mask_key(tmp_path):
+    a = np.ones((5, 6), dtype=np.uint8)
+    b = a.copy()
+    b[0, 0] = 0
+    np.savez(tmp_path / "two.npz", a=a, b=b)
+    got = parse_mask(f"file:{tmp_path / 'two.npz'}:b").draw((5, 6), 2)
+    assert got.shape == (2, 5, 6) and not got[:, 0, 0].any() and got.sum() == 2 * 29
+    assert parse_mask(f"file:{tmp_path / 'two.npz'}:a").draw((5, 6), 1).all()
+    with pytest.raises(ConfigError, match=r"'c'.*|.*'a', 'b'"):
+        parse_mask(f"file:{tmp_path / 'two.npz'}:c")
+    with pytest.raises(ConfigError, match="file:PATH.npz:KEY"):
+        parse_mask(f"file:{tmp_path / 'two.npz'}")  # two arrays, none named mask
+    # a file whose name has a colon is still read whole
+    np.savez(tmp_path / "we:ird.npz", mask=b)
+    assert not parse_mask(f"file:{tmp_path / 'we:ird.npz'}").draw((5, 6), 1)[0, 0, 0]

@@ -260,7 +260,7 @@ def test_cuda_provider_unavailable_is_clear():
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    with pytest.raises(BackendError, match="CUDA execution provider"):
+    with pytest.raises(BackendError, match="onnxruntime-gpu"):
         OnnxModel(mlp((3, 3))[0], provider="cuda")
 
 

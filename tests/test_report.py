@@ -301,3 +301,31 @@ def test_ae_iterations_in_the_report_cost_as_much_as_blind(memorizer, solver, ca
         assert g.calls == 1 + calls  # + the train-loss evaluation of the checkpoint entry
         if method == "ae-iterations":
             assert doc["runs"][0]["iterations"] == [calls] * 4
+
+
+def test_divergence_warning_names_its_run_once(caplog):
+    """A run with diverged samples gives ONE DivergenceWarning that says which checkpoint,
+    mask, method and split it belongs to (the solver's own context-free warning is
+    silenced), and no log line besides; a run without divergence gives none."""
+    from refinv.errors import DivergenceWarning
+
+    def explode(x):  # samples whose first pixel is > 0.5 blow up, the others contract
+        big = x[:, :1, :1, :1] > 0.5
+        return np.where(big, 3.0 * x, 0.5 * x)
+
+    train = np.full((4, 1, 2, 2), 0.1)
+    train[[1, 3], 0, 0, 0] = 0.9
+    test = np.full((3, 1, 2, 2), 0.1)
+    with caplog.at_level("DEBUG"), pytest.warns(DivergenceWarning) as rec:
+        doc = memorization_report(
+            [("explode", explode)], train, test, masks=["ones"], methods=["ae-iterations"],
+            solver={"max_iter": 10}, progress=False,
+        )  # fmt: skip
+    msgs = [str(w.message) for w in rec if w.category is DivergenceWarning]
+    assert msgs == [
+        "checkpoint explode, mask ones, method ae-iterations, split train: 2 of 4 samples "
+        "diverged (NaN/Inf or |x| > 1e+06) and were stopped (MSE null in the report); the "
+        "others continued"
+    ]
+    assert not [r for r in caplog.records if "diverged" in r.getMessage()]
+    assert [r["n_diverged"] for r in doc["runs"]] == [2, 0]

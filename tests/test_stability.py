@@ -13,6 +13,7 @@ from refinv.errors import ConfigError, MaskError
 from refinv.evaluation.stability import (
     model_jacobian,
     pnp_admm_iteration_matrix,
+    pnp_admm_radius,
     pnp_admm_stability,
 )
 from refinv.solvers.recovery import known_mask_recovery
@@ -145,6 +146,53 @@ def test_radius_on_a_nonsymmetric_affine_model(seed):
 
     rate = (err(140) / err(100)) ** (1 / 40)
     assert rate == pytest.approx(want, rel=0.03)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reduced_radius_equals_the_iteration_matrix_radius(seed):
+    """M = B C with C = [D, I - D], B = [J; I - J]: the n x n matrix C B has M's non-zero
+    eigenvalues, so the same spectral radius (nonsymmetric J, complex spectra)."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    J = rng.standard_normal((n, n)) * rng.uniform(0.05, 0.4)
+    h = (rng.random(n) < 0.5).astype(float)
+    for rho in (0.1, 0.5, 3.0):
+        M = pnp_admm_iteration_matrix(J, h, rho)
+        assert pnp_admm_radius(J, h, rho) == pytest.approx(
+            np.abs(np.linalg.eigvals(M)).max(), rel=1e-10
+        )
+
+
+def test_a_repelling_fixed_point_is_still_reached_when_the_iteration_lands_on_it():
+    """The verdict is local: radius > 1 says that a NEARBY start drifts away, not that the
+    image cannot be reached. Here the degraded image is the fixed point itself (x* is 0 at
+    every erased pixel, so the ADMM's start z = y equals x*), and every step maps x* to x*
+    exactly in floating point: f(x) = x* + A (x - x*) with x - x* = 0, and at rho = 1 the
+    v-step (y + z - u) / 2 on observed pixels is y / 2 + x* / 2 = x* (halving is exact). So
+    the iteration never leaves x* and recovers it to MSE 0, although its radius is > 1; a
+    1e-6 nudge of the start at one erased pixel is repelled, as the radius says."""
+    xstar, A, h = _problem(4, 1.6)
+    xstar = xstar * h  # zero at the erased pixels: y = h x* = x*
+    f = AffineAE(xstar, A)
+    rho = 1.0
+    r = pnp_admm_stability(f, xstar[None], h[None], rho=rho)[0]
+    assert r > 1.05
+
+    def known(y):
+        return known_mask_recovery(
+            f, y[None], h[None], rho=rho, max_iter=100, tol=0.0, reinsert=False,
+            blowup=np.inf, progress=False,
+        )  # fmt: skip
+
+    y = xstar * h
+    np.testing.assert_array_equal(y, xstar)
+    res = known(y)
+    assert np.mean((res.x[0] - xstar) ** 2) == 0.0  # reached exactly
+    nudged = y.copy()
+    erased = np.flatnonzero(h.reshape(-1) == 0)[0]
+    nudged.reshape(-1)[erased] += 1e-6
+    res2 = known(nudged)
+    assert np.linalg.norm(res2.x[0] - xstar) > 1e-3  # repelled: from 1e-6 to > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["symmetric", "nonsymmetric"])

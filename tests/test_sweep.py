@@ -303,3 +303,35 @@ def test_store_failing_write_leaves_no_task_done(tmp_path):
         with pytest.raises(sqlite3.IntegrityError):
             st.write_task(_store_task("t2"), _store_out(3), "0")  # UNIQUE(checkpoint, ..., sample)
         assert st.done_tasks() == {"t1"} and [r["task_id"] for r in st.results()] == ["t1"] * 3
+
+
+def test_initial_masks_from_a_file_are_sliced_per_shard(tmp_path):
+    """solver.mask_init = "file:PATH.npz:KEY" with one initial mask per image of the split:
+    each shard (4, 4, 2) takes its rows, so the sweep equals one-batch refinv evaluate."""
+    import numpy as np
+
+    from refinv.evaluation.report import memorization_report
+    from refinv.io import load_images
+
+    h0 = (np.random.default_rng(7).random((10, 8, 8)) < 0.7).astype(np.uint8)
+    np.savez(tmp_path / "h0.npz", init=h0, unused=h0[:1])
+    spec = f"file:{tmp_path / 'h0.npz'}:init"
+    cfg = _config(tmp_path, masks=("random:0.5",), methods=("blind",), shard=4)
+    cfg.write_text(cfg.read_text().replace('mask_init = "bernoulli"', f'mask_init = "{spec}"'))
+    db = tmp_path / "f.sqlite"
+    summary = run_sweep(cfg, db, progress=False)
+    assert summary.failed == 0
+    doc = report_from_db(db)
+    f = load_model()
+    train = load_images(DATA, "train", sample_shape=f.sample_shape)[:10]
+    test = load_images(DATA, "test", sample_shape=f.sample_shape)[:10]
+    ref = memorization_report(
+        [("d8", f)], train, test, masks=["random:0.5"], methods=["blind"], seed=3,
+        solver={"max_iter": 20, "mask_init": spec}, progress=False,
+    )  # fmt: skip
+    assert [r["mse"] for r in doc["runs"]] == [r["mse"] for r in ref["runs"]]
+    ones = memorization_report(
+        [("d8", f)], train, test, masks=["random:0.5"], methods=["blind"], seed=3,
+        solver={"max_iter": 20, "mask_init": "ones"}, progress=False,
+    )  # fmt: skip
+    assert [r["mse"] for r in ones["runs"]] != [r["mse"] for r in ref["runs"]]

@@ -1,4 +1,4 @@
-"""Circle experiment of seed 004, Section 5.1.1: TV-PDHG vs Landweber (discrepancy principle).
+"""Circle experiment of Wang and Benning (2023), Section 5.1.1: TV-PDHG vs Landweber (discrepancy principle).
 
 64x64 circle x (1 inside, 0 outside), random perceptron W (512 x 4096) and b,
 y = ReLU(W x + b) + N(0, sigma^2), clipped at 0; alpha = 1.5e-2.

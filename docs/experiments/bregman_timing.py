@@ -1,4 +1,4 @@
-"""Seconds per PDHG iteration (seed 004) at the paper's sizes, fixed iteration counts.
+"""Seconds per PDHG iteration (Wang and Benning, 2023) at the paper's sizes, fixed iteration counts.
 
 * circle: ReLU perceptron 4096 -> 512 (random W), one 64x64 image, eq. (14);
 * fc: the shipped encoder 784 -> 100, eq. (14);

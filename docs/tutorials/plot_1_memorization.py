@@ -5,7 +5,7 @@ How much did this autoencoder memorize?
 An overparameterized autoencoder trained to (near) zero loss can *memorize*
 its training set: erase half of the pixels of a training image, and the
 network can put them back exactly, although it cannot do so for an image it
-never saw. refinv measures this by **blind recovery** (seed 000): the
+never saw. refinv measures this by **blind recovery** (Abitbul and Dar, 2023): the
 degradation ``y = H x`` erases pixels, ``H = diag(h)`` is *unknown*, and
 plug-and-play ADMM with the autoencoder ``f`` as the prior alternates with a
 closed-form estimate of the mask ``h`` (:doc:`/theory/recovery`).
@@ -169,11 +169,11 @@ fig.tight_layout()
 # %%
 # Is a 0% rate "not memorized" or "not measurable"? The stability check
 # ---------------------------------------------------------------------
-# A memorized image is a fixed point of the ADMM; it is recovered only if it
-# *attracts* the iteration. :func:`~refinv.evaluation.stability.pnp_admm_stability`
+# A memorized image is a fixed point of the ADMM; an iterate near it converges
+# to it if it *attracts* the iteration. :func:`~refinv.evaluation.stability.pnp_admm_stability`
 # measures that: the spectral radius of the linearized known-mask ADMM at
-# each training image (< 1 attracts, > 1 repels; theory in
-# :doc:`/theory/recovery`). Here on this faces model and on the shipped 8x8
+# each training image (< 1 attracts, > 1 repels: a local criterion, whose
+# agreement with actual outcomes is measured in :doc:`/theory/recovery`). Here on this faces model and on the shipped 8x8
 # digits model, which fits its training set just as well (train MSE 2e-13)
 # but whose training images are never recovered.
 

@@ -3,13 +3,13 @@ Watching the mask estimate converge
 ===================================
 
 Blind recovery alternates an x-step (plug-and-play ADMM with the
-autoencoder) and a closed-form mask step (eq. 20 of seed 000)::
+autoencoder) and a closed-form mask step (eq. 20 of Abitbul and Dar, 2023)::
 
     h_i = 1  if  (y_i - x_i)^2 <= y_i^2  else  0
 
 The mask starts as a guess (here i.i.d. Bernoulli(1/2), the paper's choice
 for fully connected models, passed explicitly as ``mask_init="bernoulli"``) and, on a memorized image, converges to the
-true mask within a few outer iterations: this is Figure 2 of seed 000.
+true mask within a few outer iterations: this is Figure 2 of Abitbul and Dar (2023).
 
 We follow the mask error (the fraction of pixels whose observed/erased
 label is wrong) at every outer iteration with the solver's ``callback``,

@@ -7,7 +7,7 @@ training run of ``models/onnx/faces25_lrelu_6x256.onnx`` saved a checkpoint
 the first time its training MSE fell below 1e-3, 1e-4, 1e-5 and 1e-6
 (``models/onnx/checkpoints/``). Running the same memorization report on
 each checkpoint and on the final model gives the recovery rate as a
-function of the training loss: Figure 3 of seed 000.
+function of the training loss: Figure 3 of Abitbul and Dar (2023).
 """
 
 import json

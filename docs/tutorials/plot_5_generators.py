@@ -6,16 +6,16 @@ Given a generator ``G`` (a decoder: latent code -> image) and an image
 ``y = G(z*)``, find the code. refinv reads the weights of a dense ONNX
 generator as a :class:`~refinv.onnx.graph.LayerChain` and offers
 
-* **PLUGIn** (seed 003, eq. 5): gradient descent with the Jacobian replaced
+* **PLUGIn** (Joshi et al., 2021, eq. 5): gradient descent with the Jacobian replaced
   by the static matrix ``A_1^T ... A_d^T``
   (:func:`~refinv.solvers.generators.plugin`);
-* **gradient descent** on ``1/2 ||G(x) - y||^2`` (seed 003, eq. 4), with
+* **gradient descent** on ``1/2 ||G(x) - y||^2`` (Joshi et al., 2021, eq. 4), with
   Armijo backtracking and momentum (:func:`~refinv.solvers.generators.gradient_descent`);
-* **Latent-Pursuit** (seed 002, Algorithm 3): layer by layer from the
+* **Latent-Pursuit** (Aberdam et al., 2020, Algorithm 3): layer by layer from the
   image down, each layer a convex problem on the support of the layer
   above (:func:`~refinv.solvers.layered.latent_pursuit`);
 
-and the invertibility **diagnostics** of seed 002, Section 3
+and the invertibility **diagnostics** of Aberdam et al. (2020), Section 3
 (:func:`~refinv.evaluation.diagnostics.diagnose`): layer cardinalities
 ``s_i``, the expansion conditions of Theorem 2, mutual coherence. See
 :doc:`/theory/generators` for the mathematics.
@@ -120,7 +120,7 @@ fig.tight_layout()
 # A trained generator
 # -------------------
 # ``models/onnx/digits28_gen_fc_20-128-392-784_decoder.onnx`` is the decoder
-# of an autoencoder trained on 28x28 digits (seed 002, Section 6.2): two ReLU
+# of an autoencoder trained on 28x28 digits (Aberdam et al., 2020, Section 6.2): two ReLU
 # layers with biases (batch norm folded in) and a piecewise linear output
 # unit. :func:`~refinv.onnx.graph.read_chain` extracts its layers; the codes
 # of the training images are shipped with it, so ``y = G(z)`` has a known
@@ -164,7 +164,7 @@ for method, res in runs.items():
 # (:class:`~refinv.errors.DivergenceWarning`), and its images are noise.
 
 fig, axes = plt.subplots(
-    1 + len(runs), n_img, figsize=(1.3 * n_img, 1.45 * (1 + len(runs))), squeeze=False
+    1 + len(runs), n_img, figsize=(max(1.6 * n_img, 6.4), 1.6 * (1 + len(runs))), squeeze=False
 )
 rows = [("target y", y)] + [(m, gen.forward(np.asarray(r.x))) for m, r in runs.items()]
 for i, (label, imgs) in enumerate(rows):
@@ -175,14 +175,15 @@ for i, (label, imgs) in enumerate(rows):
         ax.set_xticks([])
         ax.set_yticks([])
         if j == 0:
-            ax.set_ylabel(label, fontsize=7)
+            # row labels: the method's name only, horizontal, in a readable size
+            ax.set_ylabel(label.split(" (")[0], fontsize=10, rotation=0, ha="right", va="center")
 fig.tight_layout()
 # sphinx_gallery_thumbnail_number = 2
 
 # %%
 # Uniqueness diagnostics
 # ----------------------
-# Theorem 2 of seed 002 (random weights) asks the layers to *expand* along
+# Theorem 2 of Aberdam et al. (2020) (random weights) asks the layers to *expand* along
 # the way down: ``s_1 >= n_0`` (the first hidden layer has at least as many
 # active units as the latent has entries), ``s_i < s_{i+1}``, and
 # ``s_L < n``. The layer-wise methods rely on them. The second shipped

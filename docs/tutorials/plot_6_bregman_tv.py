@@ -85,7 +85,7 @@ for ax, (title, x) in zip(
     strict=True,
 ):
     im = ax.imshow(np.asarray(x)[0, 0], cmap="gray")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046)
@@ -140,7 +140,7 @@ for split in ("train", "test"):
             f"TV inversion {p_tv:5.1f} dB, decoder {p_dec:5.1f} dB"
         )
 
-fig, axes = plt.subplots(3, 2 * k, figsize=(0.95 * 2 * k, 3.4))
+fig, axes = plt.subplots(3, 2 * k, figsize=(max(1.3 * 2 * k, 7.0), 4.4))
 for col, (split, _sigma, x, x_tv, x_dec) in enumerate(r for r in rows if r[1] == 0.0):
     for j in range(k):
         for i, (label, img) in enumerate(
@@ -151,10 +151,10 @@ for col, (split, _sigma, x, x_tv, x_dec) in enumerate(r for r in rows if r[1] ==
             ax.set_xticks([])
             ax.set_yticks([])
             if col * k + j == 0:
-                ax.set_ylabel(label, fontsize=7)
+                ax.set_ylabel(label, fontsize=10, rotation=0, ha="right", va="center")
         if j == 0:
             axes[0, col * k].set_title(
-                f"{'training' if split == 'train' else 'held-out'} digits", fontsize=8, loc="left"
+                f"{'training' if split == 'train' else 'held-out'} digits", fontsize=11, loc="left"
             )
 fig.tight_layout()
 

@@ -10,8 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
-from ..errors import RefinvError
+from ..errors import DivergenceWarning, RefinvError
 
 # command modules, in the order `refinv --help` lists them
 _COMMANDS = [
@@ -51,11 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    show = warnings.showwarning
+
+    def show_refinv(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DivergenceWarning):  # one line, like the errors below
+            print(f"refinv {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_refinv
     try:
+        from ._checks import check_args
+
+        check_args(args)
         return int(args.func(args) or 0)
     except RefinvError as exc:
         print(f"refinv {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,7 +32,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "bregman",
         help="invert an encoder's output to its input (lifted Bregman + total variation)",
-        description=__doc__.split("\n\n")[0],
+        description="Invert an encoder's output (codes) back to its input with the lifted "
+        "Bregman method and total variation (Wang and Benning, 2023): PDHG for one layer, "
+        "coordinate descent for several, or Landweber with the discrepancy principle.",
         epilog="CODES.npz keys: y (codes, required), x (ground-truth inputs, optional).",
     )
     p.add_argument("model", help="ONNX encoder (a chain of dense/conv layers)")
@@ -91,6 +93,8 @@ def run(args) -> int:
             f"{args.codes}:{args.key}: expected codes (N, {m}) for the encoder's output "
             f"{chain.out_shape}, got {y.shape}"
         )
+    if y.shape[0] == 0:
+        raise ShapeError(f"{args.codes}:{args.key}: expected at least one code, got {y.shape}")
     y = y.reshape((y.shape[0], *chain.out_shape))
     x_true = None
     if args.truth_key in arrays:

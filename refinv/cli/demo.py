@@ -8,7 +8,8 @@ throughput and the share of the time spent inside onnxruntime.
 The shipped files are found in ``models/`` next to the package (the repo
 checkout refinv is installed from): ``Path(refinv.__file__).parents[1] /
 "models"``, or ``--models-dir``; the model and its dataset come from
-``models/MANIFEST.json``.
+``models/MANIFEST.json``. Without a checkout (a wheel) the demo's model and
+data set packaged in ``refinv/_data/`` are used.
 """
 
 from __future__ import annotations
@@ -30,10 +31,20 @@ DEMO_MODELS = (
 )
 
 
+def packaged_models_dir() -> Path:
+    """The demo's model and data set inside the package (``refinv/_data``, in every wheel)."""
+    return Path(__file__).resolve().parents[1] / "_data"
+
+
 def default_models_dir() -> Path:
+    """``models/`` of the checkout refinv runs from (the full zoo) if there is one, else the
+    copy of the demo's model and data set packaged in ``refinv/_data``."""
     import refinv
 
-    return Path(refinv.__file__).resolve().parents[1] / "models"
+    checkout = Path(refinv.__file__).resolve().parents[1] / "models"
+    if (checkout / "MANIFEST.json").is_file():
+        return checkout
+    return packaged_models_dir()
 
 
 def _find(models_dir: Path, name: str | None) -> tuple[Path, Path]:
@@ -74,7 +85,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="blind recovery of a shipped autoencoder's training images (< 1 minute)",
-        description="Erase 50%% of the pixels of the training images and of held-out images of "
+        description="Erase 50% of the pixels of the training images and of held-out images of "
         "a shipped perfect-fit autoencoder, recover them blind (the mask is unknown), and print "
         "the memorization table: training images come back exactly, held-out ones do not.",
     )

@@ -1,17 +1,19 @@
 """``refinv inspect MODEL.onnx``: the layer chain of a model and its invertibility diagnostics.
 
 Prints the layers (kind, shapes, activation, parameters), the parameter count,
-which explicit-weight methods apply, and the diagnostics of seed 002, Section 3
+which explicit-weight methods apply, and the diagnostics of Aberdam et al. (2020), Section 3
 (cardinalities of a forward pass on random latents, mutual coherence, Theorem 2
 conditions). ``--json OUT`` writes the same as JSON. A model that is not a
-plain chain is reported (exit 0) with the reason.
+plain chain is reported (exit 0) with the reason. ``--prox DATA.npz[:key]``
+checks Theorem 1's conditions on an autoencoder at the first ``--prox-n``
+images (:func:`refinv.evaluation.prox.prox_check`; any model, chain or not).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..errors import UnsupportedGraphError
+from ..errors import NonFiniteError, UnsupportedGraphError
 from ..io import atomic_write_json
 
 _PLAIN = ("relu", "leaky_relu", "prelu", "identity", "tanh", "sigmoid", "plu")
@@ -21,7 +23,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "inspect",
         help="show a model's layer chain and invertibility diagnostics",
-        description=__doc__.splitlines()[0],
+        description="Print the layer chain of an ONNX model, read from its initializers (kind, "
+        "shapes, activation, parameters), which explicit-weight methods apply, and the "
+        "invertibility diagnostics of Aberdam et al. (2020), Section 3.",
     )
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--samples", type=int, default=64, help="random latents for the diagnostics")
@@ -33,7 +37,64 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-diagnostics", action="store_true", help="skip the diagnostics")
     p.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    p.add_argument(
+        "--prox", metavar="DATA.npz[:key]", default=None,
+        help="autoencoders: is the model a Moreau proximal map (Theorem 1) at these images? "
+        "Jacobian asymmetry and eigenvalue range at each of the first --prox-n (key train "
+        "by default)",
+    )  # fmt: skip
+    p.add_argument("--prox-n", type=int, default=10, help="points for --prox (default 10)")
+    p.add_argument(
+        "--prox-eps", type=float, default=1e-3, help="finite-difference step (default 1e-3)"
+    )
+    p.add_argument(
+        "--sym-tol", type=float, default=1e-3,
+        help="largest ||J - J^T||_F / ||J||_F counted as symmetric (default 1e-3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--eig-tol", type=float, default=1e-3,
+        help="slack on the eigenvalue range [0, 1] (default 1e-3)",
+    )  # fmt: skip
     p.set_defaults(func=run)
+
+
+def prox_section(args: argparse.Namespace) -> dict:
+    """``--prox``: Theorem 1's conditions at the first ``--prox-n`` images; prints a table."""
+    from ..errors import ConfigError
+    from ..evaluation.prox import prox_check
+    from ..io import load_images_for, parse_data_spec
+    from ..onnx import OnnxModel
+
+    f = OnnxModel(args.model)
+    if not f.is_autoencoder:
+        raise ConfigError(
+            f"--prox: expected an autoencoder (output shape == input shape), got input "
+            f"{f.sample_shape} and output {f.output_sample_shape}"
+        )
+    path, key = parse_data_spec(args.prox, "train")
+    x = load_images_for(f, path, key)
+    res = prox_check(f, x, n=args.prox_n, eps=args.prox_eps, sym_tol=args.sym_tol,
+                     eig_tol=args.eig_tol)  # fmt: skip
+    res["data"] = f"{path}:{key}"
+    print(
+        f"Theorem 1 (is the model a Moreau proximal map?) at the first {res['n']} images of "
+        f"{res['data']}, eps {res['eps']:g}: symmetric Jacobian (||J - J^T||_F / ||J||_F <= "
+        f"{res['sym_tol']:g}) with eigenvalues in [0, 1] (slack {res['eig_tol']:g})"
+    )
+    print(f"{'point':>5}  {'asymmetry':>9}  {'eig min':>9}  {'eig max':>9}  prox")
+    for i, pt in enumerate(res["points"]):
+        print(
+            f"{i:>5}  {pt['asymmetry']:>9.2e}  {pt['eig_min']:>9.4f}  {pt['eig_max']:>9.4f}  "
+            f"{'yes' if pt['prox'] else 'no'}"
+        )
+    verdict = "yes, at every point" if res["is_prox"] else (
+        f"no: {res['fraction_prox']:.0%} of the points pass")  # fmt: skip
+    print(
+        f"max asymmetry {res['max_asymmetry']:.2e}, eigenvalues in [{res['eig_min']:.4f}, "
+        f"{res['eig_max']:.4f}]; a Moreau proximal map there: {verdict} (a check at "
+        f"{res['n']} points, not a proof)"
+    )
+    return res
 
 
 def applicable_methods(chain) -> dict[str, str]:
@@ -56,7 +117,7 @@ def applicable_methods(chain) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..evaluation.diagnostics import diagnose
+    from ..evaluation.diagnostics import diagnose, parameter_ties
     from ..onnx.graph import read_chain
 
     report: dict = {"model": str(args.model)}
@@ -66,22 +127,36 @@ def run(args: argparse.Namespace) -> int:
         report.update(chain=None, error=str(exc), methods={})
         print(f"{args.model}: not a plain layer chain: {exc}")
         print("explicit-weight methods (plugin, gd, lbp, latent-pursuit, oracle): not applicable")
+        if args.prox:
+            report["prox"] = prox_section(args)
         if args.json:
             atomic_write_json(args.json, report)
         return 0
     methods = applicable_methods(chain)
+    tied = parameter_ties(chain)
     report.update(
         in_shape=list(chain.in_shape),
         out_shape=list(chain.out_shape),
-        n_params=chain.n_params,
+        n_params=tied["n_params"],
+        n_params_per_layer_sum=tied["n_params_per_layer_sum"],
+        ties=tied["ties"],
         info=chain.info,
         methods=methods,
     )
+    extra = ""
+    if tied["ties"]:
+        extra = f" ({tied['n_params_per_layer_sum']} counted per layer; tied weights below)"
     print(
         f"{args.model}: {len(chain)} layers, input {chain.in_shape}, output {chain.out_shape}, "
-        f"{chain.n_params} parameters"
+        f"{tied['n_params']} unique parameters{extra}"
     )
-    print(f"{'#':>3} {'kind':<15} {'in':<14} {'out':<14} {'activation':<16} {'params':>9}")
+    ties_of: dict[int, list[str]] = {}
+    for t in tied["ties"]:
+        mark = "^T" if t["relation"] == "transpose" else ""
+        ties_of.setdefault(t["layer"], []).append(
+            f"{t['param']} = layer {t['tied_to_layer']} {t['tied_to_param']}{mark}"
+        )
+    print(f"{'#':>3} {'kind':<15} {'in':<14} {'out':<14} {'activation':<16} {'params':>9}  tied")
     for i, lay in enumerate(chain.layers):
         act = lay.activation.name
         if lay.activation.name == "leaky_relu":
@@ -89,10 +164,22 @@ def run(args: argparse.Namespace) -> int:
         params = lay.weight.size + (0 if lay.bias is None else lay.bias.size)
         print(
             f"{i:>3} {lay.kind:<15} {str(lay.in_shape):<14} {str(lay.out_shape):<14} "
-            f"{act:<16} {params:>9}"
+            f"{act:<16} {params:>9}  {', '.join(ties_of.get(i, [])) or '-'}"
         )
     print("explicit-weight methods: " + ", ".join(f"{k}: {v}" for k, v in methods.items()))
     if not args.no_diagnostics:
+        bad = [
+            f"{i} ({lay.kind})"
+            for i, lay in enumerate(chain.layers)
+            if not np.all(np.isfinite(np.asarray(lay.weight)))
+            or (lay.bias is not None and not np.all(np.isfinite(np.asarray(lay.bias))))
+        ]
+        if bad:
+            raise NonFiniteError(
+                f"{args.model}: expected finite weights for the diagnostics, layer(s) "
+                f"{', '.join(bad)} hold NaN/Inf (a diverged training?); --no-diagnostics "
+                "shows the layers alone"
+            )
         rng = np.random.default_rng(args.seed)
         if args.latents:
             from ..io import load_images
@@ -124,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
                 f"  hidden {t['layer']}: s = {t['s_mean']:.1f} [{t['s_min']}, {t['s_max']}]; "
                 f"Theorem 2: {conds}; all: {t['holds']:.0%}"
             )
+    if args.prox:
+        report["prox"] = prox_section(args)
     if args.json:
         atomic_write_json(args.json, report)
     return 0

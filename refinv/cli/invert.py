@@ -9,8 +9,8 @@ DATA.npz keys (loaded without pickles):
   of one sample, or per pixel; ``--mask SPEC`` (e.g. ``random:0.45``) draws one
   instead (and overrides it).
 
-Methods: ``plugin`` (seed 003, eq. 5), ``gd`` (gradient descent, eq. 4),
-``lbp`` (layered basis pursuit, Algorithm 1 of seed 002), ``latent-pursuit``
+Methods: ``plugin`` (Joshi et al., 2021, eq. 5), ``gd`` (gradient descent, eq. 4),
+``lbp`` (layered basis pursuit, Algorithm 1 of Aberdam et al., 2020), ``latent-pursuit``
 (Algorithm 3), ``oracle`` (Algorithm 4; needs ``z`` for the true supports).
 ``--json OUT.json`` writes per-sample results: latent and image errors and SNRs
 (with ``z``), measurement error, iterations, converged flag, time.
@@ -33,7 +33,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "invert",
         help="invert a dense generator from its weights (PLUGIn, GD, layered pursuits, oracle)",
-        description=__doc__.split("\n\n")[0],
+        description="Recover the latent codes z of a dense generator from its outputs y = G(z), "
+        "using the weights read from the ONNX file: PLUGIn, gradient descent, layered basis "
+        "pursuit, Latent-Pursuit or the layer-wise oracle.",
         epilog="DATA.npz keys: y (observations, required), z (true latents, optional), "
         "mask (0/1, optional).",
     )
@@ -110,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         )
     dt = np.float32 if args.float32 else np.float64
     y = np.asarray(arrays["y"], dtype=dt)
+    if y.ndim < 1 or y.shape[0] == 0:
+        raise ShapeError(f"{args.data}:y: expected at least one observation, got {y.shape}")
     n = y.shape[0] if args.limit is None else min(args.limit, y.shape[0])
     y = y[:n]
     nd = int(np.prod(chain.out_shape))

@@ -52,8 +52,8 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument(
         "--mask-init", default=None,
-        help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero "
-        f"(default {DEFAULTS['mask_init']})",
+        help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero, or "
+        f"file:PATH.npz[:KEY] (a 0/1 array (H, W) or (N, H, W)) (default {DEFAULTS['mask_init']})",
     )  # fmt: skip
     g.add_argument("--tau", type=float, default=None, help="mask-step tolerance (default 0)")
     g.add_argument(
@@ -73,7 +73,10 @@ def add_runtime_args(p: argparse.ArgumentParser):
     """The onnxruntime options :func:`open_model` reads; returns their argument group."""
     r = p.add_argument_group("runtime")
     r.add_argument("--batch-size", type=int, default=None, help="largest batch per ONNX call")
-    r.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    r.add_argument(
+        "--threads", type=int, default=None,
+        help="onnxruntime intra-op threads (default 1; 0: onnxruntime's default, one per core)",
+    )  # fmt: skip
     r.add_argument(
         "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
     )
@@ -91,6 +94,8 @@ def solver_options(args: argparse.Namespace) -> dict:
         "tau": args.tau,
         "clip": True if args.clip else None,
     }
+    if str(args.mask_init or "").lower().startswith("file:"):
+        parse_mask(args.mask_init)  # a missing file or key fails now, before any model runs
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -148,18 +153,29 @@ def register(sub) -> None:
         "--out", default=None, help="write x_hat, y, x, masks, per-sample metrics (.npz)"
     )
     p.add_argument("--json", default=None, help="write the JSON summary here")
+    p.add_argument(
+        "--chunk", type=int, default=1024,
+        help="images solved at a time (default 1024; memory stays flat in the number of "
+        "images, results do not depend on it)",
+    )  # fmt: skip
     add_solver_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.report import checkpoint_entry, evaluate_split, format_table, new_document
-    from ..io import atomic_save_npz, atomic_write_json, parse_data_spec
+    from ..evaluation.chunked import NpzImages, NpzStreamWriter, evaluate_split_chunked, mean_loss
+    from ..evaluation.report import format_table, new_document
+    from ..io import atomic_write_json, parse_data_spec
+    from ..operators.masks import pixel_shape
 
     spec = parse_mask(args.mask)
     f = open_model(args.model, args)
     data_spec = args.data if args.key is None else f"{parse_data_spec(args.data)[0]}:{args.key}"
-    x, key = load_split(data_spec, f)
+    path, key = parse_data_spec(data_spec, "train")
+    dtype = np.float64 if f.dtype == np.float64 else np.float32
+    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype)
+    if args.chunk < 1:
+        raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     solver = solver_options(args)
     doc = new_document(
         command="recover",
@@ -169,39 +185,66 @@ def run(args: argparse.Namespace) -> int:
         methods=[args.method],
         solver=solver,
     )
-    ck = checkpoint_entry(Path(args.model).name, f, x, None)
-    ck["train_loss"] = ck["train_loss"] if key == "train" else None
-    ck["data"] = f"{parse_data_spec(data_spec)[0]}:{key}"
+    label = Path(args.model).name
+    ck = {
+        "label": label,
+        "model": str(getattr(f, "label", label)),
+        "sha256": getattr(f, "sha256", None),
+        "train_loss": mean_loss(f, images, args.chunk) if key == "train" else None,
+        "test_loss": None,
+        "data": f"{path}:{key}",
+    }
     doc["checkpoints"].append(ck)
-    entry, res, y, mask = evaluate_split(
-        f,
-        x,
-        spec,
-        args.method,
-        label=ck["label"],
-        train_loss=ck["train_loss"],
-        split=key,
-        seed=args.seed,
-        noise_std=args.noise,
-        solver=solver,
-        progress=progress_flag(args),
-    )
-    doc["runs"].append(entry)
+    n, sshape = len(images), tuple(f.sample_shape)
+    pshape = pixel_shape(sshape)
+    writer = None
     if args.out:
-        h = np.asarray(res.state.h) if args.method != "ae-iterations" else np.asarray(mask)
-        atomic_save_npz(
+        writer = NpzStreamWriter(
             args.out,
-            x_hat=np.asarray(res.x),
-            y=np.asarray(y),
-            x=x,
-            mask=np.asarray(mask, dtype=np.uint8),
-            mask_estimated=np.asarray(h.reshape(mask.shape), dtype=np.uint8),
-            iterations=res.iterations,
-            converged=res.converged,
-            diverged=res.diverged,
-            mse=np.array([np.nan if v is None else v for v in entry["mse"]]),
-            psnr=np.array(entry["psnr"]),
+            {
+                "x_hat": ((n, *sshape), dtype), "y": ((n, *sshape), dtype),
+                "x": ((n, *sshape), dtype), "mask": ((n, *pshape), np.uint8),
+                "mask_estimated": ((n, *pshape), np.uint8), "iterations": ((n,), np.int64),
+                "converged": ((n,), bool), "diverged": ((n,), bool),
+                "mse": ((n,), np.float64), "psnr": ((n,), np.float64),
+            },
+        )  # fmt: skip
+
+    def stream(start, x, y, mask, res, met):
+        if writer is None:
+            return
+        h = np.asarray(res.state.h) if args.method != "ae-iterations" else np.asarray(mask)
+        for name, v in (
+            ("x_hat", res.x), ("y", y), ("x", x), ("mask", mask),
+            ("mask_estimated", h.reshape(mask.shape)), ("iterations", res.iterations),
+            ("converged", res.converged), ("diverged", res.diverged),
+            ("mse", met["mse"]), ("psnr", met["psnr"]),
+        ):  # fmt: skip
+            writer.write(name, start, np.asarray(v))
+
+    try:
+        entry = evaluate_split_chunked(
+            f,
+            images,
+            spec,
+            args.method,
+            chunk=args.chunk,
+            label=ck["label"],
+            train_loss=ck["train_loss"],
+            split=key,
+            seed=args.seed,
+            noise_std=args.noise,
+            solver=solver,
+            progress=progress_flag(args),
+            on_chunk=stream,
         )
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    doc["runs"].append(entry)
+    if writer is not None:
+        writer.close()
     if args.json:
         atomic_write_json(args.json, doc)
     print(format_table(doc))

@@ -1,16 +1,19 @@
-"""``refinv stability``: will this autoencoder's training images be recoverable at all?
+"""``refinv stability``: are this autoencoder's training images attracting fixed points of recovery?
 
     refinv stability MODEL.onnx DATA.npz[:train] [--mask random:0.5] [--seed 0] \\
         [--rho 0.2,0.5,2] [--n 20] [--json OUT.json]
 
 For each rho, the spectral radius of the linearized known-mask PnP-ADMM at
-each of the first N training images (:mod:`refinv.evaluation.stability`):
-< 1, the image attracts the iteration; > 1, it repels it and no number of
-iterations recovers it. Cheap: 2n model evaluations and one 2n x 2n
-eigenproblem per image for small images, matrix-free Arnoldi (a few hundred
-evaluations) above --max-dim, so it tells an auditor in seconds which rho to
-use and whether a 0% recovery rate means "not memorized" or "not measurable
-by this method".
+each of the first N training images (:mod:`refinv.evaluation.stability`).
+A LOCAL verdict on the fixed point: < 1, the image is an attracting fixed
+point of the linearized iteration (an iterate close enough converges to it);
+> 1, a repelling one, and recovery from a nearby start is unlikely (not
+impossible: an iteration that lands on it exactly stays there). Cheap: 2n
+model evaluations and one n x n eigenproblem per image for small images,
+matrix-free Arnoldi (a few hundred evaluations) above --max-dim, so it tells
+an auditor in seconds which rho to try and whether a 0% recovery rate may
+mean "not measurable by this method" rather than "not memorized". How often
+the verdict matched the actual outcomes: docs/theory/recovery.md.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ def register(sub) -> None:
         help="local stability of recovery at the training images (spectral radius per rho)",
         description="For each --rho, the spectral radius of the linearized known-mask "
         "PnP-ADMM at each of the first N images of DATA.npz[:key] (training images, "
-        "f(x) ~ x), with masks drawn as `refinv evaluate` draws them. Radius < 1: the image "
-        "attracts the iteration; > 1: it repels it (not recoverable by this method at that "
-        "rho). Table on stdout, per-image radii with --json (schema in docs/cli.md). "
+        "f(x) ~ x), with masks drawn as `refinv evaluate` draws them. A local verdict on the "
+        "fixed point: radius < 1, the image attracts the linearized iteration; > 1, it is a "
+        "repelling fixed point and recovery from a nearby start is unlikely. Table on stdout, per-image radii with --json (schema in docs/cli.md). "
         f"Mask grammar: {MASK_GRAMMAR}.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
@@ -130,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
             f"{row['rho']:>8g}  {row['median_radius']:>13.3f}  {row['min_radius']:>7.3f}  "
             f"{row['max_radius']:>7.3f}  {row['fraction_below_1']:>10.0%}"
         )
-    print("radius < 1: the training image attracts the ADMM iteration (recoverable once close);")
-    print("radius > 1: it repels it, and this method cannot recover it at that rho.")
+    print(
+        "radius < 1: the image is an attracting fixed point of the linearized known-mask ADMM\n"
+        "  (an iterate close enough to it converges to it);\n"
+        "radius > 1: the image is a repelling fixed point of the linearized iteration; recovery\n"
+        "  from a nearby start is unlikely (a local criterion, not a proof of failure; computed\n"
+        "  for the known-mask ADMM, blind recovery adds a mask step; measured agreement with\n"
+        "  actual outcomes in docs/theory/recovery.md)."
+    )
     return 0

@@ -34,12 +34,25 @@ def register(sub) -> None:
         help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
         "start a LocalCluster with --workers workers",
     )  # fmt: skip
+    p.add_argument(
+        "--salvage", default=None, metavar="DAMAGED.sqlite",
+        help="first copy the complete tasks of a damaged store into --db (a new file), then "
+        "compute the rest",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sweep import run_sweep
+    from pathlib import Path
+
+    from ..sweep import Store, run_sweep
+
+    if args.salvage:
+        db = Path(args.db) if args.db else Path(args.config).with_suffix(".sqlite")
+        kept, dropped = Store.salvage(args.salvage, db)
+        print(f"salvaged {kept} complete task(s) of {args.salvage} into {db}; {dropped} left out")
+        args.db = str(db)
 
     summary = run_sweep(
         args.config,

@@ -1,4 +1,4 @@
-"""Invertibility diagnostics of a generator (seed 002, Section 3).
+"""Invertibility diagnostics of a generator (Aberdam et al., 2020, Section 3).
 
 * layer cardinalities ``s_i = ||x_i||_0`` of a forward pass (hidden layers);
 * mutual coherence ``mu(W) = max_{i != j} |<w_i, w_j>| / (||w_i|| ||w_j||)``
@@ -11,7 +11,9 @@
   (iii) ``s_1 >= n_0``; (ii) ``s_i < s_{i+1}``; (i) ``s_L < n`` (fraction of
   samples meeting each);
 * the coherence condition of Corollary 1, ``s_i < 1 / (3 mu_{s_{i+1}}(W_i))``,
-  with the observed-support estimate of ``mu_s`` (so an optimistic check).
+  with the observed-support estimate of ``mu_s`` (so an optimistic check);
+* tied parameters (:func:`parameter_ties`): a weight used twice (a tied
+  autoencoder's ``W`` and ``W^T``) is one set of parameters, counted once.
 
 Everything is host NumPy (these are one-off reports, not solver inner loops).
 """
@@ -29,6 +31,7 @@ __all__ = [
     "mutual_coherence",
     "layer_cardinalities",
     "theorem2_conditions",
+    "parameter_ties",
     "diagnose",
 ]
 
@@ -92,6 +95,52 @@ def theorem2_conditions(cards: np.ndarray, n0: int, n: int) -> list[dict]:
             }
         )
     return out
+
+
+def parameter_ties(chain: LayerChain) -> dict:
+    """Parameters shared between layers, found by content, and the count of unique ones.
+
+    Each layer's ``weight`` and ``bias`` is compared with those of the layers
+    before it: a tie is an array EQUAL to an earlier one (same shape, same
+    values: one initializer used twice, as in a Conv / ConvTranspose pair) or
+    the TRANSPOSE of an earlier 2-D one (a tied autoencoder's decoder ``W^T``;
+    exporters often fold the transpose into a second initializer, so the
+    names differ but the values do not). Constant arrays (every entry equal,
+    e.g. zero biases) are never ties: two of them agree by coincidence.
+
+    Returns ``{"n_params": unique count, "n_params_per_layer_sum": the sum over
+    layers, "ties": [{"layer", "param", "tied_to_layer", "tied_to_param",
+    "relation": "equal"|"transpose", "size"}]}``.
+    """
+    import hashlib
+
+    def key(a: np.ndarray) -> tuple:
+        a = np.ascontiguousarray(a)
+        return a.shape, str(a.dtype), hashlib.sha256(a.tobytes()).hexdigest()
+
+    seen: dict[tuple, tuple[int, str]] = {}
+    ties = []
+    total = unique = 0
+    for i, lay in enumerate(chain.layers):
+        for name, a in (("weight", lay.weight), ("bias", lay.bias)):
+            if a is None:
+                continue
+            a = np.asarray(a)
+            total += a.size
+            const = a.size < 2 or bool(np.all(a == a.reshape(-1)[0]))
+            hit, rel = (seen.get(key(a)), "equal") if not const else (None, "")
+            if hit is None and a.ndim == 2 and not const:
+                hit, rel = seen.get(key(a.T)), "transpose"
+            if hit is None:
+                unique += a.size
+                if not const:
+                    seen.setdefault(key(a), (i, name))
+                continue
+            ties.append(
+                {"layer": i, "param": name, "tied_to_layer": hit[0], "tied_to_param": hit[1],
+                 "relation": rel, "size": int(a.size)}
+            )  # fmt: skip
+    return {"n_params": int(unique), "n_params_per_layer_sum": int(total), "ties": ties}
 
 
 def diagnose(

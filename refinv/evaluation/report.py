@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress_label
 from ..errors import ConfigError, DivergenceWarning
 from ..operators.masks import MaskSpec, erase, parse_mask, pixel_shape
 from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB, psnr_from_mse
@@ -72,6 +73,7 @@ __all__ = [
     "format_table",
     "format_loss_table",
     "figure_examples",
+    "png_bytes",
     "figure_rate_vs_loss",
 ]
 
@@ -118,13 +120,19 @@ def run_method(
     """Run one recovery ``method`` (``blind``, ``known``, ``ae-iterations``) on ``y``.
 
     ``mask`` is the true mask (used only by ``known``); ``options`` are the
-    solver's keyword options. Returns the :class:`~refinv.solvers.SolverResult`.
+    solver's keyword options (``mask_init`` may be ``"file:PATH.npz[:KEY]"``: a 0/1 array
+    ``(H, W)`` or ``(N, H, W)`` read as a mask spec). Returns the
+    :class:`~refinv.solvers.SolverResult`.
     """
     from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
 
     opts = dict(options or {})
     if method == "blind":
         opts.setdefault("rng", np.random.default_rng([seed, 1]))
+        init = opts.get("mask_init")
+        if isinstance(init, str) and init.lower().startswith("file:"):  # file:PATH.npz[:KEY]
+            n = int(y.shape[0])
+            opts["mask_init"] = parse_mask(init).draw(pixel_shape(tuple(y.shape[1:])), n)
         return blind_recovery(f, y, progress=progress, **opts)
     if method == "known":
         opts.setdefault("reinsert", not noisy)
@@ -336,7 +344,7 @@ def evaluate_split(
     stats = getattr(f, "stats", None)
     ort0 = stats.seconds if stats is not None else None
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_label(f"{label} {spec.text} {split}"):
         warnings.simplefilter("ignore", DivergenceWarning)
         res = run_method(
             method,
@@ -362,11 +370,15 @@ def evaluate_split(
         seconds=sec,
         onnx_seconds=ort,
     )
-    if entry["n_diverged"]:
-        log.info(
-            "%s / %s / %s / %s: %d of %d samples diverged (stopped; reported with MSE null)",
-            label, spec.text, method, split, entry["n_diverged"], entry["n"],
-        )  # fmt: skip
+    if entry["n_diverged"]:  # one warning per run, saying which run (the solver's is silenced)
+        blowup = (solver or {}).get("blowup") or 1e6
+        warnings.warn(
+            f"checkpoint {label}, mask {spec.text}, method {method}, split {split}: "
+            f"{entry['n_diverged']} of {entry['n']} samples diverged (NaN/Inf or |x| > "
+            f"{blowup:g}) and were stopped (MSE null in the report); the others continued",
+            DivergenceWarning,
+            stacklevel=2,
+        )
     return entry, res, y, mask
 
 
@@ -573,6 +585,15 @@ def format_loss_table(doc: dict) -> str:
 
 
 # ------------------------------------------------------------------ figures
+def _figure_class():
+    """matplotlib's ``Figure``, drawn without pyplot: the user's backend is never switched."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("figures need matplotlib (pip install 'refinv[plot]')") from exc
+    return Figure
+
+
 def _img(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 3:
@@ -581,6 +602,73 @@ def _img(a: np.ndarray) -> np.ndarray:
         s = int(round(np.sqrt(a.size)))
         a = a.reshape(s, -1) if s * s == a.size else a[None, :]
     return np.clip(a, 0.0, 1.0)
+
+
+_FONT: list = []
+
+
+def _text(s: str, size: float = 8.0) -> np.ndarray:
+    """``s`` rendered in DejaVu Sans (shipped with matplotlib): uint8 ink coverage (h, w)."""
+    import os
+
+    from matplotlib import ft2font, get_data_path
+
+    if not _FONT:
+        _FONT.append(
+            ft2font.FT2Font(os.path.join(get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+        )
+    font = _FONT[0]
+    font.clear()
+    font.set_size(size, 100)
+    font.set_text(s, 0.0)
+    font.draw_glyphs_to_bitmap(antialiased=True)
+    return np.asarray(font.get_image(), dtype=np.uint8)
+
+
+def _paste_text(canvas: np.ndarray, s: str, top: int, left: int, height: int, size=8.0) -> None:
+    """Dark text on the white canvas, vertically centred in ``[top, top + height)``, clipped."""
+    ink = _text(s, size)
+    h, w = ink.shape
+    t = top + max(0, (height - h) // 2)
+    hh, ww = min(h, canvas.shape[0] - t), min(w, canvas.shape[1] - left)
+    if hh <= 0 or ww <= 0:
+        return
+    region = canvas[t : t + hh, left : left + ww]
+    val = (255 - ink[:hh, :ww]).astype(np.uint8)
+    if canvas.ndim == 3:
+        val = val[..., None]
+    np.minimum(region, val, out=region)
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """A PNG file (8-bit grayscale ``(H, W)`` or RGB ``(H, W, 3)`` uint8) from an array."""
+    import struct
+    import zlib
+
+    a = np.ascontiguousarray(img, dtype=np.uint8)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape:
+        raise ValueError(
+            f"png_bytes: expected a non-empty (H, W) or (H, W, 3) array, got {a.shape}"
+        )
+    h, w = a.shape[:2]
+    raw = np.zeros((h, 1 + a[0].size), dtype=np.uint8)  # filter byte 0 (None) per row
+    raw[:, 1:] = a.reshape(h, -1)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0 if a.ndim == 2 else 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _tile_scale(hw: tuple[int, int]) -> int:
+    """Nearest-neighbour magnification of one image in the example grids (about 100 px)."""
+    return max(1, round(100 / max(hw)))
 
 
 def figure_examples(
@@ -597,49 +685,53 @@ def figure_examples(
     method: str = "",
     split: str = "",
 ) -> Path:
-    """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image."""
-    import matplotlib
+    """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Written directly as a PNG from the pixels (no plotting figure): each image
+    magnified by :func:`_tile_scale` (nearest neighbour, gray levels 0..1 ->
+    0..255, clipped), row names on the left, the recovered images' MSE above
+    them and ``checkpoint | mask | method | split`` on top. Needs matplotlib
+    only for its font.
+    """
     from ..io import atomic_write_bytes
 
+    _figure_class()  # matplotlib is needed for its font: a clear error if it is missing
     k = int(x.shape[0])
     rows = [("original", x), ("degraded", y), ("recovered", xhat)]
     rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
-    fig, axes = plt.subplots(
-        len(rows), max(k, 1), figsize=(1.6 * max(k, 1), 1.7 * len(rows)), squeeze=False
-    )
-    for i, (name, arr) in enumerate(rows):
+    tiles = [[_img(arr[j]) for j in range(k)] for _, arr in rows]
+    hw = tiles[0][0].shape[:2] if k else (1, 1)
+    sc = _tile_scale(hw)
+    th, tw = hw[0] * sc, hw[1] * sc
+    gap, cap, title_h = 6, 14, 20
+    label_w = 12 + max(_text(name).shape[1] for name, _ in rows)
+    colour = any(t.ndim == 3 for r in tiles for t in r)
+    width = label_w + max(k, 1) * (tw + gap) + gap
+    height = title_h + len(rows) * (cap + th + gap) + gap
+    canvas = np.full((height, width, 3) if colour else (height, width), 255, dtype=np.uint8)
+    _paste_text(canvas, f"{checkpoint} | {mask} | {method} | {split}", 2, gap, title_h - 2, 9.0)
+    for i, (name, _) in enumerate(rows):
+        top = title_h + i * (cap + th + gap) + cap
+        _paste_text(canvas, name, top, 4, th)
         for j in range(k):
-            ax = axes[i][j]
-            ax.imshow(_img(arr[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name, fontsize=8)
+            left = label_w + j * (tw + gap)
+            t = np.round(tiles[i][j] * 255.0).astype(np.uint8)
+            t = np.repeat(np.repeat(t, sc, axis=0), sc, axis=1)
+            if colour and t.ndim == 2:
+                t = t[..., None]
+            canvas[top : top + th, left : left + tw] = t
             if i == 2 and mse is not None and mse[j] is not None:
-                ax.set_title(f"MSE {mse[j]:.1e}", fontsize=7)
-    fig.suptitle(f"{checkpoint} | {mask} | {method} | {split}", fontsize=9)
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+                _paste_text(canvas, f"MSE {mse[j]:.1e}", top - cap, left, cap, 7.0)
+    return atomic_write_bytes(path, png_bytes(canvas))
 
 
 def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
     """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..io import atomic_write_bytes
+
+    Figure = _figure_class()
 
     by: dict[tuple, list] = {}
     for r in doc["runs"]:
@@ -647,7 +739,8 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
             by.setdefault((r["mask"], r["method"]), []).append(
                 (r["train_loss"], r["accurate_rate"])
             )
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for (mask, method), pts in sorted(by.items()):
         pts.sort()
         ax.plot(
@@ -661,5 +754,4 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())

@@ -35,7 +35,7 @@ class Activation:
     "prelu", "tanh", "sigmoid", "clip", "plu"}; ``slope`` for leaky ReLU (scalar) and
     PReLU (array broadcastable to the layer's output sample shape); ``(lo, hi)`` for
     clip; ``(a, b, lo, hi)`` for the piecewise linear unit
-    ``plu(u) = a u + b clip(u, lo, hi)`` (seed 002's trained generator)."""
+    ``plu(u) = a u + b clip(u, lo, hi)`` (Aberdam et al.'s (2020) trained generator)."""
 
     name: str = "identity"
     slope: Any = None
@@ -146,7 +146,7 @@ def apply_activation(act: Activation, h: Any) -> Any:
 
 
 def activation_derivative(act: Activation, h: Any) -> Any:
-    """``act'(h)`` (ReLU: 1 where ``h > 0``, else 0; the sub-gradient of eq. 4, seed 003)."""
+    """``act'(h)`` (ReLU: 1 where ``h > 0``, else 0; the sub-gradient of eq. 4, Joshi et al., 2021)."""
     from ..backend import namespace
 
     xp = namespace(h)

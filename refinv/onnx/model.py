@@ -31,11 +31,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import onnx
-from onnx import external_data_helper
 
 from ..backend import is_cupy, is_numpy, namespace, to_numpy
 from ..errors import BackendError, DTypeError, OnnxModelError, ShapeError, UnsafeModelError
@@ -44,16 +42,50 @@ __all__ = ["OnnxModel", "load_onnx", "ModelSource"]
 
 log = logging.getLogger("refinv.onnx")
 
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
+# `onnx` (~1.5 s of CPU to import, mostly ml_dtypes) is imported on first use, so that
+# `import refinv` and `refinv --help` never pay for it; the name `onnx` (and
+# `external_data_helper`) below become the real modules then, and MAX_OPSET is set.
+class _LazyOnnx:
+    def __init__(self, attr: str | None = None) -> None:
+        self._attr = attr
+
+    def __getattr__(self, name: str) -> Any:
+        mod = _import_onnx()
+        return getattr(getattr(mod, self._attr) if self._attr else mod, name)
+
+
+def _import_onnx() -> Any:
+    import onnx as real
+    from onnx import external_data_helper as edh
+
+    g = globals()
+    g["onnx"], g["external_data_helper"] = real, edh
+    # Highest default-domain opset we accept: what the installed onnx package knows.
+    g.setdefault("MAX_OPSET", real.defs.onnx_opset_version())
+    return real
+
+
+def __getattr__(name: str) -> Any:  # module attribute MAX_OPSET before onnx was imported
+    if name == "MAX_OPSET":
+        _import_onnx()
+        return globals()["MAX_OPSET"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # bound at run time by _import_onnx (load_onnx touches `onnx` before it)
+    MAX_OPSET: int = 0
+onnx: Any = _LazyOnnx()
+external_data_helper: Any = _LazyOnnx("external_data_helper")
+
+ModelSource = Union[str, os.PathLike, bytes, "onnx.ModelProto"]  # noqa: UP007
+
+# onnx.TensorProto.FLOAT / DOUBLE / FLOAT16 (element-type codes fixed by the ONNX spec)
 _FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT: np.dtype(np.float32),
-    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
-    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
+    1: np.dtype(np.float32),
+    11: np.dtype(np.float64),
+    10: np.dtype(np.float16),
 }
-
-# Highest default-domain opset we accept: what the installed onnx package knows.
-MAX_OPSET = onnx.defs.onnx_opset_version()
 MIN_OPSET = 7
 
 
@@ -193,6 +225,44 @@ class OrtStats:
         self.seconds = 0.0
 
 
+# The one command that swaps the CPU runtime for the GPU one (docs/gpu.md).
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cuda_provider_missing(available: list[str]) -> str:
+    """Why ``provider='cuda'`` cannot work with this onnxruntime, and the exact fix.
+
+    ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` are two distributions that write
+    one ``onnxruntime/`` package folder: with both installed, whichever was
+    installed last owns the shared files, and typically only the CPU providers load.
+    """
+    cpu, gpu = _dist_version("onnxruntime"), _dist_version("onnxruntime-gpu")
+    if cpu and gpu:
+        return (
+            f"provider='cuda': both onnxruntime {cpu} (CPU) and onnxruntime-gpu {gpu} are "
+            "installed; they share one 'onnxruntime' package folder and the CPU build's files "
+            f"are the ones loaded (providers {available}). Fix: {GPU_INSTALL}"
+        )
+    if gpu:
+        return (
+            f"provider='cuda': onnxruntime-gpu {gpu} is installed but reports no "
+            f"CUDAExecutionProvider (providers {available}); reinstall it: {GPU_INSTALL}"
+        )
+    return (
+        "provider='cuda' needs onnxruntime-gpu instead of the CPU onnxruntime"
+        f"{f' {cpu}' if cpu else ''} (providers {available}). Fix: {GPU_INSTALL}"
+    )
+
+
 class OnnxModel:
     """An ONNX network as a function on batches.
 
@@ -208,7 +278,8 @@ class OnnxModel:
         Largest batch sent to onnxruntime in one call; larger inputs are split
         into chunks. Default: no splitting for dynamic-batch models.
     intra_op_threads : int, optional
-        onnxruntime's intra-op thread count (``0``/``None``: its default).
+        onnxruntime's intra-op thread count (default ``None``: 1 thread; ``0``:
+        onnxruntime's own default, one spinning thread per physical core).
     device_id : int
         CUDA device for the CUDA provider.
 
@@ -284,10 +355,7 @@ class OnnxModel:
             providers: list[Any] = ["CPUExecutionProvider"]
         elif provider == "cuda":
             if "CUDAExecutionProvider" not in available:
-                raise BackendError(
-                    "provider='cuda' needs onnxruntime with the CUDA execution provider "
-                    f"(pip install 'refinv[gpu]'); this onnxruntime has {available}"
-                )
+                raise BackendError(cuda_provider_missing(available))
             providers = [
                 ("CUDAExecutionProvider", {"device_id": device_id}),
                 "CPUExecutionProvider",
@@ -297,8 +365,9 @@ class OnnxModel:
         self.provider = provider
         self.device_id = device_id
         so = ort.SessionOptions()
-        if intra_op_threads:
-            so.intra_op_num_threads = int(intra_op_threads)
+        # default ONE intra-op thread (never slower than onnxruntime's spinning pool on a loaded
+        # machine; docs/benchmarks.md "time to verdict"); 0 = onnxruntime's own default
+        so.intra_op_num_threads = 1 if intra_op_threads is None else int(intra_op_threads)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         try:
@@ -307,6 +376,12 @@ class OnnxModel:
             raise OnnxModelError(
                 f"{self.label}: onnxruntime could not load the model: {exc}"
             ) from exc
+        if provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise BackendError(
+                f"{self.label}: provider='cuda': onnxruntime-gpu could not start its CUDA "
+                "provider (no usable GPU, or the CUDA 12 / cuDNN 9 libraries it needs are "
+                f"not found) and fell back to {self.session.get_providers()}"
+            )
         self._out_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ info
@@ -340,8 +415,10 @@ class OnnxModel:
 
     # --------------------------------------------------------------- calling
     def _run_np(self, x: np.ndarray) -> np.ndarray:
+        sess = self.session
         t0 = time.perf_counter()
-        (y,) = self.session.run([self.output_name], {self.input_name: x})
+        # the C++ session's run: the Python wrapper's per-call input checks cost ~10% at batch 1
+        (y,) = getattr(sess, "_sess", sess).run([self.output_name], {self.input_name: x}, None)
         self.stats.seconds += time.perf_counter() - t0
         self.stats.calls += 1
         self.stats.samples += x.shape[0]
@@ -353,6 +430,8 @@ class OnnxModel:
 
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
+        if self.fixed_batch is None and (self.batch_size is None or n <= self.batch_size) and n:
+            return self._run_np(x)  # one call (the common case: no splitting to plan)
         if n == 0:
             return np.zeros((0, *self.output_sample_shape), dtype=self.dtype)
         chunks = self._chunks(n)

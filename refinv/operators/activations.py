@@ -1,9 +1,9 @@
-"""Activations that are proximal maps, and their lifted Bregman losses (seed 004).
+"""Activations that are proximal maps, and their lifted Bregman losses (Wang and Benning, 2023).
 
 An activation ``s`` enters the lifted Bregman framework when it is the
 proximal map of a proper, convex, lower semi-continuous ``Psi``:
 ``s(z) = argmin_y 1/2 ||y - z||^2 + Psi(y)``. With
-``Phi = 1/2 ||.||^2 + Psi`` the Bregman loss is (seed 004, eq. 4)::
+``Phi = 1/2 ||.||^2 + Psi`` the Bregman loss is (Wang and Benning, 2023, eq. 4)::
 
     B_Psi(x, z) = Phi(x) + Phi^*(z) - <x, z>,
     grad_z B_Psi(x, z) = s(z) - x                              (eq. 5)

@@ -13,7 +13,7 @@ weights of a :class:`refinv.onnx.graph.Layer` and a ``like`` array).
   ``(C, M/group, kH, kW)``): exactly the adjoint of the ``Conv2d`` with the
   same weight, taking ``output_padding`` into account.
 * :class:`Gradient2d` - forward differences over the last two axes, zero at
-  the last row/column (seed 004, Section 4.1); ``div = -grad^T``.
+  the last row/column (Wang and Benning, 2023, Section 4.1); ``div = -grad^T``.
 * :func:`operator_norm` - ``||A||_2`` by power iteration on ``A^T A``.
 
 Convolutions are computed by gathering the kernel taps with strided slices
@@ -24,6 +24,7 @@ is needed.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -31,6 +32,8 @@ import numpy as np
 
 from ..backend import as_generator, from_numpy, namespace
 from ..errors import ConfigError, ShapeError, UnsupportedGraphError
+
+log = logging.getLogger("refinv.operators")
 
 __all__ = [
     "LinearOperator",
@@ -404,7 +407,7 @@ def operator_norm(
     *,
     like: Any = None,
     dtype: Any = None,
-    max_iter: int = 200,
+    max_iter: int = 2000,
     tol: float = 1e-7,
     rng: int | np.random.Generator | None = 0,
 ) -> float:
@@ -412,8 +415,12 @@ def operator_norm(
 
     ``like`` fixes the namespace/device/dtype of the iterate (default: the
     operator's weight, or NumPy float64). Stops when the estimate changes by
-    less than ``tol`` relatively, or after ``max_iter`` iterations. Returns a
-    Python float (a lower bound that converges to the norm from below).
+    less than ``tol`` relatively (at least 8 float eps of the dtype), or after
+    ``max_iter`` iterations (then a warning is logged). Returns a Python float:
+    a lower bound that converges to the norm from below; measured on random
+    dense operators with clustered spectra its relative error is below 1.1e-3
+    at ``tol = 1e-7`` (tests/test_power_iteration.py), inside the 0.5% between
+    the paper's PDHG step ``1.99 / ||A||^2`` and its bound ``2 / ||A||^2``.
     """
     if max_iter < 1:
         raise ConfigError(f"max_iter: expected a positive integer, got {max_iter}")
@@ -427,6 +434,7 @@ def operator_norm(
         v = from_numpy(v0, like=like, dtype=dtype or like.dtype)
     xp = namespace(v)
     v = v / xp.linalg.vector_norm(v)
+    tol = max(float(tol), 8.0 * float(xp.finfo(v.dtype).eps))
     est = 0.0
     for _ in range(max_iter):
         w = op.adjoint(op.forward(v))
@@ -438,6 +446,13 @@ def operator_norm(
         if abs(new - est) <= tol * new:
             return new
         est = new
+    log.warning(
+        "operator_norm: power iteration did not converge to %.1e in %d steps; the norm %.6g "
+        "may be too small (step sizes too large)",
+        tol,
+        max_iter,
+        est,
+    )
     return est
 
 

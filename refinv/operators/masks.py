@@ -1,6 +1,6 @@
 """Pixel erasure ``y = H x + e`` and the families of missing-pixel masks.
 
-The degradation of the memorization experiments (ALGORITHMS.md, Part 1) is a
+The degradation of the memorization experiments (Abitbul and Dar, 2023) is a
 pixel erasure: ``H = diag(h)`` with ``h_i in {0, 1}``; an erased pixel
 (``h_i = 0``) is set to 0 in ``y``; optional i.i.d. Gaussian noise ``e`` is
 added to every entry (erased ones included, as in ``y = H x + e``).
@@ -20,17 +20,26 @@ Mask families (all reproducible: random ones draw from an explicit seed or
                     (exactly round(P * n_pixels) of them, drawn per sample)
     blocks:NxS      N random square blocks of S x S pixels erased, per sample
                     (blocks may overlap); also blocks:NxSHxSW for rectangles
+                    (N <= H * W, S <= H and S <= W)
     center:S        the centre S x S square erased (S <= min(H, W))
     half:SIDE       half of the image erased, SIDE in top|bottom|left|right
                     (the erased half is ceil(H/2) rows or ceil(W/2) columns)
     rows:K          horizontal stripes: rows i with (i // K) odd are erased
-                    (alternating bands K pixels thick, the first band kept)
-    cols:K          vertical stripes, the same on columns
+                    (alternating bands K pixels thick, the first band kept;
+                    K <= H)
+    cols:K          vertical stripes, the same on columns (K <= W)
     grid:K          only the lattice i % K == 0 and j % K == 0 is kept, every
-                    other pixel erased (K = 2 erases 3/4 of the pixels)
+                    other pixel erased (K = 2 erases 3/4 of the pixels;
+                    K <= max(H, W))
     file:PATH.npz   a user 0/1 array from an .npz (key "mask", or its only
-                    array), shape (H, W) or (N, H, W)
+                    array), shape (H, W) or (N, H, W); file:PATH.npz:KEY
+                    takes the array KEY
     ones            nothing erased (sanity runs)
+
+Every count and size must fit the image: one that does not raises
+:class:`~refinv.errors.MaskSpecError` (a :class:`~refinv.errors.MaskError`
+and a :class:`~refinv.errors.ConfigError`) when the mask is drawn for an
+image size, before any work.
 
 Random families give each image its own draw (sample ``i`` of a batch gets
 the ``i``-th draw from the generator); deterministic ones give one mask for
@@ -49,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import as_generator, from_numpy, namespace
-from ..errors import ConfigError, MaskError, ShapeError
+from ..errors import ConfigError, MaskError, MaskSpecError, ShapeError
 from ..io import load_npz
 
 __all__ = [
@@ -70,7 +79,7 @@ __all__ = [
 
 MASK_GRAMMAR = (
     "random:P | blocks:NxS | blocks:NxSHxSW | center:S | half:top|bottom|left|right | "
-    "rows:K | cols:K | grid:K | file:PATH.npz | ones"
+    "rows:K | cols:K | grid:K | file:PATH.npz[:KEY] | ones"
 )
 
 
@@ -206,10 +215,10 @@ def random_blocks(
     """``n`` masks, each with ``n_blocks`` random blocks of ``size`` erased (may overlap)."""
     H, W = _check_pshape(pshape, "blocks")
     bh, bw = size
-    if n_blocks < 0 or not (1 <= bh <= H and 1 <= bw <= W):
-        raise ConfigError(
-            f"blocks: expected N >= 0 blocks of size between 1x1 and {H}x{W}, "
-            f"got {n_blocks} blocks of {bh}x{bw}"
+    if not (0 <= n_blocks <= H * W and 1 <= bh <= H and 1 <= bw <= W):
+        raise MaskSpecError(
+            f"blocks: expected 0 to {H * W} blocks (the pixel count) of a size between 1x1 and "
+            f"{H}x{W} (the image), got {n_blocks} blocks of {bh}x{bw}"
         )
     g = as_generator(rng)
     out = np.ones((n, H, W), dtype=bool)
@@ -225,7 +234,10 @@ def center_square(pshape: tuple[int, ...], size: int) -> np.ndarray:
     """The centred ``size x size`` square erased (offset ``(H - size) // 2``)."""
     H, W = _check_pshape(pshape, "center")
     if not 0 <= size <= min(H, W):
-        raise ConfigError(f"center: expected a square size in [0, {min(H, W)}], got {size}")
+        raise MaskSpecError(
+            f"center: expected a square size in [0, {min(H, W)}] (fits the {H}x{W} image), "
+            f"got {size}"
+        )
     m = np.ones((H, W), dtype=bool)
     r, c = (H - size) // 2, (W - size) // 2
     m[r : r + size, c : c + size] = False
@@ -255,6 +267,11 @@ def stripes(pshape: tuple[int, ...], width: int, *, axis: str = "rows") -> np.nd
     H, W = _check_pshape(pshape, axis)
     if width < 1:
         raise ConfigError(f"{axis}: expected a stripe width >= 1, got {width}")
+    n = H if axis == "rows" else W
+    if axis in ("rows", "cols") and width > n:
+        raise MaskSpecError(
+            f"{axis}: expected a stripe width in [1, {n}] (fits the {H}x{W} image), got {width}"
+        )
     if axis == "rows":
         keep = (np.arange(H) // width) % 2 == 0
         return np.repeat(keep[:, None], W, axis=1)
@@ -269,6 +286,10 @@ def grid(pshape: tuple[int, ...], step: int) -> np.ndarray:
     H, W = _check_pshape(pshape, "grid")
     if step < 1:
         raise ConfigError(f"grid: expected a step >= 1, got {step}")
+    if step > max(H, W):
+        raise MaskSpecError(
+            f"grid: expected a step in [1, {max(H, W)}] (fits the {H}x{W} image), got {step}"
+        )
     rows = np.arange(H) % step == 0
     cols = np.arange(W) % step == 0
     return rows[:, None] & cols[None, :]
@@ -349,7 +370,8 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
     ``blocks:NxS`` or ``blocks:NxSHxSW`` (N random blocks), ``center:S``,
     ``half:top|bottom|left|right``, ``rows:K``, ``cols:K`` (stripes K thick),
     ``grid:K`` (keep the K-lattice), ``file:PATH.npz`` (key ``mask`` or the
-    only array), ``ones``. Errors raise :class:`~refinv.errors.ConfigError`
+    only array; ``file:PATH.npz:KEY`` for the array ``KEY``), ``ones``. Errors raise
+    :class:`~refinv.errors.ConfigError`
     (a bad file's values/shape raise :class:`~refinv.errors.MaskError` when drawn).
     """
     text = str(spec).strip()
@@ -388,20 +410,34 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
             raise ConfigError(f"mask {text!r}: expected half:top|bottom|left|right")
         return MaskSpec("half", (side,), text)
     if fam == "file":
-        path = Path(arg)
+        # file:PATH.npz or file:PATH.npz:KEY (a path that exists as given wins, so a
+        # file name with a colon still works)
+        path, key = Path(arg), None
+        head, sep, tail = arg.rpartition(":")
+        if sep and head and tail and not path.is_file():
+            path, key = Path(head), tail
         try:
             arrays = load_npz(path)  # never unpickles
         except ConfigError as exc:
             raise ConfigError(f"mask {text!r}: {exc}") from exc
-        if "mask" in arrays:
+        if key is not None:
+            if key not in arrays:
+                raise ConfigError(
+                    f"mask {text!r}: expected a key of {path} after ':', one of "
+                    f"{sorted(arrays)}; got {key!r}"
+                )
+            a = arrays[key]
+        elif "mask" in arrays:
             a = arrays["mask"]
         elif len(arrays) == 1:
             a = next(iter(arrays.values()))
         else:
             raise ConfigError(
-                f"mask {text!r}: expected a key 'mask' or one array, got {sorted(arrays)}"
+                f"mask {text!r}: expected a key 'mask' or one array (or file:PATH.npz:KEY), "
+                f"got {sorted(arrays)}"
             )
-        return MaskSpec("file", (str(path),), text, array=np.asarray(a))
+        params = (str(path),) if key is None else (str(path), key)
+        return MaskSpec("file", params, text, array=np.asarray(a))
     raise ConfigError(f"mask {text!r}: unknown family {fam!r}; expected one of {MASK_GRAMMAR}")
 
 

@@ -1,4 +1,4 @@
-"""Discrete total variation (seed 004, Section 4.1): value, dual projection, prox.
+"""Discrete total variation (Wang and Benning, 2023, Section 4.1): value, dual projection, prox.
 
 ``TV(x) = sum_{pixels} |(grad x)_{i,j}|_p`` with the forward differences of
 :class:`refinv.operators.linear.Gradient2d` (zero at the last row/column),

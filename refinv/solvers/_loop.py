@@ -289,8 +289,7 @@ def run_loop(
             f"{method or 'solver'}: {int(diverged.sum())} of {n} samples diverged "
             f"(NaN/Inf or |x| > {blowup:g}) and were stopped; the others continued"
         )
-        log.warning(msg)
-        warnings.warn(msg, DivergenceWarning, stacklevel=3)
+        warnings.warn(msg, DivergenceWarning, stacklevel=3)  # one message: no log line too
     log.debug(
         "%s: %d samples, %d iterations max, %.3f s", method, n, int(iterations.max()), seconds
     )

@@ -1,6 +1,6 @@
-"""Lifted Bregman inversion of perceptrons and feed-forward networks (seed 004).
+"""Lifted Bregman inversion of perceptrons and feed-forward networks (Wang and Benning, 2023).
 
-Problem (seed 004, eq. 3/11): given a layer ``y = s(A x + b)`` with a proximal
+Problem (Wang and Benning, 2023, eq. 3/11): given a layer ``y = s(A x + b)`` with a proximal
 activation ``s = prox_Psi`` (see :mod:`refinv.operators.activations`) and
 noisy data ``y^delta``, find::
 
@@ -198,7 +198,7 @@ def perceptron_pdhg(
         Steps; defaults set by ``steps``.
     steps : {"paper", "safe"}
         Default steps when ``tau_x``/``tau_z`` are not given. ``"paper"``
-        (seed 004): ``tau_x = 1.99 / ||A||_2^2`` (power iteration, seeded by
+        (Wang and Benning, 2023): ``tau_x = 1.99 / ||A||_2^2`` (power iteration, seeded by
         ``rng``) and ``tau_z = 1 / (8 alpha)``. These lie outside the
         Condat-Vu sufficient condition ``1/tau_x - 8 tau_z alpha^2 >=
         ||A||_2^2 / 2`` for every ``alpha > 0`` and can diverge (a diverging

@@ -14,39 +14,81 @@ batched power iteration (:func:`power_lmax`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..backend import device_of as _device
-from ..backend import from_numpy, namespace
+from ..backend import from_numpy, namespace, to_numpy
 from ._loop import SolverResult, relative_change, run_loop
 
 __all__ = ["fista", "lasso", "power_lmax", "FistaState"]
 
+log = logging.getLogger("refinv.solvers")
 
-def power_lmax(apply: Callable[[Any], Any], like: Any, n: int, *, iters: int = 40, seed: int = 0):
-    """Per-sample largest eigenvalue of a batched PSD operator ``apply: (b, n) -> (b, n)``.
 
-    ``like`` is a ``(b, ...)`` array giving batch, namespace and dtype. Returns
-    ``(b,)``: the Rayleigh quotient after ``iters`` power steps, times 1.02 (a
-    safety margin: power iteration approaches from below).
+# Power iteration for step sizes: stop when the Rayleigh quotient of every sample changes by
+# less than POWER_TOL (relative) in one step, then multiply by POWER_MARGIN. For a PSD operator
+# the quotient increases monotonically to lambda_max, so the estimate is from below. Measured
+# (tests/test_power_iteration.py, random masked Gaussian operators and clustered or decaying
+# spectra, 20 <= m, n <= 400): remaining relative error at most 8.7e-5 (Gaussian), 1.2e-4
+# (decaying), 2.1e-3 (singular values clustered in [0.5, 1]). The previous fixed 40 steps left
+# up to 4.0e-2 (so 1.02 x the estimate was 0.960-1.020 of lambda_max). The margin 1.02 is ten
+# times the worst measured error: a step 1 / L is never above its bound 1 / lambda_max.
+POWER_TOL = 1e-6
+POWER_MARGIN = 1.02
+POWER_MAX_ITER = 2000
+
+
+def power_lmax(
+    apply: Callable[[Any], Any],
+    like: Any,
+    n: int,
+    *,
+    iters: int = POWER_MAX_ITER,
+    tol: float = POWER_TOL,
+    margin: float = POWER_MARGIN,
+    seed: int = 0,
+):
+    """Per-sample upper estimate of the largest eigenvalue of a batched PSD operator.
+
+    ``apply: (b, n) -> (b, n)``; ``like`` is a ``(b, ...)`` array giving batch,
+    namespace and dtype. Power iteration from a seeded random start until the
+    Rayleigh quotient of every sample changes by less than ``tol`` (relative)
+    in one step, or ``iters`` steps (a warning is logged then). Returns ``(b,)``:
+    the Rayleigh quotients times ``margin`` (power iteration approaches
+    ``lambda_max`` from below; ``margin`` covers the measured remaining error,
+    see ``POWER_MARGIN``), so ``1 / L`` is a step at most ``1 / lambda_max``.
     """
     xp = namespace(like)
     b = like.shape[0]
-    v = from_numpy(np.random.default_rng(seed).standard_normal((b, n)), like=like, dtype=like.dtype)
-    tiny = float(xp.finfo(like.dtype).smallest_normal)
-    for _ in range(iters):
-        v = v / xp.maximum(
-            xp.linalg.vector_norm(v, axis=1, keepdims=True), xp.asarray(tiny, dtype=like.dtype)
+    dt = like.dtype
+    v = from_numpy(np.random.default_rng(seed).standard_normal((b, n)), like=like, dtype=dt)
+    tiny = xp.asarray(float(xp.finfo(dt).smallest_normal), dtype=dt)
+    # float32 cannot resolve a relative change below ~1e-6: test against its epsilon too
+    tol = max(float(tol), 8.0 * float(xp.finfo(dt).eps))
+    lam_old = None
+    lam = xp.zeros((b,), dtype=dt)
+    for k in range(max(int(iters), 1)):
+        w = v / xp.maximum(xp.linalg.vector_norm(v, axis=1, keepdims=True), tiny)
+        v = apply(w)
+        lam = xp.sum(w * v, axis=1)
+        if lam_old is not None and k >= 2:
+            change = np.asarray(to_numpy(xp.abs(lam - lam_old)), dtype=np.float64)
+            scale = np.asarray(to_numpy(xp.abs(lam)), dtype=np.float64)
+            if np.all(change <= tol * np.maximum(scale, np.finfo(np.float64).tiny)):
+                break
+        lam_old = lam
+    else:
+        log.warning(
+            "power iteration: the largest eigenvalue did not converge to %.1e in %d steps; "
+            "step sizes may be too large",
+            tol,
+            iters,
         )
-        v = apply(v)
-    w = v / xp.maximum(
-        xp.linalg.vector_norm(v, axis=1, keepdims=True), xp.asarray(tiny, dtype=like.dtype)
-    )
-    lam = xp.sum(w * apply(w), axis=1)
-    return 1.02 * lam
+    return margin * lam
 
 
 class FistaState(NamedTuple):

@@ -1,4 +1,4 @@
-"""Inverting a generator from its weights: PLUGIn (seed 003) and gradient descent.
+"""Inverting a generator from its weights: PLUGIn (Joshi et al., 2021) and gradient descent.
 
 Setting: ``y = G(x*) + e`` with a dense generator
 ``G(x) = s_d(A_d ... s_1(A_1 x + b_1) ... + b_d)`` given as a
@@ -9,21 +9,21 @@ observations and run on the shared :func:`~refinv.solvers.run_loop`
 (per-sample stopping); an optional observation ``mask`` (1 = observed) keeps
 only the observed entries in the fit (inpainting).
 
-PLUGIn (eq. 5 of seed 003)::
+PLUGIn (eq. 5 of Joshi et al., 2021)::
 
     x^{k+1} = x^k - eta A_1^T A_2^T ... A_d^T (G(x^k) - y)
 
 with the *static* matrix ``A_1^T ... A_d^T`` multiplied once. Step sizes:
 ``"gaussian"``: ``2**d`` (i.i.d. ``N(0, 1/n_i)`` weights and ReLU, Theorem 1);
 ``"leaky"``: ``prod_i 1/lambda_i``, ``lambda_i = E[g s_i(g)]``, ``g ~ N(0, 1)``
-(Section 5 of seed 003; ``(1 + c)/2`` for a leaky ReLU of slope ``c``, 1/2 for
+(Section 5 of Joshi et al. (2021); ``(1 + c)/2`` for a leaky ReLU of slope ``c``, 1/2 for
 ReLU, so it equals ``2**d`` on ReLU networks); ``"norm"``:
 ``1 / prod_i ||A_i||_2`` (the paper's heuristic for trained weights); or a
 number. **Extension** (not in the theory): biases enter ``G`` but not the
 static matrix; output activations other than ReLU (tanh, sigmoid) are simply
 part of ``G``.
 
-Gradient descent (eq. 4 of seed 003) on ``1/2 ||m (G(x) - y)||^2``::
+Gradient descent (eq. 4 of Joshi et al., 2021) on ``1/2 ||m (G(x) - y)||^2``::
 
     x^{k+1} = x^k - eta (D_1 A_1)^T ... (D_d A_d)^T (G(x^k) - y)
 
@@ -303,7 +303,7 @@ def plugin(
     record_history: bool = False,
     progress: bool | None = None,
 ) -> SolverResult:
-    """PLUGIn: invert a dense generator by the partially linearized update (eq. 5, seed 003).
+    """PLUGIn: invert a dense generator by the partially linearized update (eq. 5, Joshi et al., 2021).
 
     Parameters
     ----------
@@ -395,7 +395,7 @@ def gradient_descent(
     record_history: bool = False,
     progress: bool | None = None,
 ) -> SolverResult:
-    """(Sub)gradient descent on ``1/2 ||m (G(x) - y)||^2`` (eq. 4 of seed 003).
+    """(Sub)gradient descent on ``1/2 ||m (G(x) - y)||^2`` (eq. 4 of Joshi et al., 2021).
 
     ``step`` defaults to ``1 / prod_i ||A_i||_2^2`` (a Lipschitz bound of the
     gradient for 1-Lipschitz activations). With ``backtracking=True`` it is the

@@ -1,7 +1,7 @@
-"""Layer-wise inversion of dense generators (seed 002): layered basis pursuit,
+"""Layer-wise inversion of dense generators (Aberdam et al., 2020): layered basis pursuit,
 Latent-Pursuit and the layer-wise oracle.
 
-Generator (ALGORITHMS.md, Part 2): ``h_0 = z``, ``h_{j+1} = s_j(W_j h_j + b_j)``
+Generator: ``h_0 = z``, ``h_{j+1} = s_j(W_j h_j + b_j)``
 for chain layers ``j = 0..L``, image ``y = h_{L+1}``. The paper's setting is
 ReLU hidden layers, an invertible output activation ``phi`` (identity, tanh,
 sigmoid, leaky ReLU) and no biases; biases are carried through every step
@@ -19,7 +19,7 @@ iteration (no per-sample loop). Extensions beyond the paper, documented:
   unconstrained (no ``x >= 0``, no l1);
 * the output activation may also be the piecewise linear unit
   ``plu(u) = a u + b clip(u, lo, hi)`` (invertible for ``a, a + b > 0``), used by
-  seed 002's trained generator;
+  Aberdam et al.'s (2020) trained generator;
 * a ReLU output activation: observed pixels with ``y > 0`` are equations
   (``phi^{-1} = identity`` there), pixels with ``y = 0`` are dropped
   (layered basis pursuit, oracle) or are the inequalities of Algorithm 2
@@ -30,7 +30,7 @@ Inpainting: ``mask`` (1 = observed) removes rows of the image layer.
 Debiasing (optional, both pursuits): the supports (activation patterns) are
 frozen at the estimated ones and ``z`` is the least-squares solution of the
 now affine end-to-end map ``phi^{-1}(y) = E z + c`` on observed pixels
-(ALGORITHMS.md, "least squares for z end to end"; we linearize through
+(the end-to-end least squares for ``z``; we linearize through
 ``phi^{-1}``, exact in the noiseless case). Not available with tanh/sigmoid
 hidden layers.
 """
@@ -288,7 +288,7 @@ def layered_basis_pursuit(
     tol: float = 1e-10,
     progress: bool | None = None,
 ) -> SolverResult:
-    """Layered basis pursuit (Algorithm 1 of seed 002).
+    """Layered basis pursuit (Algorithm 1 of Aberdam et al., 2020).
 
     From the image layer down: ``h_L = argmin 1/2 ||phi^{-1}(y) - W_L h||^2 + lam_L ||h||_1``,
     then ``h_j = argmin 1/2 ||h_{j+1}[S] - W_j[S, :] h||^2 + lam_j ||h||_1``,
@@ -508,7 +508,7 @@ def latent_pursuit(
     tol: float = 1e-10,
     progress: bool | None = None,
 ) -> SolverResult:
-    """Latent-Pursuit (Algorithm 3 of seed 002).
+    """Latent-Pursuit (Algorithm 3 of Aberdam et al., 2020).
 
     1. Image layer (Algorithm 5): FISTA on ``1/2 ||y - phi(W_L x + b_L)||^2 + lam_L 1^T x``,
        ``x >= 0`` (through ``phi``, no ``phi^{-1}``).
@@ -634,7 +634,7 @@ def oracle(
     z_true: Any = None,
     mask: Any = None,
 ) -> SolverResult:
-    """The layer-wise oracle (Algorithm 4 of seed 002): the supports are known.
+    """The layer-wise oracle (Algorithm 4 of Aberdam et al., 2020): the supports are known.
 
     ``h_L = argmin ||phi^{-1}(y) - W_L[:, S_L] h||``, then
     ``h_j = argmin ||h_{j+1}[S_{j+1}] - W_j[S_{j+1}, S_j] h||``, finally

@@ -2,8 +2,8 @@
 
 Given a trained autoencoder ``f`` (any callable on batches, usually a
 :class:`refinv.onnx.OnnxModel`) and degraded samples ``y = H x + e`` with
-``H = diag(h)`` a pixel erasure, the solvers estimate ``x`` (ALGORITHMS.md,
-Part 1; seed 000). All three run the whole batch at once on the shared
+``H = diag(h)`` a pixel erasure, the solvers estimate ``x`` (Abitbul and
+Dar, 2023). All three run the whole batch at once on the shared
 :func:`~refinv.solvers.run_loop`, stop per sample, and return a
 :class:`~refinv.solvers.SolverResult` with per-sample ``iterations``,
 ``converged``, ``diverged`` and ``residual``.
@@ -25,6 +25,12 @@ Conventions
   iterations. A sample whose iterate becomes NaN/Inf or exceeds ``blowup``
   in absolute value is stopped as diverged (with a
   :class:`~refinv.errors.DivergenceWarning`); the others continue.
+  ``blowup`` must be > 0 (``inf``: stop on NaN/Inf only).
+* **Bad input** raises before any work: an empty batch (0 samples) a
+  :class:`~refinv.errors.ShapeError` (there is nothing to recover: an empty
+  result would hide an empty data file), ``max_iter`` / ``inner_iter`` not
+  a positive whole number (NaN, inf, 0, 2.5) or ``tol`` / ``rho`` /
+  ``blowup`` out of range a :class:`~refinv.errors.ConfigError`.
 * **Clipping** (``clip``), off by default: when on, the autoencoder's output
   is projected onto the data range, ``z^k = clip(f(v^k + u^{k-1}))`` (and
   ``x^{j+1} = clip(f(x^j))`` for the baseline). ``clip=True`` means
@@ -43,6 +49,7 @@ raised blind recovery further (94% / 54%) but stays off by default.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -184,6 +191,10 @@ def _check(f: Model, y: Any, name: str = "y") -> Any:
     require_floating(y, name)
     if y.ndim < 2:
         raise ShapeError(f"{name}: expected a batch (batch, *sample_shape), got shape {y.shape}")
+    if y.shape[0] == 0:
+        raise ShapeError(
+            f"{name}: expected a batch of at least one sample, got an empty batch {tuple(y.shape)}"
+        )
     sshape = tuple(y.shape[1:])
     model_in = getattr(f, "sample_shape", None)
     if model_in is not None and tuple(model_in) != sshape:
@@ -203,15 +214,43 @@ def _check(f: Model, y: Any, name: str = "y") -> Any:
     return xp
 
 
-def _check_common(max_iter: int, tol: float, rho: float | None, inner_iter: int | None) -> None:
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise ConfigError(f"max_iter: expected a positive integer, got {max_iter}")
-    if not (tol >= 0 and math.isfinite(tol)):
+def _positive_int(value: Any, name: str) -> None:
+    """``value`` must be a whole number >= 1 (an int, or a float equal to one; not bool)."""
+    ok = False
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            v = float(value)
+            ok = math.isfinite(v) and v >= 1 and v == int(v)
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+    if not ok:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _real(value: Any, name: str, what: str) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected {what}, got {value!r}")
+    return float(value)
+
+
+def _check_common(
+    max_iter: int, tol: float, rho: float | None, inner_iter: int | None, blowup: float = 1e6
+) -> None:
+    _positive_int(max_iter, "max_iter")
+    t = _real(tol, "tol", "a finite number >= 0")
+    if not (t >= 0 and math.isfinite(t)):
         raise ConfigError(f"tol: expected a finite number >= 0, got {tol}")
-    if rho is not None and not (rho > 0 and math.isfinite(rho)):
-        raise ConfigError(f"rho: expected a finite number > 0, got {rho}")
-    if inner_iter is not None and (int(inner_iter) != inner_iter or inner_iter < 1):
-        raise ConfigError(f"inner_iter: expected a positive integer, got {inner_iter}")
+    if rho is not None:
+        r = _real(rho, "rho", "a finite number > 0")
+        if not (r > 0 and math.isfinite(r)):
+            raise ConfigError(f"rho: expected a finite number > 0, got {rho}")
+    if inner_iter is not None:
+        _positive_int(inner_iter, "inner_iter")
+    b = _real(blowup, "blowup", "a number > 0 (inf: stop on NaN/Inf only)")
+    if not b > 0:  # NaN, 0 and negatives would stop every sample as diverged at once
+        raise ConfigError(
+            f"blowup: expected a number > 0 (inf: stop on NaN/Inf only), got {blowup}"
+        )
 
 
 def _pnp_admm(
@@ -336,7 +375,7 @@ def blind_recovery(
 
     Notes
     -----
-    Outer iteration ``t`` (ALGORITHMS.md, Part 1)::
+    Outer iteration ``t`` (Abitbul and Dar, 2023)::
 
         repeat K times:                          # PnP-ADMM, eqs. (12)-(17)
             v = (h*y + rho*(z - u)) / (h + rho)
@@ -348,7 +387,7 @@ def blind_recovery(
     Pixels with ``y_i = 0`` can never be marked observed unless ``x_i = 0``
     exactly, so near-black images are hard to recover blind (inherent to eq. 20).
     """
-    _check_common(max_iter, tol, rho, inner_iter)
+    _check_common(max_iter, tol, rho, inner_iter, blowup)
     _check(f, y)
     if not (tau >= 0 and math.isfinite(tau)):
         raise ConfigError(f"tau: expected a finite number >= 0, got {tau}")
@@ -412,7 +451,7 @@ def known_mask_recovery(
     ``(batch, *pixel_shape)``, host NumPy or an array of ``y``'s namespace.
     Other parameters as in :func:`blind_recovery` (1/2-fidelity convention).
     """
-    _check_common(max_iter, tol, rho, inner_iter)
+    _check_common(max_iter, tol, rho, inner_iter, blowup)
     _check(f, y)
     b, sshape = int(y.shape[0]), tuple(y.shape[1:])
     if isinstance(mask, np.ndarray) or not hasattr(mask, "__array_namespace__"):
@@ -463,29 +502,49 @@ def ae_iterations(
     record_history: bool = False,
     blowup: float = 1e6,
     progress: bool | None = None,
+    check_every: int = 10,
 ) -> SolverResult:
     """Baseline "autoencoder iterations only" (Radhakrishnan et al.): ``x^{j+1} = f(x^j)``.
 
     ``x^0 = y``; per-sample stopping on the relative change of ``x``. The
     default ``max_iter`` (1000) equals the blind solver's default number of
     calls of ``f`` (100 outer x 10 inner), so the comparison is at equal cost.
+
+    ``check_every`` (K, default 10 = the blind solver's calls of ``f`` per
+    outer iteration, where it checks): the stopping test (and the divergence
+    test, the callback, the history) runs after calls K, 2K, ... and after
+    ``max_iter`` only, on the relative change of that call,
+    ``||x^k - x^{k-1}|| / ||x^{k-1}||``; between checks no residual is
+    computed. Exact relation to ``check_every=1``: the iterates are the same
+    sequence; a sample stops at the first checked ``k`` whose relative change
+    is ``< tol``, so its ``iterations`` is that ``k`` (>= the every-call
+    stop ``j``, at most the next multiple of K when the relative change stays
+    below ``tol`` after ``j``) and its ``x`` is ``x^k`` of the same sequence.
     """
-    _check_common(max_iter, tol, None, None)
+    _check_common(max_iter, tol, None, None, blowup)
     xp = _check(f, y)
     lo_hi = _clip_range(clip)
+    if int(check_every) != check_every or check_every < 1:
+        raise ConfigError(f"check_every: expected a positive integer, got {check_every}")
+    every, last = int(check_every), int(max_iter)
+    calls = [0]  # the loop calls step once per iteration k, for every active sample at once
 
     def step(s: AEState) -> tuple[AEState, Any]:
         x = f(s.x)  # x^{j+1} = f(x^j)
         if lo_hi is not None:
             x = xp.clip(x, lo_hi[0], lo_hi[1])
+        calls[0] += 1
+        if calls[0] % every and calls[0] != last:
+            return AEState(x), None  # run_loop does not look at the residual between checks
         return AEState(x), relative_change(xp, x, s.x)
 
-    info = dict(max_iter=int(max_iter), tol=float(tol), clip=lo_hi)
+    info = dict(max_iter=int(max_iter), tol=float(tol), clip=lo_hi, check_every=every)
     return run_loop(
         step,
         AEState(y),
         max_iter=int(max_iter),
         tol=float(tol),
+        check_every=every,
         primary="x",
         callback=callback,
         record_history=record_history,

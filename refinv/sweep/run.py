@@ -168,6 +168,10 @@ def run_task(task: Task) -> dict:
         # draw the Bernoulli initial masks for the whole split, as refinv evaluate does
         h0 = initial_mask(opts["mask_init"], y_all, rng=np.random.default_rng([task.seed, 1]))
         opts["mask_init"] = np.asarray(h0)[sl].reshape(len(x), *pixel_shape(x.shape[1:]))
+    elif task.method == "blind" and str(opts.get("mask_init", "")).lower().startswith("file:"):
+        # a file of (N, H, W) initial masks is for the whole split: this shard's rows
+        h0 = parse_mask(opts["mask_init"]).draw(pixel_shape(x.shape[1:]), len(x_all))
+        opts["mask_init"] = np.asarray(h0)[sl]
     ort0 = f.stats.seconds
     t0 = time.perf_counter()
     solver_log = logging.getLogger("refinv.solvers")
@@ -372,7 +376,9 @@ def run_sweep(
         todo = [t for t in tasks if t.task_id not in done_ids]
         skipped = len(tasks) - len(todo)
         log.info("sweep: %d tasks, %d already done, %d to run", len(tasks), skipped, len(todo))
-        bar = Progress(len(todo), desc=f"sweep ({skipped} done before)", enabled=progress)
+        bar = Progress(
+            len(todo), desc=f"sweep ({skipped} done before)", enabled=progress, leave=True
+        )
         n_done = n_failed = 0
         it = (
             _iter_dask(todo, scheduler, workers)
@@ -384,6 +390,14 @@ def run_sweep(
                 if out is not None:
                     store.write_task(task, out, __version__)
                     n_done += 1
+                    n_div = int(sum(bool(v) for v in out["diverged"]))
+                    if n_div:  # the worker's solver warning is silenced: one line, here
+                        log.warning(
+                            "checkpoint %s, mask %s, method %s, split %s [%d:%d]: %d of %d "
+                            "samples diverged and were stopped (MSE null in the database)",
+                            task.checkpoint, task.mask, task.method, task.split,
+                            task.start, task.stop, n_div, len(out["diverged"]),
+                        )  # fmt: skip
                 else:
                     store.write_failure(task, err, __version__)
                     n_failed += 1
@@ -392,7 +406,10 @@ def run_sweep(
                         task.checkpoint, task.mask, task.method, task.split,
                         task.start, task.stop, err.strip().splitlines()[-1] if err else "",
                     )  # fmt: skip
-                bar.update(n_done + n_failed)
+                bar.update(
+                    n_done + n_failed,
+                    note=f"{task.checkpoint} {task.mask} {task.method} {task.split}",
+                )
         finally:
             bar.close()
     return SweepSummary(

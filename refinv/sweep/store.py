@@ -22,12 +22,22 @@ Crash safety: a task's result rows and its ``tasks`` row (status ``done``)
 are written in ONE transaction, so a task is either complete or absent; WAL
 journaling means a killed process never leaves a corrupt database, and the
 next run simply recomputes the missing tasks.
+
+Opening checks: a file that is not SQLite, an SQLite file with other tables
+(another program's database), settings that are not the JSON refinv wrote,
+or a store SQLite's ``PRAGMA quick_check`` finds damaged (a disk or copy
+error, not a killed run) is refused with a :class:`~refinv.errors.ConfigError`
+before anything is written. The complete tasks of a damaged store are kept
+by :meth:`Store.salvage` (``refinv sweep CONFIG --db NEW.sqlite --salvage
+DAMAGED.sqlite``): it copies every task whose row and sample rows are all
+readable into a new store; the next sweep computes the rest.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,8 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["Store", "STORE_SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
 
 STORE_SCHEMA_VERSION = 1
 
@@ -76,32 +88,186 @@ _RESULT_COLS = (
 ).split()
 
 
+_TABLES = {
+    "meta": ["key", "value"],
+    "checkpoints": ["label", "position", "model", "sha256", "train_loss", "test_loss"],
+    "tasks": (
+        "task_id checkpoint sha256 mask method split start stop status error seconds "
+        "onnx_seconds refinv_version finished_utc"
+    ).split(),
+    "results": _RESULT_COLS,
+}
+
+
+def _recover_hint(path: Path) -> str:
+    return (
+        f"its complete tasks can be kept: `refinv sweep CONFIG.toml --db NEW.sqlite --salvage "
+        f"{path}` copies every readable complete task into NEW.sqlite and computes the rest "
+        f"(or delete {path} and rerun the sweep to recompute everything)"
+    )
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Store:
-    """An open results database. Only ONE process (the sweep's parent) writes to it."""
+    """An open results database, written by a sweep's parent process (its workers only compute).
 
-    def __init__(self, path: str | Path, *, readonly: bool = False):
+    Two sweeps of the same config on one store are safe (every read-then-write is one
+    transaction; a task computed by both is written twice with the same numbers).
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, check: bool = True):
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise ConfigError(f"{self.path}: no such results database")
+        if self.path.is_dir():
+            raise ConfigError(f"{self.path}: expected a results database file, got a directory")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             uri = self.path.resolve().as_uri() + "?mode=ro" if readonly else str(self.path)
             self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{self.path}: cannot open the results database ({exc})") from exc
+        try:
+            self._open(readonly, check)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self, readonly: bool, check: bool) -> None:
+        try:
+            tables = self._tables()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+        theirs = sorted(t for t in tables if t not in _TABLES)
+        if theirs or (tables and set(tables) != set(_TABLES)):
+            raise ConfigError(
+                f"{self.path}: not a refinv sweep database: expected the tables "
+                f"{sorted(_TABLES)}, it has {sorted(tables)} (another program's database? "
+                "use another --db)"
+            )
+        for name, cols in tables.items():
+            if cols != list(_TABLES[name]):
+                raise ConfigError(
+                    f"{self.path}: not a refinv sweep database: table {name!r} has the columns "
+                    f"{cols}, expected {list(_TABLES[name])}"
+                )
+        if check:
+            try:
+                problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
+            except sqlite3.DatabaseError as exc:
+                raise self._damaged(exc) from exc
+            if problems != ["ok"]:
+                raise self._damaged(" / ".join(p.replace("\n", " ") for p in problems)[:300])
+        try:
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_SCHEMA)
-            self.conn.execute("SELECT count(*) FROM meta").fetchone()
+            self.meta()  # settings, masks, methods: the JSON refinv wrote
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{self.path}: not a refinv sweep database ({exc})") from exc
+            raise self._damaged(exc) from exc
+
+    def _tables(self) -> dict[str, list[str]]:
+        names = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {
+            n: [r[1] for r in self.conn.execute(f"PRAGMA table_info({json.dumps(n)})")]
+            for n in names
+        }
+
+    def _damaged(self, what: Any) -> ConfigError:
+        return ConfigError(
+            f"{self.path}: the results database is damaged (SQLite: {what}); "
+            + _recover_hint(self.path)
+        )
 
     def close(self) -> None:
         self.conn.close()
+
+    # ------------------------------------------------------------ salvage
+    @classmethod
+    def salvage(cls, damaged: str | Path, new: str | Path) -> tuple[int, int]:
+        """Copy the complete, readable tasks of a ``damaged`` store into a ``new`` one.
+
+        Reads every table of ``damaged`` by rowid ranges, skipping the rows
+        SQLite cannot read; copies ``meta`` and ``checkpoints``, and each
+        ``done`` task whose ``tasks`` row and every sample row (``start`` to
+        ``stop - 1``) were read, in one transaction per task. Failed tasks and
+        tasks with a missing row are left out: the next sweep on ``new``
+        recomputes them. Returns ``(kept, dropped)`` task counts.
+        """
+        damaged, new = Path(damaged), Path(new)
+        if not damaged.is_file():
+            raise ConfigError(f"--salvage {damaged}: no such file")
+        if new.exists():
+            raise ConfigError(f"{new}: expected a new file to salvage {damaged} into, it exists")
+        try:
+            con = sqlite3.connect(damaged.resolve().as_uri() + "?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{damaged}: cannot open ({exc})") from exc
+        try:
+            names = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            }
+            if not set(_TABLES) <= names:
+                raise ConfigError(
+                    f"{damaged}: not a refinv sweep database (tables {sorted(names)}); "
+                    "nothing to salvage"
+                )
+            data = {t: _readable_rows(con, t, _TABLES[t]) for t in _TABLES}
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{damaged}: cannot be read at all ({exc}); rerun the sweep") from exc
+        finally:
+            con.close()
+        meta = {k: v for k, v in data["meta"]}
+        if "settings" not in meta or "fingerprint" not in meta:
+            raise ConfigError(f"{damaged}: its settings cannot be read; rerun the sweep")
+        by_task: dict[str, list[tuple]] = {}
+        for r in data["results"]:
+            by_task.setdefault(r[0], []).append(r)
+        kept = dropped = 0
+        with cls(new) as out:
+            with out._tx():
+                out.conn.executemany("INSERT INTO meta VALUES (?, ?)", data["meta"])
+                out.conn.executemany(
+                    "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                    data["checkpoints"],
+                )
+            out.meta()  # the copied settings are refinv's JSON
+            for t in data["tasks"]:
+                rows = sorted(by_task.get(t[0], []), key=lambda r: r[6])
+                start, stop = t[6], t[7]
+                ok = (
+                    t[8] == "done"
+                    and isinstance(start, int)
+                    and isinstance(stop, int)
+                    and [r[6] for r in rows] == list(range(start, stop))
+                    and all(tuple(r[:6]) == tuple(t[:6]) for r in rows)
+                )
+                if ok:
+                    try:
+                        with out._tx():
+                            out.conn.execute(
+                                f"INSERT INTO tasks VALUES ({', '.join('?' * len(t))})", t
+                            )
+                            out.conn.executemany(
+                                f"INSERT INTO results VALUES ({', '.join('?' * len(_RESULT_COLS))})",
+                                rows,
+                            )
+                    except sqlite3.DatabaseError:
+                        ok = False
+                kept += ok
+                dropped += not ok
+        log.info("salvage %s -> %s: %d tasks kept, %d left out", damaged, new, kept, dropped)
+        return kept, dropped
 
     def __enter__(self) -> Store:
         return self
@@ -113,31 +279,54 @@ class Store:
     def meta(self) -> dict[str, Any]:
         out = {}
         for k, v in self.conn.execute("SELECT key, value FROM meta"):
-            out[k] = json.loads(v)
+            try:
+                out[k] = json.loads(v)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"{self.path}: not a refinv sweep database: meta {k!r} is not JSON "
+                    f"({exc}): {str(v)[:80]!r}"
+                ) from exc
+        kinds = {"schema_version": int, "settings": dict, "fingerprint": str, "masks": list,
+                 "methods": list, "created_utc": str}  # fmt: skip
+        for k, kind in kinds.items():
+            if k in out and not isinstance(out[k], kind):
+                raise ConfigError(
+                    f"{self.path}: not a refinv sweep database: meta {k!r} should be a JSON "
+                    f"{kind.__name__}, got {out[k]!r:.80}"
+                )
+        for k in ("masks", "methods"):
+            if not all(isinstance(m, str) for m in out.get(k, [])):
+                raise ConfigError(f"{self.path}: meta {k!r}: expected a list of names")
+        v = out.get("schema_version", STORE_SCHEMA_VERSION)
+        if v != STORE_SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path}: store schema version {v}, this refinv reads version "
+                f"{STORE_SCHEMA_VERSION}"
+            )
         return out
 
     def init_sweep(
         self, settings: dict, fingerprint: str, masks: list[str], methods: list[str]
     ) -> None:
         """Record the sweep's settings, or refuse a config whose settings differ from the DB's."""
-        meta = self.meta()
-        if "fingerprint" in meta and meta["fingerprint"] != fingerprint:
-            raise ConfigError(
-                f"{self.path}: holds results computed with other settings "
-                f"{json.dumps(meta.get('settings'), sort_keys=True)}; this config has "
-                f"{json.dumps(settings, sort_keys=True)}. Use another --db for a new sweep."
-            )
-        old_masks = meta.get("masks", [])
-        old_methods = meta.get("methods", [])
-        rows = {
-            "schema_version": STORE_SCHEMA_VERSION,
-            "settings": settings,
-            "fingerprint": fingerprint,
-            "masks": old_masks + [m for m in masks if m not in old_masks],
-            "methods": old_methods + [m for m in methods if m not in old_methods],
-            "created_utc": meta.get("created_utc", _now()),
-        }
-        with self._tx():
+        with self._tx():  # read and write in one transaction: concurrent sweeps
+            meta = self.meta()
+            if "fingerprint" in meta and meta["fingerprint"] != fingerprint:
+                raise ConfigError(
+                    f"{self.path}: holds results computed with other settings "
+                    f"{json.dumps(meta.get('settings'), sort_keys=True)}; this config has "
+                    f"{json.dumps(settings, sort_keys=True)}. Use another --db for a new sweep."
+                )
+            old_masks = meta.get("masks", [])
+            old_methods = meta.get("methods", [])
+            rows = {
+                "schema_version": STORE_SCHEMA_VERSION,
+                "settings": settings,
+                "fingerprint": fingerprint,
+                "masks": old_masks + [m for m in masks if m not in old_masks],
+                "methods": old_methods + [m for m in methods if m not in old_methods],
+                "created_utc": meta.get("created_utc", _now()),
+            }
             for k, v in rows.items():
                 self.conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, json.dumps(v))
@@ -157,16 +346,16 @@ class Store:
         return dict(zip(("label", "model", "sha256", "train_loss", "test_loss"), row, strict=True))
 
     def add_checkpoint(self, entry: dict) -> None:
-        old = self.checkpoint(entry["label"])
-        if old is not None:
-            if old["sha256"] != entry["sha256"]:
-                raise ConfigError(
-                    f"{self.path}: checkpoint {entry['label']!r} was computed with a model of "
-                    f"sha256 {old['sha256'][:12]}..., the config's has {entry['sha256'][:12]}...; "
-                    "give it another label or use another --db"
-                )
-            return
-        with self._tx():
+        with self._tx():  # check and insert in one transaction: concurrent sweeps on one store
+            old = self.checkpoint(entry["label"])
+            if old is not None:
+                if old["sha256"] != entry["sha256"]:
+                    raise ConfigError(
+                        f"{self.path}: checkpoint {entry['label']!r} was computed with a model "
+                        f"of sha256 {old['sha256'][:12]}..., the config's has "
+                        f"{entry['sha256'][:12]}...; give it another label or use another --db"
+                    )
+                return
             pos = self.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
             self.conn.execute(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
@@ -273,6 +462,28 @@ class Store:
         for c, m, me, s, sec, ort in cur:
             out[(c, m, me, s)] = (float(sec or 0.0), ort)
         return out
+
+
+def _readable_rows(con: sqlite3.Connection, table: str, cols: list[str]) -> list[tuple]:
+    """The rows of ``table`` SQLite can read, by rowid ranges (bisected around damage)."""
+    sel = f"SELECT {', '.join(cols)} FROM {table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid"
+    try:
+        top = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        top = 1 << 40
+    out: list[tuple] = []
+    stack = [(1, int(top))] if top else []
+    while stack:
+        lo, hi = stack.pop()
+        try:
+            rows = con.execute(sel, (lo, hi)).fetchall()
+        except sqlite3.DatabaseError:
+            if lo < hi:
+                mid = (lo + hi) // 2
+                stack += [(mid + 1, hi), (lo, mid)]  # lo half first: rows stay in rowid order
+            continue
+        out.extend(rows)
+    return out
 
 
 class _Transaction:

@@ -1,0 +1,167 @@
+"""Peak memory of ``refinv recover`` vs the number of images (flat when chunked).
+
+Data: the 100 shipped faces25 training images (1x25x25 float32) tiled to N
+images (``--sizes``, default 20,000 and 200,000), written once per size to
+an uncompressed ``.npz`` in a temporary folder. Each measurement is a fresh
+process::
+
+    refinv recover models/onnx/faces25_lrelu_6x256.onnx DATA.npz --method blind \\
+        --max-iter 1 --inner-iter 1 --threads 1 --quiet [--out OUT.npz]
+
+(one outer iteration of one PnP-ADMM step and the mask step: the real code
+path, the solver's full state, the cheapest settings), and its peak resident
+set size is read from ``os.wait4`` (``ru_maxrss`` of that child only).
+``--src DIR`` runs another checkout of refinv (``PYTHONPATH``) to measure
+the code before a change; ``--with-out`` also measures with ``--out``.
+
+Usage::
+
+    python bench/memory.py [--repeats 1] [--sizes 20000,200000] [--with-out] [--markdown]
+
+Peak RSS is not a timing: it varies by a few MiB between runs, so one repeat
+per size is the default (``--repeats N`` for more; the JSON keeps them all).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (pins BLAS threads through the environment)
+from common import MODELS, ROOT, fmt, parser, publish, record, summary
+
+MODEL = MODELS / "onnx" / "faces25_lrelu_6x256.onnx"
+FACES = MODELS / "data" / "faces25.npz"
+
+
+def make_data(folder: Path, n: int) -> Path:
+    """The tiled data set, written by a child process: Linux folds a parent's peak RSS into
+    the ``ru_maxrss`` of every child it starts afterwards (at ``exec``), so this process
+    must stay small."""
+    p = folder / f"faces25_x{n}.npz"
+    if not p.is_file():
+        code = (
+            "import sys, numpy as np\n"
+            "b = np.load(sys.argv[1])['train']; n = int(sys.argv[3])\n"
+            "np.savez(sys.argv[2], train=np.tile(b, (-(-n // len(b)), 1, 1, 1))[:n])\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(FACES), str(p), str(n)], check=True)
+    return p
+
+
+def peak_rss(src: Path, data: Path, out: Path | None) -> tuple[float, float]:
+    """(peak RSS MiB, wall s) of one ``refinv recover`` process."""
+    cmd = [
+        sys.executable, "-m", "refinv", "recover", str(MODEL), str(data), "--method", "blind",
+        "--max-iter", "1", "--inner-iter", "1", "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    if out is not None:
+        cmd += ["--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(src))
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode() if p.stderr else ""
+    if p.returncode != 0:
+        raise SystemExit(f"refinv recover failed ({p.returncode}): {err[-2000:]}")
+    return ru.ru_maxrss / 1024.0, wall  # Linux: KiB
+
+
+def own_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv=None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--sizes", default="20000,200000", help="numbers of images")
+    ap.add_argument("--src", default=str(ROOT), help="refinv checkout to run (PYTHONPATH)")
+    ap.add_argument("--label", default="after", help="name of this measurement")
+    ap.add_argument("--with-out", action="store_true", help="also measure with --out")
+    ap.add_argument("--load", default="", help="what else ran on the machine (recorded)")
+    ap.set_defaults(repeats=1)
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats: at least 1")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    src = Path(args.src).resolve()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        datas = {n: make_data(folder, n) for n in sizes}
+        variants = [False, True] if args.with_out else [False]
+        res: dict[tuple, list] = {(n, o): [] for n in sizes for o in variants}
+        for _ in range(args.repeats):
+            for n in sizes:
+                for o in variants:
+                    out = folder / "out.npz" if o else None
+                    res[(n, o)].append(peak_rss(src, datas[n], out))
+                    if out is not None:
+                        out.unlink()
+        for (n, o), vals in res.items():
+            rows.append(
+                {
+                    "n_images": n,
+                    "with_out": o,
+                    "input_mib": n * 625 * 4 / 2**20,
+                    "peak_rss_mib": summary([v[0] for v in vals]),
+                    "wall_s": summary([v[1] for v in vals]),
+                }
+            )
+    ratios = {}
+    for o in {r["with_out"] for r in rows}:
+        rs = sorted((r for r in rows if r["with_out"] == o), key=lambda r: r["n_images"])
+        if len(rs) >= 2:
+            ratios["with_out" if o else "no_out"] = (
+                rs[-1]["peak_rss_mib"]["median"] / rs[0]["peak_rss_mib"]["median"]
+            )
+    doc = record(
+        "memory",
+        args,
+        label=args.label,
+        src=str(src),
+        machine_load=args.load,
+        command="refinv recover MODEL DATA.npz --method blind --max-iter 1 --inner-iter 1 "
+        "--threads 1 --quiet [--out OUT.npz]",
+        rows=rows,
+        largest_over_smallest=ratios,
+        parent_peak_rss_mib=own_peak_mib(),
+    )
+    publish(doc, f"memory_{args.label}", render, args)
+
+
+def render(doc: dict) -> str:
+    lines = [
+        f"### Peak memory of `refinv recover`: {doc['label']}",
+        "",
+        f"Command: `python bench/memory.py --repeats {doc['repeats']} --label {doc['label']}"
+        f"{' --with-out' if any(r['with_out'] for r in doc['rows']) else ''}` ({doc['date']}); "
+        f"each run a fresh `{doc['command']}` on faces25 images tiled to N; peak RSS from "
+        "`os.wait4` (median [min, max] MiB). Other load: "
+        f"{doc['machine_load'] or 'not recorded'}.",
+        "",
+        "| images | --out | input MiB | peak RSS MiB | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        lines.append(
+            f"| {r['n_images']:,} | {'yes' if r['with_out'] else 'no'} | {r['input_mib']:.0f} | "
+            f"{fmt(r['peak_rss_mib'], digits=4)} | {fmt(r['wall_s'])} |"
+        )
+    if doc["largest_over_smallest"]:
+        lines += [
+            "",
+            "Peak RSS, largest N / smallest N (medians): "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in doc["largest_over_smallest"].items()),
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

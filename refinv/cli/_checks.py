@@ -1,0 +1,69 @@
+"""Checks of the options every command shares, run by :func:`refinv.cli.main` before a command.
+
+A bad value raises :class:`~refinv.errors.ConfigError` (``refinv CMD: error: ...``,
+exit 2) before any model is loaded or any work is done:
+
+* ``--seed``: an integer >= 0 (NumPy seeds are non-negative);
+* ``--batch-size``: >= 1; ``--samples``, ``--n``, ``--limit``, ``--workers``: >= 1;
+* ``--threads``: 0 (onnxruntime's default) up to :func:`max_threads` (4 threads
+  per CPU core this process may run on): onnxruntime starts every thread it is
+  asked for, and 100000 of them hang the machine;
+* ``--json``, ``--out``, ``--save``: a file path in a writable folder, not a
+  directory; ``--figures``: a directory path (not an existing file) in a
+  writable folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+
+__all__ = ["check_args", "max_threads"]
+
+_AT_LEAST_ONE = ("batch_size", "samples", "n", "limit", "workers", "prox_n")
+_OUTPUT_FILES = ("json", "out", "save")
+
+
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 4 * max(cores, 1)
+
+
+def _opt(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range shared options of a parsed command line (see the module doc)."""
+    from ..io import check_writable
+
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed: expected an integer >= 0, got {seed}")
+    for name in _AT_LEAST_ONE:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ConfigError(f"{_opt(name)}: expected an integer >= 1, got {v}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and not 0 <= threads <= max_threads():
+        raise ConfigError(
+            f"--threads: expected 0 (onnxruntime's default) to {max_threads()} (4 per CPU core "
+            f"available), got {threads}"
+        )
+    for name in _OUTPUT_FILES:
+        v = getattr(args, name, None)
+        if isinstance(v, str) and v:
+            check_writable(v, _opt(name))
+    fig = getattr(args, "figures", None)
+    if isinstance(fig, str) and fig:
+        p = Path(fig)
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--figures {fig!r}: expected a directory, got a file")
+        check_writable(p / "figure.png", "--figures")

@@ -1,0 +1,160 @@
+"""Chunked recovery: the same run entry and outputs for every chunk size; flat-memory I/O."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refinv.cli import main
+from refinv.errors import ConfigError, DTypeError, NonFiniteError, ShapeError
+from refinv.evaluation.chunked import (
+    NpzImages,
+    NpzStreamWriter,
+    evaluate_split_chunked,
+    mean_loss,
+)
+from refinv.evaluation.report import checkpoint_entry, evaluate_split
+from refinv.io import load_images
+from refinv.operators.masks import parse_mask
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+class Shrink:
+    """A per-sample (batch-independent) autoencoder: x -> c + 0.6 (x - c), elementwise."""
+
+    sample_shape = (1, 5, 6)
+    output_sample_shape = (1, 5, 6)
+
+    def __init__(self):
+        self.c = np.linspace(0.2, 0.8, 30).reshape(1, 1, 5, 6).astype(np.float32)
+
+    def __call__(self, x):
+        return (self.c + np.float32(0.6) * (x - self.c)).astype(x.dtype)
+
+
+def _strip(e: dict) -> dict:
+    return {k: v for k, v in e.items() if k not in ("seconds", "onnx_seconds")}
+
+
+@pytest.mark.parametrize("method", ["blind", "known", "ae-iterations"])
+@pytest.mark.parametrize("mask", ["random:0.4", "blocks:2x2", "center:3"])
+@pytest.mark.parametrize("noise", [0.0, 0.01])
+def test_every_chunk_size_gives_the_one_batch_entry(method, mask, noise):
+    f = Shrink()
+    x = np.random.default_rng(5).random((11, 1, 5, 6)).astype(np.float32)
+    spec = parse_mask(mask)
+    kw = dict(seed=3, noise_std=noise, solver={"max_iter": 8, "mask_init": "bernoulli"})
+    whole, _, _, _ = evaluate_split(f, x, spec, method, **kw)
+    for chunk in (1, 4, 11, 100):
+        part = evaluate_split_chunked(f, x, spec, method, chunk=chunk, **kw)
+        assert _strip(part) == _strip(whole), chunk
+
+
+def _npz(tmp_path, **arrays) -> Path:
+    p = tmp_path / "d.npz"
+    np.savez(p, **arrays)
+    return p
+
+
+def test_npz_images_reads_what_load_images_reads(tmp_path):
+    a = np.random.default_rng(0).random((10, 1, 5, 6))
+    p = _npz(tmp_path, train=a, test=a[:3].reshape(3, 30))
+    ref = load_images(p, "train", sample_shape=(1, 5, 6))
+    src = NpzImages(p, "train", sample_shape=(1, 5, 6))
+    assert len(src) == 10
+    parts = list(src.chunks(4))
+    assert [s for s, _ in parts] == [0, 4, 8] and [len(c) for _, c in parts] == [4, 4, 2]
+    got = np.concatenate([c for _, c in parts])
+    assert got.dtype == np.float32 and np.array_equal(got, ref)
+    flat = NpzImages(p, "test", sample_shape=(1, 5, 6), dtype=np.float64)  # flat -> reshaped
+    np.testing.assert_array_equal(next(flat.chunks(5))[1], a[:3])
+
+
+def test_npz_images_refuses_bad_arrays(tmp_path):
+    p = _npz(
+        tmp_path, i=np.zeros((2, 30), np.int32), s=np.zeros((2, 7)), n=np.full((2, 30), np.nan)
+    )
+    with pytest.raises(DTypeError):
+        NpzImages(p, "i", sample_shape=(1, 5, 6))
+    with pytest.raises(ShapeError):
+        NpzImages(p, "s", sample_shape=(1, 5, 6))
+    with pytest.raises(ConfigError, match="no array"):
+        NpzImages(p, "zz", sample_shape=(1, 5, 6))
+    with pytest.raises(NonFiniteError):
+        list(NpzImages(p, "n", sample_shape=(1, 5, 6)).chunks(1))
+    q = tmp_path / "o.npz"
+    np.savez(q, o=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DTypeError):
+        NpzImages(q, "o", sample_shape=(1,))
+
+
+def test_stream_writer_matches_savez_and_is_atomic(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b = rng.random((7, 2, 3)).astype(np.float32), rng.integers(0, 9, 7)
+    w = NpzStreamWriter(tmp_path / "o.npz", {"a": ((7, 2, 3), np.float32), "b": ((7,), np.int64)})
+    for s in range(0, 7, 3):
+        w.write("a", s, a[s : s + 3])
+        w.write("b", s, b[s : s + 3])
+    w.close()
+    with np.load(tmp_path / "o.npz") as z:
+        assert sorted(z.files) == ["a", "b"]
+        assert np.array_equal(z["a"], a) and np.array_equal(z["b"], b)
+    assert [p.name for p in tmp_path.iterdir()] == ["o.npz"]
+    w = NpzStreamWriter(tmp_path / "p.npz", {"a": ((7, 2, 3), np.float32)})
+    w.write("a", 0, a[:3])
+    with pytest.raises(ShapeError):
+        w.write("a", 5, a[3:])  # rows must come in order
+    with pytest.raises(ShapeError, match="3 of 7"):
+        w.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["o.npz"]  # nothing half-written
+
+
+def test_mean_loss_is_the_checkpoint_loss():
+    f = Shrink()
+    x = np.random.default_rng(2).random((9, 1, 5, 6)).astype(np.float32)
+    want = checkpoint_entry("m", f, x, None)["train_loss"]
+    for chunk in (1, 4, 9):
+        assert mean_loss(f, x, chunk) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["blind", "known", "ae-iterations"])
+def test_recover_cli_chunk_size_does_not_change_the_outputs(tmp_path, method):
+    model = MODELS / "onnx" / "digits8_lrelu_6x320.onnx"
+    x = np.load(MODELS / "data" / "digits8.npz")["train"][:13]
+    data = _npz(tmp_path, train=x)
+    outs = {}
+    for chunk in (4, 13):
+        o, j = tmp_path / f"o{chunk}.npz", tmp_path / f"s{chunk}.json"
+        rc = main(
+            ["recover", str(model), str(data), "--method", method, "--max-iter", "4",
+             "--chunk", str(chunk), "--out", str(o), "--json", str(j), "--quiet",
+             "--threads", "1"]
+        )  # fmt: skip
+        assert rc == 0
+        with np.load(o) as z:
+            outs[chunk] = ({k: z[k] for k in z.files}, json.loads(j.read_text()))
+    (a, da), (b, db) = outs[4], outs[13]
+    assert sorted(a) == sorted(b) == sorted(
+        ["x_hat", "y", "x", "mask", "mask_estimated", "iterations", "converged", "diverged",
+         "mse", "psnr"]
+    )  # fmt: skip
+    assert a["x_hat"].shape == (13, *x.shape[1:]) and a["mask"].dtype == np.uint8
+    for k in ("y", "x", "mask"):
+        assert np.array_equal(a[k], b[k])
+    # onnxruntime's kernels may round differently at another batch size: close, same verdict
+    np.testing.assert_allclose(a["x_hat"], b["x_hat"], atol=1e-5)
+    ra, rb = da["runs"][0], db["runs"][0]
+    assert ra["n"] == rb["n"] == 13
+    assert ra["accurate_rate"] == rb["accurate_rate"]
+    assert da["checkpoints"][0]["train_loss"] == pytest.approx(db["checkpoints"][0]["train_loss"])
+
+
+def test_recover_cli_refuses_bad_chunk(tmp_path, capsys):
+    data = _npz(tmp_path, train=np.load(MODELS / "data" / "digits8.npz")["train"][:2])
+    model = MODELS / "onnx" / "digits8_lrelu_6x320.onnx"
+    assert main(["recover", str(model), str(data), "--chunk", "0", "--quiet"]) == 2
+    assert "--chunk" in capsys.readouterr().err

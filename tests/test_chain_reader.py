@@ -319,3 +319,104 @@ def test_branch_that_is_not_a_plu_still_raises():
     }
     with pytest.raises(UnsupportedGraphError, match="square_ish"):
         read_chain(_model(nodes, inits, [3], [3]))
+
+
+def test_matmul_add_bias_path_matches_onnxruntime():
+    """The MatMul + Add exporters' bias (deterministic; the random-MLP test reaches it only
+    when it draws matmul_add, bias and trans_b=False together)."""
+    rng = np.random.default_rng(11)
+    m = build_mlp(rng, [5, 7, 3], ["relu", "identity"], False, [True, True], [False, True],
+                  matmul_add=True)  # fmt: skip
+    assert [n.op_type for n in m.graph.node][:2] == ["MatMul", "Add"]
+    chain = read_chain(m)
+    assert all(lay.bias is not None for lay in chain)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        chain.forward(x.astype(np.float64)), _ort(m, x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_sub_bias_is_folded_with_its_sign():
+    """Exporters write some biases as Sub(data, c): the chain must compute data - c."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    c = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+    nodes = [
+        oh.make_node("Gemm", ["x", "W"], ["a"], transB=1),
+        oh.make_node("Sub", ["a", "c"], ["y"]),
+    ]
+    m = _model(nodes, {"W": w, "c": c}, [3], [4])
+    (lay,) = read_chain(m).layers
+    np.testing.assert_allclose(lay.bias, -c.astype(np.float64))
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        read_chain(m).forward(x.astype(np.float64)), _ort(m, x), rtol=1e-5, atol=1e-6
+    )
+    # a Gemm's own bias and a following Sub/Add accumulate: b0 - c + d
+    b0 = rng.standard_normal(4).astype(np.float32)
+    d = rng.standard_normal(4).astype(np.float32)
+    both = [
+        oh.make_node("Gemm", ["x", "W", "b0"], ["a"], transB=1),
+        oh.make_node("Sub", ["a", "c"], ["s"]),
+        oh.make_node("Add", ["s", "d"], ["y"]),
+    ]
+    mb = _model(both, {"W": w, "b0": b0, "c": c, "d": d}, [3], [4])
+    (lay,) = read_chain(mb).layers
+    np.testing.assert_allclose(lay.bias, (b0 - c + d).astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(
+        read_chain(mb).forward(x.astype(np.float64)), _ort(mb, x), rtol=1e-5, atol=1e-6
+    )
+    minus = [
+        oh.make_node("Gemm", ["x", "W"], ["a"], transB=1),
+        oh.make_node("Sub", ["c", "a"], ["y"]),
+    ]
+    with pytest.raises(UnsupportedGraphError, match="constant minus data"):
+        read_chain(_model(minus, {"W": w, "c": c}, [3], [4]))
+
+
+def test_leaky_relu_without_alpha_is_onnx_default():
+    """A LeakyRelu node that omits its attribute means alpha = 0.01 (the ONNX default)."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    nodes = [
+        oh.make_node("Gemm", ["x", "W"], ["a"], transB=1),
+        oh.make_node("LeakyRelu", ["a"], ["y"]),
+    ]
+    m = _model(nodes, {"W": w}, [3], [6])
+    (lay,) = read_chain(m).layers
+    assert lay.activation.name == "leaky_relu" and lay.activation.slope == pytest.approx(0.01)
+    x = 3.0 * rng.standard_normal((8, 3)).astype(np.float32)
+    ref = _ort(m, x)
+    assert (ref < 0).any()
+    np.testing.assert_allclose(
+        read_chain(m).forward(x.astype(np.float64)), ref, rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_batchnorm_after_conv_transpose_matches_onnxruntime(group):
+    """BatchNormalization folded into a ConvTranspose scales the OUTPUT channels (weight axis
+    1 within each group), unlike after a Conv; compared with onnxruntime for 1 and 2 groups."""
+    rng = np.random.default_rng(14 + group)
+    cin, cout = 4, 6
+    wt = rng.standard_normal((cin, cout // group, 3, 3)).astype(np.float32)
+    bn = {
+        "s": rng.uniform(0.5, 2.0, cout), "B": rng.standard_normal(cout) * 0.3,
+        "m": rng.standard_normal(cout) * 0.3, "v": rng.uniform(0.5, 2.0, cout),
+    }  # fmt: skip
+    inits = {"Wt": wt, "bt": rng.standard_normal(cout).astype(np.float32)}
+    inits.update({f"bn{k}": v.astype(np.float32) for k, v in bn.items()})
+    nodes = [
+        oh.make_node("ConvTranspose", ["x", "Wt", "bt"], ["a"], strides=[2, 2], pads=[1, 1, 1, 1],
+                     output_padding=[1, 1], group=group),
+        oh.make_node("BatchNormalization", ["a", "bns", "bnB", "bnm", "bnv"], ["b"], epsilon=1e-3),
+        oh.make_node("Relu", ["b"], ["y"]),
+    ]  # fmt: skip
+    m = _model(nodes, inits, [cin, 4, 4], [cout, 8, 8])
+    chain = read_chain(m)
+    (lay,) = chain.layers
+    assert lay.kind == "conv_transpose" and lay.group == group
+    x = rng.standard_normal((3, cin, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        chain.forward(x.astype(np.float64)), _ort(m, x), rtol=1e-5, atol=1e-5
+    )

@@ -64,11 +64,17 @@ def test_recover_blind_on_test_key(files):
     d = files
     rc = main(
         ["recover", str(d / "ae.onnx"), f"{d / 'data.npz'}:test", "--mask", "center:2",
-         "--method", "blind", "--json", str(d / "b.json"), "--max-iter", "5", "--quiet"]
+         "--method", "blind", "--json", str(d / "b.json"), "--max-iter", "5", "--quiet",
+         "--out", str(d / "b.npz")]
     )  # fmt: skip
     assert rc == 0
     run = json.loads((d / "b.json").read_text())["runs"][0]
-    assert run["split"] == "test" and run["n"] == 4 and run["mask_error"] is not None
+    assert run["split"] == "test" and run["n"] == 4
+    with np.load(d / "b.npz") as z:  # the error of the estimated mask, not its agreement
+        wrong = np.mean(z["mask_estimated"].astype(bool) != z["mask"].astype(bool))
+        assert not z["mask"][:, 2:4, 2:5].all()  # center:2 on 6 x 7 erased something
+    assert run["mask_error"] == pytest.approx(wrong, abs=1e-12)
+    assert 0.0 <= run["mask_error"] < 0.5
 
 
 def test_evaluate(files, capsys):

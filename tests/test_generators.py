@@ -24,17 +24,40 @@ def gaussian_chain(rng, widths, act="relu"):
     return dense_chain(ws, act)
 
 
-def test_monte_carlo_unbiasedness_of_AT_relu_Ax():
-    """E[A^T ReLU(A x)] = x/2 for A with i.i.d. N(0, 1/m) entries (eq. 7 of Joshi et al., 2021)."""
+@pytest.mark.parametrize("act", ["relu", "leaky_relu:0.2"])
+def test_monte_carlo_unbiasedness_of_the_library_gradient(act):
+    """E[A^T s(A x)] = lambda x for A with i.i.d. N(0, 1/m) entries (eq. 7 of Joshi et al., 2021), with
+    lambda = leaky_constant(s) ((1 + c) / 2) and A^T s(A x) computed by the library:
+    DenseNet.backward(pres, A x) = A^T D A x = A^T s(A x) (s(a) = D a, D = diag(s'(A x)))."""
     rng = np.random.default_rng(1234)
-    m, n, T = 40, 4, 4000
-    x = rng.standard_normal(n)
-    A = rng.standard_normal((T, m, n)) / np.sqrt(m)
-    v = np.einsum("tmn,tm->tn", A, np.maximum(A @ x, 0))
+    m, n, T = 40, 4, 1500
+    x = rng.standard_normal((1, n))
+    v = []
+    for _ in range(T):
+        net = DenseNet(gaussian_chain(rng, [n, m], act), like=x)
+        _, pres = net.forward(x, keep=True)
+        np.testing.assert_allclose(pres[0], x @ net.chain.layers[0].weight.T)
+        v.append(net.backward(pres, pres[0])[0])
+    v = np.asarray(v)
+    lam = leaky_constant(Activation("relu") if act == "relu" else Activation("leaky_relu", 0.2))
     mean, se = v.mean(0), v.std(0, ddof=1) / np.sqrt(T)
-    assert np.all(np.abs(mean - x / 2) <= 5 * se), (mean, x / 2, se)
+    assert np.all(np.abs(mean - lam * x[0]) <= 5 * se), (mean, lam * x[0], se)
     # and it can fail: the bias of a wrong constant is detected
-    assert np.any(np.abs(mean - x / 3) > 5 * se)
+    assert np.any(np.abs(mean - (lam - 0.15) * x[0]) > 5 * se)
+
+
+def test_gradient_descent_default_step_is_one_over_the_product_of_squared_norms():
+    """step = 1 / prod_i ||A_i||_2^2, on weights whose norms are known by construction
+    (||A_1|| = 2, ||A_2|| = 3): 1/36."""
+    rng = np.random.default_rng(15)
+    q1 = np.linalg.qr(rng.standard_normal((6, 3)))[0]  # orthonormal columns
+    q2 = np.linalg.qr(rng.standard_normal((8, 6)))[0]
+    A1 = 2.0 * q1 * np.array([1.0, 0.5, 0.25])
+    A2 = 3.0 * q2 * np.array([1.0, 0.9, 0.1, 0.2, 0.3, 0.4])
+    ch = dense_chain([A1, A2], "relu")
+    y = ch.forward(rng.standard_normal((2, 3)))
+    r = gradient_descent(ch, y, max_iter=1, tol=0.0)
+    assert r.info["step"] == pytest.approx(1 / 36, rel=1e-12)
 
 
 def test_one_plugin_step_with_eta_2_is_unbiased_for_d_1():

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from refinv.backend import namespace
 from refinv.errors import ConfigError, DivergenceWarning
 from refinv.solvers import SolverResult, run_loop
+from refinv.solvers._loop import relative_change
 
 
 class S(NamedTuple):
@@ -161,6 +162,42 @@ def test_no_divergence_warning_when_all_fine():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_loop(geometric_step, make_state(np, [1.0], [0.5], "float64"), max_iter=50, tol=1e-3)
+
+
+class Still(NamedTuple):
+    x: Any
+
+
+def standing_step(state: Still):
+    """A step at a fixed point: the residual is exactly 0."""
+    return Still(state.x), np.zeros(state.x.shape[0])
+
+
+def test_tol_zero_runs_every_iteration_even_at_a_fixed_point():
+    """``res < tol`` is strict: with tol = 0 a residual of exactly 0 does not stop a sample
+    (the fixed-iteration runs of the benchmarks and the paper's T)."""
+    r = run_loop(standing_step, Still(np.ones((2, 3))), max_iter=9, tol=0.0)
+    assert r.iterations.tolist() == [9, 9]
+    assert not r.converged.any() and r.stop_reason == ["max_iter", "max_iter"]
+
+
+def test_residual_equal_to_tol_does_not_converge():
+    def half(state: Still):
+        return Still(state.x), np.full(state.x.shape[0], 0.5)
+
+    r = run_loop(half, Still(np.ones((1, 2))), max_iter=4, tol=0.5)
+    assert r.iterations.tolist() == [4] and not r.converged.any()
+    r = run_loop(half, Still(np.ones((1, 2))), max_iter=4, tol=np.nextafter(0.5, 1.0))
+    assert r.iterations.tolist() == [1] and r.converged.all()
+
+
+def test_relative_change_divides_by_the_old_iterate():
+    """||new - old|| / max(||old||, eps), per sample, by hand."""
+    old = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
+    new = np.array([[6.0, 8.0], [1.0, 2.0], [0.0, 1.0]])
+    got = relative_change(np, new, old)
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(got, [5.0 / 5.0, 2.0 / 1.0, 1.0 / eps], rtol=1e-15)
 
 
 def test_divergence_is_one_warning_and_no_log_line(caplog):

@@ -289,6 +289,26 @@ def test_external_data_escaping_folder_refused(tmp_path, location):
         OnnxModel(p)
 
 
+def test_external_data_dotdot_refused_even_inside_the_folder(tmp_path):
+    """The '..' guard on its own: 'sub/../w.bin' resolves INSIDE the model's folder (the
+    resolve() check would let it through) and the file exists, yet it is refused."""
+    p = _external_model(tmp_path, "sub/../w.bin")
+    (p.parent / "sub").mkdir()
+    (p.parent / "w.bin").write_bytes(np.ones(16, np.float32).tobytes())
+    with pytest.raises(UnsafeModelError, match=r"contains '\.\.'"):
+        OnnxModel(p)
+
+
+def test_external_data_absolute_path_refused_even_inside_the_folder(tmp_path):
+    """The absolute-path guard on its own: an absolute location that points INTO the
+    model's folder (the resolve() check would accept it) is refused."""
+    p = _external_model(tmp_path, "placeholder")
+    (p.parent / "w.bin").write_bytes(np.ones(16, np.float32).tobytes())
+    p = _external_model(tmp_path, str((p.parent / "w.bin").resolve()))
+    with pytest.raises(UnsafeModelError, match="is absolute"):
+        OnnxModel(p)
+
+
 def test_external_data_symlink_escape_refused(tmp_path):
     (tmp_path / "secret.bin").write_bytes(np.ones(16, np.float32).tobytes())
     p = _external_model(tmp_path, "link.bin")

@@ -412,7 +412,9 @@ def test_shipped_mlp_blind_beats_baseline(model):
         ra = ae_iterations(f, y, max_iter=200)
     acc_b = np.mean(np.mean((rb.x.astype(np.float64) - x) ** 2, axis=(1, 2, 3)) < 1e-7)
     acc_a = np.mean(np.mean((ra.x.astype(np.float64) - x) ** 2, axis=(1, 2, 3)) < 1e-7)
-    assert acc_b >= 0.5 and acc_b >= acc_a + 0.4
+    # docs: 87% blind accurate recovery on faces25 (first 20 images, seed 0: 90% measured;
+    # digits28 95%), the baseline recovers none (0% measured on both)
+    assert acc_b >= 0.85 and acc_a == 0.0
 
 
 def test_one_outer_iteration_matches_the_algorithm_box():
@@ -427,13 +429,16 @@ def test_one_outer_iteration_matches_the_algorithm_box():
     rho = 0.7
     z, u = y, np.zeros_like(y)
     for _ in range(2):
-        v = v_update(y, h, z - u, rho)
-        z = f(v + u)
-        u = u + v - z
+        w = z - u
+        v = (h * y + rho * w) / (h + rho)  # eq. (17), written out (not the library's v_update)
+        z = f(v + u)  # eq. (16)
+        u = u + v - z  # eq. (14)
+    h_new = ((y - z) ** 2 <= y**2).astype(float)  # eq. (20), one channel
     r = blind_recovery(f, y, max_iter=1, inner_iter=2, rho=rho, mask_init="ones", tol=0)
     np.testing.assert_allclose(r.state.z, z, rtol=0, atol=1e-14)
     np.testing.assert_allclose(r.state.u, u, rtol=0, atol=1e-14)
-    np.testing.assert_array_equal(r.state.h, mask_step(y, z))
+    np.testing.assert_array_equal(r.state.h, h_new)
+    assert 0 < h_new.sum() < h_new.size  # the mask step changed something
     np.testing.assert_array_equal(r.x, r.state.z)
 
 
@@ -463,3 +468,56 @@ def test_shipped_conv_autoencoder_memorizes():
     assert rate(train, known_mask_recovery, mask=m) >= 0.9
     assert rate(train, ae_iterations, max_iter=100) == 0.0
     assert rate(test, blind_recovery) == 0.0
+
+
+def test_mask_step_ties_are_observed():
+    """Eq. (20) is ``<=``: a tie ``(y - x)^2 == y^2`` keeps the pixel observed, in particular
+    y = x = 0 (a black pixel reproduced exactly), and x = 2 y; summed over channels too."""
+    y = np.array([[0.0, 0.5, 0.5, -0.25]])
+    x = np.array([[0.0, 1.0, 0.5, -0.5]])
+    np.testing.assert_array_equal(mask_step(y, x), [[1.0, 1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(mask_step(y, x + 1e-3), [[0.0, 0.0, 1.0, 1.0]])
+    y4 = np.zeros((1, 3, 1, 2))
+    x4 = np.zeros((1, 3, 1, 2))
+    y4[0, :, 0, 1] = [0.5, 0.0, 0.25]
+    x4[0, :, 0, 1] = [1.0, 0.0, 0.5]  # sum (y - x)^2 = 0.3125 = sum y^2
+    np.testing.assert_array_equal(mask_step(y4, x4), np.ones((1, 1, 1, 2)))
+
+
+class CountingModel:
+    """Counts the calls of ``f``; states its shapes so the solvers do not probe it."""
+
+    def __init__(self, f, shape):
+        self.f, self.calls = f, 0
+        self.sample_shape = self.output_sample_shape = shape
+
+    def __call__(self, a):
+        self.calls += 1
+        return self.f(a)
+
+
+def test_baseline_and_blind_make_the_same_number_of_calls():
+    """Equal cost: ae_iterations' default is 100 x 10 = 1000 calls of f, the blind solver's
+    max_iter x inner_iter; tol = 0 runs every iteration."""
+    rng = np.random.default_rng(5)
+    f = np_linear(0.9 * projection(rng.random((3, 1, 4, 4))), (1, 4, 4))
+    y = rng.random((2, 1, 4, 4))
+    g = CountingModel(f, (1, 4, 4))
+    r = ae_iterations(g, y, tol=0.0)
+    assert g.calls == 1000 and r.iterations.tolist() == [1000, 1000]
+    g = CountingModel(f, (1, 4, 4))
+    blind_recovery(g, y, tol=0.0)
+    assert g.calls == 1000
+    g = CountingModel(f, (1, 4, 4))
+    known_mask_recovery(g, y, np.ones((4, 4)), max_iter=7, inner_iter=3, tol=0.0)
+    assert g.calls == 21
+
+
+def test_residual_is_the_change_relative_to_the_old_iterate():
+    """Stopping rule ||x^t - x^{t-1}|| / ||x^{t-1}||: f = 2x gives exactly 1 (0.5 if it were
+    divided by the new iterate's norm)."""
+    y = np.full((1, 1, 2, 2), 0.25)
+    r = ae_iterations(lambda a: 2.0 * a, y, max_iter=3, tol=0.0)
+    assert r.residual[0] == 1.0
+    r = ae_iterations(lambda a: 2.0 * a, y, max_iter=3, tol=1.0)  # 1 < 1 is false
+    assert r.iterations[0] == 3 and not r.converged[0]

@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 from test_recovery import np_linear, projection
 
+import refinv.evaluation.report as report_mod
 from refinv.errors import ConfigError, ShapeError
-from refinv.evaluation.metrics import ACCURATE_MSE, mse, psnr, psnr_from_mse
+from refinv.evaluation.metrics import ACCURATE_MSE, APPROXIMATE_MSE, mse, psnr, psnr_from_mse
 from refinv.evaluation.report import (
     SCHEMA_VERSION,
+    evaluate_split,
     figure_rate_vs_loss,
     format_loss_table,
     format_table,
     memorization_report,
+    new_document,
     recovery_metrics,
+    run_entry,
 )
+from refinv.operators.masks import draw_masks, parse_mask
 
 
 def test_mse_psnr_values():
@@ -56,6 +61,9 @@ def test_recovery_metrics_clamps():
     assert met["psnr"][0] == 200.0 and met["psnr"][1] == pytest.approx(60.0)
     assert met["psnr"][2] == 0.0 and met["psnr"][3] == 0.0
     assert np.isnan(met["mse"][3])
+    with np.errstate(over="raise"):  # an overflowing MSE (inf) is reported like a NaN one
+        huge = recovery_metrics(x[:1], np.full((1, 1, 2, 2), 1e200))
+    assert np.isnan(huge["mse"][0]) and huge["psnr"][0] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +112,10 @@ def test_report_schema_and_contrast(memorizer, tmp_path):
     assert run("final", "random:0.3", "known", "train")["accurate_rate"] == 1.0
     assert run("final", "random:0.3", "known", "test")["accurate_rate"] == 0.0
     assert run("final", "random:0.3", "known", "train")["mean_psnr"] > 150
-    assert run("final", "random:0.3", "blind", "train")["mask_error"] is not None
+    for r in doc["runs"]:  # the blind solver's mask error, a fraction; none for the others
+        assert (r["mask_error"] is None) == (r["method"] != "blind")
+        if r["method"] == "blind":
+            assert 0.0 <= r["mask_error"] <= 1.0
     # the JSON is standard (no NaN/Infinity)
     text = json.dumps(doc, allow_nan=False)
     assert json.loads(text)["runs"][0]["mask"] == "random:0.3"
@@ -117,13 +128,30 @@ def test_report_schema_and_contrast(memorizer, tmp_path):
     assert p.stat().st_size > 1000
 
 
-def test_same_masks_for_train_and_test_and_reproducible(memorizer):
+def test_same_masks_for_train_and_test_and_reproducible(memorizer, monkeypatch):
+    """Image i of the training set and image i of the held-out set are degraded with the SAME
+    mask (the masks themselves, not just their erased fraction), drawn from default_rng(seed)."""
     f, train, test = memorizer
+    seen = []
+    real = report_mod.degrade
+
+    def spy(x, spec, **kw):
+        y, mask = real(x, spec, **kw)
+        seen.append(np.array(mask, copy=True))
+        return y, mask
+
+    monkeypatch.setattr(report_mod, "degrade", spy)
     kw = dict(masks=["random:0.5"], methods=["blind"], solver={"max_iter": 3}, progress=False)
     a = memorization_report(f, train, test, seed=3, **kw)
+    assert [r["split"] for r in a["runs"]] == ["train", "test"] and len(seen) == 2
+    m_train, m_test = seen
+    assert m_train.shape == m_test.shape == (4, 6, 6)
+    np.testing.assert_array_equal(m_train, m_test)
+    assert not np.array_equal(m_train[0], m_train[1])  # one draw per image, not one mask
+    np.testing.assert_array_equal(m_train, draw_masks("random:0.5", (1, 6, 6), 4, 3))
     b = memorization_report(f, train, test, seed=3, **kw)
     assert [r["mse"] for r in a["runs"]] == [r["mse"] for r in b["runs"]]
-    assert a["runs"][0]["erased_fraction"] == a["runs"][1]["erased_fraction"] == pytest.approx(0.5)
+    np.testing.assert_array_equal(seen[2], m_train)  # reproducible
 
 
 def test_report_errors(memorizer):
@@ -144,6 +172,135 @@ def test_figures(memorizer, tmp_path):
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 2 and all(n.endswith(("train.png", "test.png")) for n in pngs)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+# ------------------------------------------------------------------ the report's semantics
+def test_published_thresholds():
+    """The paper's thresholds: accurate MSE < 1e-7 (70 dB), approximate MSE < 5e-4 (33.01 dB);
+    the report's document states the same numbers."""
+    assert ACCURATE_MSE == 1e-7 and APPROXIMATE_MSE == 5e-4
+    assert float(psnr_from_mse(np.array([APPROXIMATE_MSE]))[0]) == pytest.approx(33.0103, abs=1e-4)
+    doc = new_document(command="t", seed=0, noise_std=0.0, masks=[], methods=[], solver={})
+    assert doc["thresholds"]["accurate_mse"] == 1e-7
+    assert doc["thresholds"]["approximate_mse"] == 5e-4
+
+
+def _entry(mse_values, psnr_values=None):
+    n = len(mse_values)
+    return run_entry(
+        checkpoint="c", train_loss=None, method="known", mask="m", split="train",
+        mse=mse_values, psnr=np.zeros(n) if psnr_values is None else psnr_values,
+        iterations=[1] * n, converged=[True] * n, diverged=[False] * n, residual=[0.0] * n,
+        erased_fraction=0.5, mask_error=None, seconds=0.0, onnx_seconds=None,
+    )  # fmt: skip
+
+
+def test_rates_on_mses_straddling_both_thresholds():
+    """Strict inequalities at exactly 1e-7 and 5e-4, values between the published thresholds
+    and ten times them, and non-finite MSEs (never recovered)."""
+    m = [
+        0.0,
+        np.nextafter(1e-7, 0.0),  # accurate
+        1e-7,  # not accurate (strict), approximate
+        np.nextafter(1e-7, 1.0),
+        5e-7,  # accurate only with a 1e-6 threshold
+        np.nextafter(5e-4, 0.0),  # approximate
+        5e-4,  # not approximate (strict)
+        1e-3,  # approximate only with a 5e-3 threshold
+        np.nan,  # diverged: never recovered
+        np.inf,
+    ]
+    r = _entry(m)
+    assert r["n"] == 10
+    assert r["accurate_rate"] == 2 / 10
+    assert r["approximate_rate"] == 6 / 10
+    assert r["mse"][8] is None  # standard JSON
+
+
+def test_nan_mse_is_never_recovered():
+    r = _entry([np.nan, np.nan, 0.0, 1.0])
+    assert r["accurate_rate"] == r["approximate_rate"] == 0.25
+    assert _entry([np.nan])["accurate_rate"] == 0.0
+
+
+def test_diverging_model_recovers_nothing(memorizer):
+    """A model whose output is NaN: every sample diverges and none counts as recovered."""
+    _, train, _ = memorizer
+
+    def nan_model(a):
+        return a * np.nan
+
+    nan_model.sample_shape = nan_model.output_sample_shape = (1, 6, 6)
+    for method in ("known", "ae-iterations", "blind"):
+        entry, *_ = evaluate_split(
+            nan_model, train, parse_mask("random:0.5"), method, solver={"max_iter": 3}
+        )
+        assert entry["n_diverged"] == 4
+        assert entry["accurate_rate"] == entry["approximate_rate"] == 0.0
+        assert entry["mse"] == [None] * 4 and entry["mean_psnr"] == 0.0
+
+
+def _identity(a):
+    return a
+
+
+_identity.sample_shape = _identity.output_sample_shape = (1, 4, 4)
+
+
+def test_mask_error_is_the_error_not_the_agreement():
+    """With f = identity the blind solver keeps x = y, so eq. 20 marks every pixel observed
+    ((y - x)^2 = 0 <= y^2): the estimated mask is all ones and its error is exactly the erased
+    fraction (4 of 16 pixels for random:0.25), its agreement would be 0.75."""
+    x = np.random.default_rng(0).uniform(0.1, 1.0, (3, 1, 4, 4))
+    entry, res, _, mask = evaluate_split(
+        _identity, x, parse_mask("random:0.25"), "blind", solver={"max_iter": 2}
+    )
+    np.testing.assert_array_equal(np.asarray(res.state.h), 1.0)
+    assert int((~mask).sum()) == 3 * 4
+    assert entry["mask_error"] == 0.25 and entry["erased_fraction"] == 0.25
+    ones, *_ = evaluate_split(_identity, x, parse_mask("ones"), "blind", solver={"max_iter": 2})
+    assert ones["mask_error"] == 0.0
+
+
+def test_known_mask_reinsertion_only_without_noise(memorizer):
+    """Re-inserting the observed pixels (eq. 31) is right only for noiseless data: the
+    report turns it off when noise_std > 0."""
+    f, train, _ = memorizer
+    spec = parse_mask("random:0.3")
+    _, clean, *_ = evaluate_split(f, train, spec, "known", solver={"max_iter": 2})
+    _, noisy, *_ = evaluate_split(f, train, spec, "known", noise_std=0.01, solver={"max_iter": 2})
+    assert clean.info["reinsert"] is True and noisy.info["reinsert"] is False
+
+
+class CountingModel:
+    """Counts calls of a linear model; states its shapes so the solvers do not probe it."""
+
+    def __init__(self, f, shape):
+        self.f, self.calls = f, 0
+        self.sample_shape = self.output_sample_shape = shape
+
+    def __call__(self, a):
+        self.calls += 1
+        return self.f(a)
+
+
+@pytest.mark.parametrize(
+    "solver, calls",
+    [({"max_iter": 7, "inner_iter": 3}, 21), ({"max_iter": 7}, 70), ({"inner_iter": 3}, 300)],
+)
+def test_ae_iterations_in_the_report_cost_as_much_as_blind(memorizer, solver, calls):
+    """The baseline gets max_iter x inner_iter calls of f, the blind solver's number (defaults
+    100 and 10), counted by a wrapper: one call of f per iteration, tol = 0 (no early stop)."""
+    f, train, _ = memorizer
+    for method in ("ae-iterations", "blind"):
+        g = CountingModel(f, (1, 6, 6))
+        doc = memorization_report(
+            g, train, masks=["random:0.5"], methods=[method], solver={**solver, "tol": 0.0},
+            progress=False,
+        )  # fmt: skip
+        assert g.calls == 1 + calls  # + the train-loss evaluation of the checkpoint entry
+        if method == "ae-iterations":
+            assert doc["runs"][0]["iterations"] == [calls] * 4
 
 
 def test_divergence_warning_names_its_run_once(caplog):

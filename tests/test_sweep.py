@@ -268,6 +268,43 @@ def test_shipped_example_config_is_valid():
     assert len(make_tasks(cfg)) == 96
 
 
+def _store_task(task_id="t1", start=0, stop=3):
+    from refinv.sweep.run import Task
+
+    return Task(
+        task_id=task_id, checkpoint="c", model_path="m.onnx", sha256="ab" * 32,
+        data_path="d.npz", data_key="train", n=3, split="train", mask="random:0.5",
+        method="blind", start=start, stop=stop, seed=0, noise_std=0.0, solver={"max_iter": 1},
+        threads=None, provider="cpu", batch_size=None,
+    )  # fmt: skip
+
+
+def _store_out(n, psnr=1.0):
+    return {
+        "mse": [0.1] * n, "psnr": [psnr] * n, "iterations": [1] * n, "converged": [True] * n,
+        "diverged": [False] * n, "residual": [0.0] * n, "erased_fraction": [0.5] * n,
+        "mask_error": [0.0] * n, "seconds": 0.1, "onnx_seconds": None,
+    }  # fmt: skip
+
+
+def test_store_failing_write_leaves_no_task_done(tmp_path):
+    """A task's result rows and its 'done' row are one transaction: when a result row cannot
+    be written (here a NULL psnr, NOT NULL in the schema) the whole write is rolled back, so
+    the task is absent (recomputed by the next run), never 'done' with missing rows."""
+    with Store(tmp_path / "r.db") as st:
+        out = _store_out(3)
+        out["psnr"][2] = None
+        with pytest.raises(sqlite3.IntegrityError):
+            st.write_task(_store_task(), out, "0")
+        assert st.done_tasks() == set() and st.task_counts() == {} and st.results() == []
+        st.write_task(_store_task(), _store_out(3), "0")  # the store is still usable
+        assert st.done_tasks() == {"t1"} and len(st.results()) == 3
+        # a failing retry of another task over the same samples keeps the first one intact
+        with pytest.raises(sqlite3.IntegrityError):
+            st.write_task(_store_task("t2"), _store_out(3), "0")  # UNIQUE(checkpoint, ..., sample)
+        assert st.done_tasks() == {"t1"} and [r["task_id"] for r in st.results()] == ["t1"] * 3
+
+
 def test_initial_masks_from_a_file_are_sliced_per_shard(tmp_path):
     """solver.mask_init = "file:PATH.npz:KEY" with one initial mask per image of the split:
     each shard (4, 4, 2) takes its rows, so the sweep equals one-batch refinv evaluate."""

@@ -150,9 +150,13 @@ def method_options(method: str, solver: dict) -> dict:
         "ae-iterations": {"max_iter", "tol", "clip", "blowup"},
     }[method]
     out = {k: v for k, v in solver.items() if k in allowed and v is not None}
-    if method == "ae-iterations" and "max_iter" in out:
-        # equal cost: the baseline gets as many calls of f as blind's outer x inner
-        out["max_iter"] = int(out["max_iter"]) * int(solver.get("inner_iter") or 10)
+    if method == "ae-iterations" and ("max_iter" in out or solver.get("inner_iter") is not None):
+        # equal cost: the baseline gets as many calls of f as blind's outer x inner (each
+        # defaulting to the solvers' DEFAULTS, also when only inner_iter is given)
+        from ..solvers.recovery import DEFAULTS
+
+        outer = int(out.get("max_iter") or DEFAULTS["max_iter"])
+        out["max_iter"] = outer * int(solver.get("inner_iter") or DEFAULTS["inner_iter"])
     return out
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..operators.masks import MASK_GRAMMAR
-from .evaluate import _split_list
-from .recover import add_solver_args, load_split, open_model, progress_flag, solver_options
+from .evaluate import _split_list, open_checkpoints
+from .recover import add_solver_args, load_split, progress_flag, solver_options
 
 __all__ = ["register", "run"]
 
@@ -98,15 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: expected a folder, got the file {str(out)!r}")
     check_writable(out / "report.json", "--out")
-    paths = [args.model, *args.checkpoints]
-    models = [(Path(p).stem, open_model(p, args)) for p in paths]
+    models = open_checkpoints(args)
     f0 = models[0][1]
-    for label, f in models[1:]:
-        if f.sample_shape != f0.sample_shape:
-            raise ConfigError(
-                f"--checkpoints: {label} takes samples of shape {f.sample_shape}, the main model "
-                f"{f0.sample_shape}"
-            )
     train, _ = load_split(args.train, f0, "train")
     test, _ = load_split(args.test, f0, "test")
     files = {"model": args.model, "train": str(parse_data_spec(args.train, "train")[0]),

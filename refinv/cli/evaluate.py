@@ -24,6 +24,20 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
+def open_checkpoints(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """``[(label, model)]`` for MODEL.onnx and each ``--checkpoints`` file, all of one sample
+    shape (``evaluate`` and ``audit``)."""
+    models = [(Path(p).stem, open_model(p, args)) for p in [args.model, *args.checkpoints]]
+    f0 = models[0][1]
+    for label, f in models[1:]:
+        if f.sample_shape != f0.sample_shape:
+            raise ConfigError(
+                f"--checkpoints: {label} takes samples of shape {f.sample_shape}, the main model "
+                f"{f0.sample_shape}"
+            )
+    return models
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -68,15 +82,8 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError as exc:
             raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
-    paths = [args.model, *args.checkpoints]
-    models = [(Path(p).stem, open_model(p, args)) for p in paths]
+    models = open_checkpoints(args)
     f0 = models[0][1]
-    for label, f in models[1:]:
-        if f.sample_shape != f0.sample_shape:
-            raise ConfigError(
-                f"--checkpoints: {label} takes samples of shape {f.sample_shape}, the main model "
-                f"{f0.sample_shape}"
-            )
     train, _ = load_split(args.train, f0, "train")
     test = load_split(args.test, f0, "test")[0] if args.test else None
     doc = memorization_report(

@@ -127,7 +127,17 @@ def _esc(text: str) -> str:
     return "``".join(parts)
 
 
-_OWN_PAGES = {"index", "models", "gpu", "cli", "sweep", "benchmarks", "citing"}
+_OWN_PAGES = {
+    "index",
+    "models",
+    "gpu",
+    "cli",
+    "sweep",
+    "benchmarks",
+    "citing",
+    "security",
+    "development",
+}
 
 
 def _add_extra_pages(app, docname, source):

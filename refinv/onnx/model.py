@@ -808,6 +808,8 @@ class OnnxModel:
         ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's own arena, no
         ceiling.
 
+    Notes
+    -----
     Verification at load: the model is run once on a probe batch (2 samples,
     or the fixed batch) and the computed output is compared with the declared
     output (shape, dtype), with the input batch and with the input's dtype;

@@ -1,4 +1,5 @@
-"""The audit report's figures (matplotlib, Agg), each returned as PNG bytes."""
+"""The audit report's figures (matplotlib figures drawn without pyplot: the user's backend is
+never switched), each returned as PNG bytes."""
 
 from __future__ import annotations
 
@@ -17,27 +18,23 @@ __all__ = [
 ]
 
 
-def _plt():
-    import matplotlib
+def _subplots(*grid, figsize=None, **kw):
+    """``pyplot.subplots`` without pyplot: a standalone ``Figure`` and its axes."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
 
 
 def _png(fig) -> bytes:
-    plt = _plt()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
 def roc_figure(scores: list[dict]) -> bytes:
     """ROC curves of the membership scores: linear axes, and log-log (low FPR)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = _subplots(1, 2, figsize=(9, 3.8))
     for s in scores:
         fpr = np.asarray(s["roc"]["fpr"])
         tpr = np.asarray(s["roc"]["tpr"])
@@ -60,8 +57,7 @@ def roc_figure(scores: list[dict]) -> bytes:
 
 def exposure_figure(doc: dict, per_image: dict) -> bytes:
     """Per-image best recovery PSNR, training vs held-out (histograms)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = _subplots(figsize=(6, 3.2))
     cap = doc["recovery"]["thresholds"]["psnr_cap_db"]
     bins = np.linspace(0, cap, 41)
     for split, color, name in (("train", "C3", "training"), ("test", "C0", "held-out")):
@@ -83,7 +79,6 @@ def exposure_figure(doc: dict, per_image: dict) -> bytes:
 
 def control_figure(doc: dict) -> bytes:
     """Mean PSNR per mask: model recovery (primary method) vs the inpainting control."""
-    plt = _plt()
     label = doc["model"]
     method = doc["settings"]["primary"]["method"]
     masks = doc["settings"]["masks"]
@@ -93,7 +88,7 @@ def control_figure(doc: dict) -> bytes:
         if r["checkpoint"] == label and r["method"] == method
     }
     ctrl = {(c["mask"], c["split"]): c["mean_psnr"] for c in doc["control"]["runs"]}
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.9 * len(masks)), 3.4))
+    fig, ax = _subplots(figsize=(max(4.5, 1.9 * len(masks)), 3.4))
     w = 0.2
     xs = np.arange(len(masks))
     bars = [
@@ -121,7 +116,6 @@ def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) ->
     """Most exposed training images (original / degraded / recovered / estimated mask) over
     the held-out image with the same index, the same mask and the same method. One montage
     (one axes), so it draws fast whatever the number of images."""
-    plt = _plt()
     idx = doc["exposure"]["gallery_indices"]
     k = max(len(idx), 1)
     names = ["training", "degraded", "recovered", "mask (est.)", "held-out", "degraded",
@@ -158,7 +152,7 @@ def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) ->
         for r, cell in enumerate(col):
             y0, x0 = pad + r * (hh + pad), pad + j * (ww + pad)
             canvas[y0 : y0 + hh, x0 : x0 + ww] = cell
-    fig, ax = plt.subplots(figsize=(1.3 * k + 1.2, 1.25 * len(names) + 0.6))
+    fig, ax = _subplots(figsize=(1.3 * k + 1.2, 1.25 * len(names) + 0.6))
     ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([pad + j * (ww + pad) + ww / 2 for j in range(len(cols))], titles, fontsize=7)
     ax.xaxis.tick_top()
@@ -179,14 +173,13 @@ def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) ->
 
 def rate_vs_loss_figure(doc: dict) -> bytes:
     """Accurate recovery rate vs train loss per (mask, method); solid training, dashed held-out."""
-    plt = _plt()
     loss = {c["label"]: c["train_loss"] for c in doc["recovery"]["checkpoints"]}
     by: dict[tuple, list] = {}
     for r in doc["recovery"]["runs"]:
         by.setdefault((r["mask"], r["method"], r["split"]), []).append(
             (max(loss[r["checkpoint"]], 1e-30), 100 * r["accurate_rate"])
         )
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _subplots(figsize=(6, 3.6))
     colors: dict[tuple, str] = {}
     for (mask, method, split), pts in sorted(by.items()):
         pts.sort()

@@ -27,8 +27,8 @@ def register(sub) -> None:
         "audit",
         help="memorization audit: per-image exposure, membership inference, HTML report",
         description="Run the memorization report of `refinv evaluate` (same settings, same "
-        "numbers), then per-image exposure, membership inference (ROC, AUC, TPR at 1%% and "
-        "0.1%% FPR, bootstrap intervals) for the recovery score, the loss-threshold attack and "
+        "numbers), then per-image exposure, membership inference (ROC, AUC, TPR at 1% and "
+        "0.1% FPR, bootstrap intervals) for the recovery score, the loss-threshold attack and "
         "the local stability, and a generic-inpainting control without the model. Writes "
         "DIR/report.json, DIR/per_image.csv and a self-contained DIR/report.html. Needs the "
         f"'audit' extra (pip install 'refinv[audit]'). Mask grammar: {MASK_GRAMMAR}.",

@@ -145,3 +145,24 @@ def expected_c(kind: str) -> np.ndarray:
     if "sparse" in kind:
         return np.arange(1, 5, dtype=np.float32)
     return np.arange(4, dtype=np.float32)
+
+
+def identity_loop_body():
+    """The body graph of a ``Loop`` that passes its condition and one float value through
+    unchanged (the trip count alone decides how long the loop runs)."""
+    return helper.make_graph(
+        [
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],  # fmt: skip
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],  # fmt: skip
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],  # fmt: skip
+    )

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from _hostile import EXTERNAL_KINDS, SECRET, external_model
+from _hostile import EXTERNAL_KINDS, SECRET, external_model, identity_loop_body
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,22 +295,7 @@ def _wrap_control_flow(rng: random.Random) -> Case:
     )
     if how.startswith("loop"):
         trip = 10**12 if how == "loop_huge" else 3
-        body = helper.make_graph(
-            [
-                helper.make_node("Identity", ["c_in"], ["c_out"]),
-                helper.make_node("Identity", ["v_in"], ["v_out"]),
-            ],  # fmt: skip
-            "body",
-            [
-                helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-                helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
-            ],  # fmt: skip
-            [
-                helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-                helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
-            ],  # fmt: skip
-        )
+        body = identity_loop_body()
         inits = [numpy_helper.from_array(np.array(trip, np.int64), "M"),
                  numpy_helper.from_array(np.array(True), "cnd")]  # fmt: skip
         loop = helper.make_node("Loop", ["M", "cnd", "x"], ["y"], body=body)

@@ -9,7 +9,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from _hostile import EXTERNAL_KINDS, OPSET, SECRET, expected_c, external_model
+from _hostile import (
+    EXTERNAL_KINDS,
+    OPSET,
+    SECRET,
+    expected_c,
+    external_model,
+    identity_loop_body,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 from refinv import OnnxModel
@@ -268,22 +275,7 @@ def test_memory_limit_is_a_real_ceiling():
 
 
 def _endless_loop() -> onnx.ModelProto:
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["c_in"], ["c_out"]),
-            helper.make_node("Identity", ["v_in"], ["v_out"]),
-        ],  # fmt: skip
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
-        ],  # fmt: skip
-        [
-            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
-        ],  # fmt: skip
-    )
+    body = identity_loop_body()
     inits = [numpy_helper.from_array(np.array(10**12, np.int64), "M"),
              numpy_helper.from_array(np.array(True), "cond")]  # fmt: skip
     loop = helper.make_node("Loop", ["M", "cond", "x"], ["y"], body=body)

@@ -158,3 +158,26 @@ def test_recover_cli_refuses_bad_chunk(tmp_path, capsys):
     model = MODELS / "onnx" / "digits8_lrelu_6x320.onnx"
     assert main(["recover", str(model), str(data), "--chunk", "0", "--quiet"]) == 2
     assert "--chunk" in capsys.readouterr().err
+
+
+def test_chunked_run_warns_once_naming_the_run():
+    """A diverging model: the chunked run warns once per run (not once per chunk), naming
+    checkpoint, mask, method and split, as evaluate_split does."""
+    import warnings
+
+    from refinv.errors import DivergenceWarning
+
+    class Grow(Shrink):
+        def __call__(self, x):
+            return (np.float32(3.0) * x + np.float32(1.0)).astype(x.dtype)
+
+    x = np.random.default_rng(0).uniform(0, 1, (7, 1, 5, 6)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        e = evaluate_split_chunked(Grow(), x, parse_mask("random:0.5"), "ae-iterations",
+                                   chunk=3, label="ck", split="test")  # fmt: skip
+    msgs = [str(w.message) for w in got if issubclass(w.category, DivergenceWarning)]
+    assert e["n_diverged"] == 7
+    assert msgs == [msgs[0]] and msgs[0].startswith(
+        "checkpoint ck, mask random:0.5, method ae-iterations, split test: 7 of 7"
+    )

@@ -224,7 +224,7 @@ def evaluate_split_chunked(
     chunk (``mask``: the true masks, bool; ``metrics``: ``{"mse", "psnr"}``),
     e.g. to stream the estimates to disk.
     """
-    from .report import method_options, recovery_metrics, run_entry, run_method
+    from .report import method_options, recovery_metrics, run_entry, run_method, warn_diverged
 
     if int(chunk) != chunk or chunk < 1:
         raise ConfigError(f"chunk: expected a positive integer, got {chunk}")
@@ -270,7 +270,7 @@ def evaluate_split_chunked(
     def cat(k, dt):
         return np.concatenate(cols[k]).astype(dt) if cols[k] else np.zeros(0, dt)
 
-    return run_entry(
+    entry = run_entry(
         checkpoint=str(label),
         train_loss=train_loss,
         method=method,
@@ -287,3 +287,5 @@ def evaluate_split_chunked(
         seconds=seconds,
         onnx_seconds=(stats.seconds - ort0) if stats is not None else None,
     )
+    warn_diverged(entry, solver)
+    return entry

@@ -370,16 +370,23 @@ def evaluate_split(
         seconds=sec,
         onnx_seconds=ort,
     )
-    if entry["n_diverged"]:  # one warning per run, saying which run (the solver's is silenced)
+    warn_diverged(entry, solver)
+    return entry, res, y, mask
+
+
+def warn_diverged(entry: dict, solver: dict | None) -> None:
+    """One DivergenceWarning per run that had diverged samples, saying which run (the
+    solver's own warning is silenced by the callers)."""
+    if entry["n_diverged"]:
         blowup = (solver or {}).get("blowup") or 1e6
         warnings.warn(
-            f"checkpoint {label}, mask {spec.text}, method {method}, split {split}: "
-            f"{entry['n_diverged']} of {entry['n']} samples diverged (NaN/Inf or |x| > "
-            f"{blowup:g}) and were stopped (MSE null in the report); the others continued",
+            f"checkpoint {entry['checkpoint']}, mask {entry['mask']}, method {entry['method']}, "
+            f"split {entry['split']}: {entry['n_diverged']} of {entry['n']} samples diverged "
+            f"(NaN/Inf or |x| > {blowup:g}) and were stopped (MSE null in the report); the "
+            "others continued",
             DivergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return entry, res, y, mask
 
 
 def memorization_report(

@@ -15,6 +15,12 @@ float32 arrays in [0, 1] of shape (N, C, H, W): ``train`` and ``test``
 * ``colour16.npz``  50 / 50 non-overlapping 3x16x16 patches, cut the same way
   (2x area downscaling, then 16x16 tiles) from the same four images; a
   full-batch training step costs about 4x less than on colour32.
+* ``digits28_1797.npz`` ALL 1,797 scikit-learn digits at 1x28x28 (same
+  upsampling), for the moderate-overfitting regime and the
+  recovery-vs-dataset-size curve: ``train`` 1,200 / ``test`` 597, with
+  ``train[:100]`` and ``test[:100]`` exactly the images of ``digits28.npz``;
+  ``train100`` and ``train300`` are ``train[:100]`` and ``train[:300]``
+  (nested training sets). Compressed (``np.savez_compressed``).
 
 Usage: ``python models/make_data.py [--seed 0] [--out models/data]``.
 Requires the ``train`` extra (scikit-learn, scikit-image); no network access.
@@ -43,6 +49,20 @@ def digits(rng: np.random.Generator):
     d = load_digits()
     x = (d.images.astype(np.float64) / 16.0)[:, None, :, :]
     return _split(x, 100, 100, rng)
+
+
+def digits_all(rng: np.random.Generator, rng_rest: np.random.Generator, n_train: int = 1200):
+    """All digits, ordered so that the first 100 / 100 are the split of :func:`digits`."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float64) / 16.0)[:, None, :, :]
+    perm = rng.permutation(x.shape[0])  # the same draw as _split in digits()
+    rest = perm[200:][rng_rest.permutation(x.shape[0] - 200)]
+    extra = n_train - 100
+    tr = np.concatenate([perm[:100], rest[:extra]])
+    te = np.concatenate([perm[100:200], rest[extra:]])
+    return x[tr], x[te]
 
 
 def upsample28(x: np.ndarray) -> np.ndarray:
@@ -88,7 +108,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # One independent Generator per data set so that each file depends only on the seed.
     # (spawn(4)[:3] equals spawn(3): adding colour16 left the other three files unchanged.)
-    ss = np.random.SeedSequence(a.seed).spawn(4)
+    # spawn(5)[:4] equals spawn(4): adding digits28_1797 left the others unchanged too.
+    ss = np.random.SeedSequence(a.seed).spawn(5)
     d_tr, d_te = digits(np.random.default_rng(ss[0]))
     np.savez(out / "digits8.npz", train=d_tr, test=d_te)
     np.savez(out / "digits28.npz", train=upsample28(d_tr), test=upsample28(d_te))
@@ -98,7 +119,12 @@ def main(argv=None) -> None:
     np.savez(out / "colour32.npz", train=c_tr, test=c_te)
     c_tr, c_te = colour(np.random.default_rng(ss[3]), size=16)
     np.savez(out / "colour16.npz", train=c_tr, test=c_te)
-    for name in ("digits8", "digits28", "faces25", "colour32", "colour16"):
+    a_tr, a_te = digits_all(np.random.default_rng(ss[0]), np.random.default_rng(ss[4]))
+    a_tr, a_te = upsample28(a_tr), upsample28(a_te)
+    np.savez_compressed(
+        out / "digits28_1797.npz", train=a_tr, test=a_te, train100=a_tr[:100], train300=a_tr[:300]
+    )
+    for name in ("digits8", "digits28", "faces25", "colour32", "colour16", "digits28_1797"):
         with np.load(out / f"{name}.npz", allow_pickle=False) as z:
             print(name, {k: (z[k].shape, str(z[k].dtype)) for k in z.files})
     if out.resolve() == (Path(__file__).resolve().parent / "data"):
@@ -118,6 +144,10 @@ SOURCES = {
     "colour16": "non-overlapping 16x16 tiles (channels first) of the same four skimage.data "
     "images after the same 2x2 area downscaling; random choice (SeedSequence(seed).spawn(4)[3]) "
     "of 50 train / 50 test tiles",
+    "digits28_1797": "all 1797 sklearn digits upsampled to 28x28 like digits28.npz; train = the "
+    "100 digits28 training images followed by 1100 others (order: SeedSequence(seed).spawn(5)[4]), "
+    "test = the 100 digits28 held-out images followed by the remaining 497; train100 = train[:100], "
+    "train300 = train[:300] (nested training sets of the dataset-size curve)",
 }
 
 
@@ -138,7 +168,11 @@ def _register(out: Path, seed: int) -> None:
                 source=src,
                 seed=seed,
                 script="models/make_data.py",
-                format="np.savez (uncompressed, no pickles); load with allow_pickle=False",
+                format=(
+                    "np.savez_compressed (no pickles); load with allow_pickle=False"
+                    if name == "digits28_1797"
+                    else "np.savez (uncompressed, no pickles); load with allow_pickle=False"
+                ),
             )
     update_manifest(entries)
 

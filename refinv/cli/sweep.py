@@ -1,6 +1,6 @@
 """``refinv sweep``: run (or resume) a memorization sweep described by a TOML config.
 
-refinv sweep CONFIG.toml [--db PATH] [--workers N] [--scheduler ADDRESS|local]
+refinv sweep CONFIG.toml [--db PATH] [--workers N] [--scheduler ADDRESS|local] [--send-files]
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def register(sub) -> None:
         "start a LocalCluster with --workers workers",
     )  # fmt: skip
     p.add_argument(
+        "--send-files", action="store_true",
+        help="with --scheduler: send the model, data and mask files to the Dask workers as "
+        "bytes (cached there by SHA-256) instead of requiring them at the same paths",
+    )  # fmt: skip
+    p.add_argument(
         "--salvage", default=None, metavar="DAMAGED.sqlite",
         help="first copy the complete tasks of a damaged store into --db (a new file), then "
         "compute the rest",
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         progress=False if args.quiet else None,
+        send_files=args.send_files,
     )
     print(summary)
     if summary.failed:

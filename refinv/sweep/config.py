@@ -175,7 +175,8 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     for m in masks_raw:
         spec = parse_mask(_type(m, (str,), "masks[]"))  # ConfigError on an unknown mask
         if spec.family == "file":
-            spec = parse_mask(f"file:{_resolve(spec.params[0], base, 'mask file')}")
+            key = f":{spec.params[1]}" if len(spec.params) > 1 else ""  # keep file:PATH:KEY's key
+            spec = parse_mask(f"file:{_resolve(spec.params[0], base, 'mask file')}{key}")
         masks.append(spec)
     if len({m.text for m in masks}) != len(masks):
         raise ConfigError(f"masks: duplicate entries in {masks_raw}")

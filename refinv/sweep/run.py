@@ -12,14 +12,25 @@ for the WHOLE split from ``default_rng(seed)`` (noise from
 ``default_rng([seed, 1])``) and then sliced, so image ``i`` gets the same
 mask whatever the shard size. onnxruntime runs with ``runtime.threads``
 intra-op threads (1 by default: one task per core, bitwise reproducible).
+
+On Dask, a task carries the PATHS of its model and data (and of a ``file:``
+mask); before any task is submitted, every worker checks that it can import
+this refinv version and sees each file with the SHA-256 the parent measured
+(:func:`_worker_check`), so a worker that lacks a file stops the sweep with a
+:class:`~refinv.errors.ConfigError` naming it. With ``send_files=True`` the
+parent reads each file once, scatters its bytes to every worker (broadcast)
+and each worker writes them once to a local cache folder named by their
+SHA-256 (:func:`_run_shipped`): then the workers need refinv, not the files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import traceback
@@ -289,15 +300,129 @@ def _iter_local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict | 
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+# ------------------------------------------------------------------ files on Dask workers
+def _sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mask_file(mask_text: str) -> str | None:
+    """The npz path of a ``file:`` mask spec (``file:PATH`` or ``file:PATH:KEY``), else None."""
+    if not mask_text.lower().startswith("file:"):
+        return None
+    from ..operators.masks import parse_mask
+
+    return str(parse_mask(mask_text).params[0])
+
+
+def _task_files(tasks: list[Task]) -> list[str]:
+    """Every file the tasks read: models, data, ``file:`` masks and initial masks (sorted)."""
+    files: set[str] = set()
+    masks: set[str] = set()
+    for t in tasks:
+        files.update((t.model_path, t.data_path))
+        masks.add(t.mask)
+        init = t.solver.get("mask_init")
+        if isinstance(init, str):
+            masks.add(init)
+    files.update(p for m in masks if (p := _mask_file(m)) is not None)
+    return sorted(files)
+
+
+def _worker_check(files: dict[str, str], version: str) -> dict:
+    """Run on each Dask worker: the problems that would make its results differ or fail.
+
+    ``files`` maps a path to the SHA-256 the parent measured; returns
+    ``{"pid", "problems": [...]}`` (empty list: the worker is fit for the sweep).
+    """
+    from .. import __version__
+
+    problems = []
+    if __version__ != version:
+        problems.append(f"refinv {__version__} is installed, the sweep runs refinv {version}")
+    for path, sha in files.items():
+        if not os.path.isfile(path):
+            problems.append(f"no file {path}")
+        elif _sha256_file(path) != sha:
+            problems.append(f"{path} has other content (SHA-256 differs from the parent's copy)")
+    return {"pid": os.getpid(), "problems": problems}
+
+
+_SHIPPED: dict[str, str] = {}  # sha256 -> local path, per worker process
+
+
+def _materialize(sha: str, data: bytes, name: str) -> str:
+    """Write the shipped bytes once per worker machine, to a cache file named by their hash."""
+    if sha in _SHIPPED and os.path.isfile(_SHIPPED[sha]):
+        return _SHIPPED[sha]
+    from ..io import atomic_write_bytes
+
+    folder = Path(tempfile.gettempdir()) / f"refinv-sweep-files-{os.getuid()}"
+    local = folder / f"{sha[:24]}-{Path(name).name}"
+    if not (local.is_file() and _sha256_file(local) == sha):
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ConfigError(f"{name}: the bytes the worker received do not match their SHA-256")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(local, data)  # concurrent workers: each replaces it with the same bytes
+    _SHIPPED[sha] = str(local)
+    return str(local)
+
+
+def _relocate(task: Task, local: dict[str, str]) -> Task:
+    """The task with each path of ``local`` (parent path -> worker path) replaced."""
+
+    def mask(text: Any) -> Any:
+        if not (isinstance(text, str) and text.lower().startswith("file:")):
+            return text
+        rest = text[len("file:") :]  # PATH or PATH:KEY; matched as text (PATH may not exist here)
+        for p in sorted(local, key=len, reverse=True):
+            if rest == p or rest.startswith(p + ":"):
+                return "file:" + local[p] + rest[len(p) :]  # keeps a ':KEY' tail
+        return text
+
+    solver = dict(task.solver)
+    if "mask_init" in solver:
+        solver["mask_init"] = mask(solver["mask_init"])
+    return dataclasses.replace(
+        task,
+        model_path=local.get(task.model_path, task.model_path),
+        data_path=local.get(task.data_path, task.data_path),
+        mask=mask(task.mask),
+        solver=solver,
+    )
+
+
+def _run_shipped(task: Task, blobs: dict[str, tuple[str, bytes]]) -> dict:
+    """:func:`run_task` on a worker that got the task's files as bytes (``path -> (sha, bytes)``).
+
+    The result is the same as :func:`run_task` on the parent's paths: the
+    worker reads the same bytes from its local copies.
+    """
+    local = {p: _materialize(sha, data, p) for p, (sha, data) in blobs.items()}
+    return run_task(_relocate(task, local))
+
+
+_CONNECT_TIMEOUT_S = 30
+_WORKER_WAIT_S = 120
+
+
 def _iter_dask(
-    tasks: list[Task], scheduler: str, workers: int
+    tasks: list[Task], scheduler: str, workers: int, send_files: bool = False
 ) -> Iterator[tuple[Task, dict | None, str]]:
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as exc:
         raise ConfigError(
-            "--scheduler needs dask.distributed (pip install 'dask[distributed]')"
+            "--scheduler needs dask.distributed (pip install 'dask[distributed]' or "
+            "pip install -e '.[dask]')"
         ) from exc
+    from .. import __version__
+
+    if not tasks:  # nothing to run: no cluster to start or connect to
+        return
     cluster = None
     dlog = logging.getLogger("distributed")
     dlevel = dlog.level
@@ -312,11 +437,66 @@ def _iter_dask(
         )
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=_CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"--scheduler {scheduler}: expected the address of a running Dask scheduler "
+                f"(tcp://HOST:8786) or 'local'; could not connect ({type(exc).__name__}: {exc})"
+            ) from exc
     try:
-        futs = [
-            client.submit(run_task, t, key=f"refinv-task-{t.task_id}", pure=False) for t in tasks
-        ]
+        try:
+            client.wait_for_workers(1, timeout=_WORKER_WAIT_S)
+        except TimeoutError as exc:
+            raise ConfigError(
+                f"--scheduler {scheduler}: no Dask worker joined within {_WORKER_WAIT_S}s"
+            ) from exc
+        paths = _task_files(tasks)
+        shas = {p: _sha256_file(p) for p in paths}
+        try:
+            checks = client.run(
+                _worker_check, {} if send_files else shas, __version__, on_error="return"
+            )
+        except Exception as exc:  # the workers cannot even unpickle refinv's function
+            raise ConfigError(
+                f"--scheduler {scheduler}: the Dask workers cannot run refinv (installed "
+                f"there?): {type(exc).__name__}: {exc}"
+            ) from exc
+        bad = []
+        for addr, chk in sorted(checks.items()):
+            if isinstance(chk, BaseException):
+                bad.append(f"{addr}: cannot run refinv ({type(chk).__name__}: {chk})")
+            elif chk["problems"]:
+                bad.append(f"{addr}: " + "; ".join(chk["problems"]))
+        if bad:
+            hint = "" if send_files else " (or run with --send-files to ship the files as bytes)"
+            raise ConfigError(
+                "Dask workers unfit for this sweep: every worker needs this refinv and the "
+                f"sweep's files at the same paths{hint}: " + " | ".join(bad)
+            )
+        log.info("dask: %d workers checked (%s)", len(checks), ", ".join(sorted(checks)))
+        if send_files:
+            blobs = {}
+            for p in paths:
+                data = Path(p).read_bytes()
+                fut = client.scatter(data, broadcast=True, hash=False)
+                blobs[p] = (shas[p], fut)
+            futs = []
+            for t in tasks:
+                need = {t.model_path, t.data_path} | {
+                    q
+                    for m in (t.mask, t.solver.get("mask_init"))
+                    if isinstance(m, str) and (q := _mask_file(m)) is not None
+                }
+                mine = {p: blobs[p] for p in need}
+                futs.append(
+                    client.submit(_run_shipped, t, mine, key=f"refinv-task-{t.task_id}", pure=False)
+                )
+        else:
+            futs = [
+                client.submit(run_task, t, key=f"refinv-task-{t.task_id}", pure=False)
+                for t in tasks
+            ]
         by_key = {fut.key: t for fut, t in zip(futs, tasks, strict=True)}
         for fut in as_completed(futs):
             t = by_key[fut.key]
@@ -339,6 +519,7 @@ def run_sweep(
     workers: int = 1,
     scheduler: str | None = None,
     progress: bool | None = None,
+    send_files: bool = False,
 ) -> SweepSummary:
     """Run (or resume) a sweep; results go to the SQLite ``db``.
 
@@ -349,8 +530,12 @@ def run_sweep(
     workers : local worker processes (1: in this process), or the number of
         workers of the ``LocalCluster`` with ``scheduler="local"``.
     scheduler : None (local), ``"local"`` (start a Dask ``LocalCluster``) or the
-        address of a running Dask scheduler (workers must see the same files).
+        address of a running Dask scheduler (every worker is checked first: this
+        refinv version and the sweep's files at the same paths with the same SHA-256).
     progress : progress bar on stderr (None: when stderr is a TTY).
+    send_files : with ``scheduler``: send the model, data and mask files to the
+        workers as bytes (read once here, scattered to every worker, cached there
+        by SHA-256) instead of relying on the workers seeing the same paths.
 
     Completed tasks already in ``db`` are skipped; failed ones are retried. A
     task that raises is recorded with its error and the sweep goes on.
@@ -365,6 +550,8 @@ def run_sweep(
         db = Path(cfg.source).with_suffix(".sqlite")
     if int(workers) < 1:
         raise ConfigError(f"workers: expected >= 1, got {workers}")
+    if send_files and not scheduler:
+        raise ConfigError("--send-files: expected --scheduler too (local workers share this disk)")
     t0 = time.perf_counter()
     with Store(db) as store:
         store.init_sweep(
@@ -381,7 +568,7 @@ def run_sweep(
         )
         n_done = n_failed = 0
         it = (
-            _iter_dask(todo, scheduler, workers)
+            _iter_dask(todo, scheduler, workers, send_files)
             if scheduler
             else _iter_local(todo, int(workers))
         )  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refinv.errors import ConfigError
+from refinv.errors import ConfigError, RefinvError
 from refinv.sweep import Store, load_config, make_tasks, run_sweep, run_task
 from refinv.sweep import run as sweep_run
 
@@ -102,13 +102,14 @@ def test_shipped_files_give_the_same_results_as_the_parents_paths(tmp_path):
                             str((src / "m.npz").resolve())])  # fmt: skip
     blobs = {p: (hashlib.sha256(Path(p).read_bytes()).hexdigest(), Path(p).read_bytes())
              for p in files}  # fmt: skip
-    picked = [t for t in tasks if t.split == "test" and t.start == 2]  # a shard not at 0
+    picked = [t for t in tasks if t.split == "test" and t.start == 2 and t.method == "blind"]
+    assert len(picked) == 2 and picked[0].mask == mask  # file mask and centre, shard [2:4]
     ref = [run_task(t) for t in picked]
     shutil.rmtree(src)  # the "worker" cannot see the parent's files any more
     sweep_run._MODELS.clear()  # nor has it opened them before
     sweep_run._DATA.clear()
     for t in picked:
-        with pytest.raises(ConfigError):
+        with pytest.raises(RefinvError):
             run_task(t)
     got = [sweep_run._run_shipped(t, blobs) for t in picked]
     for a, b in zip(ref, got, strict=True):

@@ -214,7 +214,7 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch):
         sweep_run, "_sha256_file", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
     )
     db = tmp_path / "refused.sqlite"
-    with pytest.raises(ConfigError, match=r"other content .*--send-files"):
+    with pytest.raises(ConfigError, match=r"--send-files.*other content"):
         run_sweep(cfg, db, workers=1, scheduler="local", progress=False)
     with Store(db, readonly=True) as st:
         assert st.task_counts() == {}

@@ -35,6 +35,7 @@ import os
 import re
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -341,6 +342,23 @@ def kill_and_resume(cfg: Path, folder: Path, reference: list[tuple], fraction: f
     }
 
 
+def speedups(runs: list[dict]) -> dict:
+    """Wall of 1 worker / wall of 2 workers: of the medians, and per repeat (paired)."""
+
+    def walls(name: str) -> list[float]:
+        return [
+            r["wall_s"] for r in sorted(runs, key=lambda r: r["repeat"]) if r["executor"] == name
+        ]
+
+    sp: dict = {}
+    for key, one, two in (("pool", "inprocess-1", "pool-2"), ("dask", "dask-1", "dask-2")):
+        a, b = walls(one), walls(two)
+        if a and b:
+            sp[key] = statistics.median(a) / statistics.median(b)
+            sp[f"{key}_per_repeat"] = [x / y for x, y in zip(a, b, strict=False)]
+    return sp
+
+
 def render(doc: dict) -> str:
     c = doc["config"]
     lines = [
@@ -368,11 +386,16 @@ def render(doc: dict) -> str:
             f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
         )
     s = doc["speedup_2_over_1"]
+
+    def each(key: str) -> str:
+        return ", ".join(f"{v:.2f}x" for v in s.get(f"{key}_per_repeat", []))
+
     lines += [
         "",
         f"Speedup at 2 workers (median wall of 1 worker / of 2 workers): process pool vs "
-        f"in-process {s['pool']:.2f}x, Dask 2 vs 1 workers {s['dask']:.2f}x. Every store's "
-        f"per-sample rows identical to the in-process one's: {doc['identical_rows']}.",
+        f"in-process {s['pool']:.2f}x (per repeat {each('pool')}), Dask 2 vs 1 workers "
+        f"{s['dask']:.2f}x (per repeat {each('dask')}). Every store's per-sample rows "
+        f"identical to the in-process one's: {doc['identical_rows']}.",
     ]
     o = doc.get("trivial_task", {})
     if o:
@@ -411,7 +434,18 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="folder for the stores (default: a temp dir)")
     ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument("--section", default="sweep_scale", help="docs/benchmarks.md section")
+    ap.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only rewrite the Markdown section from a JSON record of this script",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        doc["speedup_2_over_1"] = speedups(doc["runs"])
+        common.update_markdown(args.section, render(doc))
+        return 0
     masks = [m for m in args.masks.split(",") if m]
     methods = [m for m in args.methods.split(",") if m]
     names = [e for e in args.executors.split(",") if e]
@@ -432,16 +466,7 @@ def main(argv=None) -> int:
             runs.append(r)
     ref_rows = rows(Path(runs[0]["db"]))
     identical = all(rows(Path(r["db"])) == ref_rows for r in runs)
-
-    def med(name: str) -> float | None:
-        v = sorted(r["wall_s"] for r in runs if r["executor"] == name)
-        return v[len(v) // 2] if v else None
-
-    sp = {}
-    if med("inprocess-1") and med("pool-2"):
-        sp["pool"] = med("inprocess-1") / med("pool-2")
-    if med("dask-1") and med("dask-2"):
-        sp["dask"] = med("dask-1") / med("dask-2")
+    sp = speedups(runs)
     doc = {
         "benchmark": "sweep_scale",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

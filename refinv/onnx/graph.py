@@ -48,7 +48,9 @@ class Layer:
     ``kind`` is "dense" (``weight`` of shape (out, in), acting on the flattened
     sample), "conv" or "conv_transpose" (``weight`` in ONNX layout, with
     ``strides``, ``pads`` (ONNX order: begins then ends), ``dilations``,
-    ``group``, ``output_padding``). ``in_shape``/``out_shape`` are sample
+    ``group``, ``output_padding``), or "resize" (nearest-neighbour upsampling by the
+    integer factors ``strides``, an empty ``weight``: ONNX ``Resize``, see
+    :class:`refinv.operators.NearestUpsample2d`). ``in_shape``/``out_shape`` are sample
     shapes (no batch axis). ``bias`` may be ``None``.
     """
 

@@ -125,7 +125,7 @@ def _elementwise(kind, cur, out, rng, n, inits, tag):
     return oh.make_node(op, ins, [out], name=name)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
     where=st.lists(

@@ -706,15 +706,23 @@ def _read_chain(model: onnx.ModelProto, label: str) -> LayerChain:
                     b.shape = new_shape
                 else:
                     b.idx, b.idx_node = new_idx, lbl
-            elif op == "Expand":
+            elif op in ("Expand", "Tile"):
                 cur_v = values[current]
-                if np.ndim(values[out]) != np.ndim(cur_v) or values[out].shape[0] != batch:
+                reps = np.asarray(values[node.input[1]]).reshape(-1) if op == "Tile" else None
+                if (
+                    np.ndim(values[out]) != np.ndim(cur_v)
+                    or values[out].shape[0] != batch
+                    or (reps is not None and int(reps[0]) != 1)
+                ):
                     raise UnsupportedGraphError(
-                        f"{label}: {lbl}: Expand changes the rank or the batch axis "
+                        f"{label}: {lbl}: {op} changes the rank or the batch axis "
                         f"({np.shape(cur_v)} -> {np.shape(values[out])})"
                     )
-                cur = b.idx if b.idx is not None else np.arange(_prod(b.actual))
-                new_idx = np.broadcast_to(cur.reshape(b.actual), new_shape).reshape(-1)
+                cur = (b.idx if b.idx is not None else np.arange(_prod(b.actual))).reshape(b.actual)
+                if op == "Tile":
+                    new_idx = np.tile(cur, [int(r) for r in reps[1:]]).reshape(-1)
+                else:
+                    new_idx = np.broadcast_to(cur, new_shape).reshape(-1)
                 b.actual = new_shape
                 if np.array_equal(new_idx, np.arange(new_idx.size)):
                     b.idx = None
@@ -879,7 +887,8 @@ def _read_chain(model: onnx.ModelProto, label: str) -> LayerChain:
                     "Gemm, MatMul, Add, Sub, Mul, Div, Neg (by constants), BatchNormalization, "
                     "Relu, Max/Min with a scalar constant, LeakyRelu, PRelu, Tanh, Sigmoid, Clip, "
                     "PLU (a*u + b*Clip(u)), Identity, Dropout, Cast (to the model's type), "
-                    "Flatten, Reshape, Squeeze, Unsqueeze, Transpose (absorbed by a dense layer), "
+                    "Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Expand, Tile (absorbed by a "
+                    "dense layer, or a pixel repetition), "
                     "Conv, ConvTranspose, Resize (nearest, integer factors)"
                 )
             kind[out] = "data"

@@ -133,7 +133,12 @@ def test_no_pickles_anywhere():
 @pytest.mark.parametrize("rel,rec", _entries("data"))
 def test_data_npz(rel, rec):
     z = _npz(rel)
-    assert sorted(z) == ["test", "train"]
+    # keys: train and test, plus nested training subsets trainN == train[:N]
+    extra = sorted(set(z) - {"train", "test"})
+    assert {"train", "test"} <= set(z), sorted(z)
+    for key in extra:
+        assert key.startswith("train") and key[5:].isdigit(), key
+        np.testing.assert_array_equal(z[key], z["train"][: int(key[5:])])
     for key in ("train", "test"):
         a = z[key]
         assert a.dtype == np.float32
@@ -155,7 +160,15 @@ EXPECTED_SHAPES = {
     "data/digits28.npz": (100, 100, (1, 28, 28)),
     "data/faces25.npz": (100, 100, (1, 25, 25)),
     "data/colour32.npz": (50, 50, (3, 32, 32)),
+    "data/digits28_1797.npz": (1200, 597, (1, 28, 28)),
 }
+
+
+def test_all_digits_file_extends_digits28():
+    """digits28_1797 starts with exactly the 100 / 100 images of digits28 (nested data sets)."""
+    big, small = _npz("data/digits28_1797.npz"), _npz("data/digits28.npz")
+    np.testing.assert_array_equal(big["train"][:100], small["train"])
+    np.testing.assert_array_equal(big["test"][:100], small["test"])
 
 
 @pytest.mark.parametrize("rel", sorted(EXPECTED_SHAPES))

@@ -451,3 +451,51 @@ def test_wrong_batch_axis_models_are_refused():
                   ["N", 8], ["M"])  # fmt: skip
     with pytest.raises(OnnxModelError, match="batch axis"):
         OnnxModel(flat)
+
+
+def test_sweep_layout_keys_and_flat_image_shape_from_data(tmp_path, weights):
+    from refinv.sweep import load_config, report_from_db, run_sweep
+
+    paths, data = _save_all(tmp_path, weights)
+    amb = _model([helper.make_node("Identity", ["x"], ["y"])], [], ["N", 3, 3, 3], ["N", 3, 3, 3])
+    onnx.save(amb, tmp_path / "amb.onnx")
+    models = "".join(
+        f'\n[[models]]\npath = "{paths[k]}"\nlabel = "{k}"\n'
+        for k in ("nchw", "nhwc_native", "flat")
+    )
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        f'seed = 1\nshard_size = 2\nmasks = ["center:2", "rows:2"]\nmethods = ["known"]\n'
+        f'[solver]\nmax_iter = 20\n[datasets.d]\ntrain = "{data}:train"\n'
+        f'test = "{data}:test"\n{models}'
+    )
+    c = load_config(cfg)
+    assert [m.layout for m in c.models] == ["NCHW", "NHWC", "flat"]
+    assert c.models[2].image_shape == (C, H, W)
+    run_sweep(cfg, tmp_path / "s.db", progress=False)
+    doc = report_from_db(tmp_path / "s.db")
+    by = {}
+    for r in doc["runs"]:
+        by.setdefault(r["checkpoint"], []).append(
+            (r["mask"], r["split"], r["accurate_rate"], r["approximate_rate"])
+        )
+    assert by["flat"] == by["nchw"] == by["nhwc_native"]
+    assert max(r[2] for r in by["nchw"]) == 1.0
+    # an ambiguous model: refused up front, accepted with a layout key
+    bad = tmp_path / "amb.toml"
+    np.savez(tmp_path / "a.npz", train=np.full((2, 3, 3, 3), 0.5, np.float32))
+    body = (f'masks = ["center:1"]\nmethods = ["known"]\n[datasets.d]\n'
+            f'train = "{tmp_path / "a.npz"}:train"\n[[models]]\npath = "{tmp_path / "amb.onnx"}"\n')  # fmt: skip
+    bad.write_text(body)
+    with pytest.raises(ConfigError, match="--layout|layout="):
+        load_config(bad)
+    bad.write_text(body + 'layout = "NHWC"\n')
+    assert load_config(bad).models[0].layout == "NHWC"
+
+
+def test_graph_that_fixes_the_batch_is_refused_at_load():
+    """A dynamic batch axis declared, a batch of 2 baked into a Reshape (a traced export)."""
+    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"])], [_shape("s", [2, 8])],
+               ["N", 8], ["N", 8])  # fmt: skip
+    with pytest.raises(OnnxModelError, match="batch of 2 but not on a batch of 3"):
+        OnnxModel(m)

@@ -906,10 +906,42 @@ class OnnxModel:
         also the CUDA arena's ``gpu_mem_limit``. Default:
         ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's own arena, no
         ceiling.
+    layout : {"NCHW", "NHWC", "flat"}, optional
+        The layout of the model's input. Default ``None``: detected from the
+        graph where unambiguous (:func:`detect_layout`: a leading ``Transpose``
+        with ``perm=[0, 3, 1, 2]`` means NHWC; a declared ``(N, C, H, W)`` with
+        ``C`` 1 or 3 and ``H``, ``W`` not, NCHW; ``(N, H, W, C)`` likewise, NHWC;
+        ``(N, D)``, flat); an ambiguous input such as ``(N, 3, 3, 3)`` raises
+        :class:`~refinv.errors.OnnxModelError` asking for ``layout=``.
+    image_shape : tuple or str, optional
+        Flat models ``(N, D)``: the image shape ``(C, H, W)`` (or ``(H, W)``,
+        or ``"1x28x28"``) of a sample, ``C * H * W == D``
+        (:meth:`set_image_shape`).
 
     Notes
     -----
-    Verification at load: the model is run once on a probe batch (2 samples,
+    Layouts: refinv's arrays are always ``(N, C, H, W)`` (``sample_shape``), whatever
+    the layout; the model converts at the onnxruntime boundary, so masks,
+    solvers, metrics and figures never see the layout. An NHWC model gets
+    the batch **transposed** to ``(N, H, W, C)`` (never reshaped) and its
+    output, when shaped like its input, transposed back; a flat model with an
+    image shape gets ``x.reshape(N, D)`` (row-major over ``(C, H, W)``) and its
+    output reshaped back. Masks therefore stay per pixel over the channel
+    axis wherever the graph has it (the mask the NHWC graph sees is the NCHW
+    mask transposed), and the same weights give the same results in every
+    layout. ``onnx_sample_shape`` is the graph's own sample shape,
+    ``layout_source`` says how the layout was decided and
+    :meth:`layout_info` is what the CLI records in its JSON.
+
+    Batch axis: the probe at load runs a batch of 2 and a batch of 3 (or the
+    fixed batch) and requires a leading output axis of the same size. The
+    one pattern repaired is skl2onnx's trailing ``Reshape(-1, 1)`` (an output
+    ``(batch * D, 1)``): it is read as ``(batch, D)`` (``batch_axis_restored``,
+    logged as a warning) once each sample's values are checked to be the
+    same in both probe batches; any other mismatch raises
+    :class:`~refinv.errors.OnnxModelError` naming the batch axis and the fix.
+
+    Verification at load: the model is run on probe batches (2 and 3 samples,
     or the fixed batch) and the computed output is compared with the declared
     output (shape, dtype), with the input batch and with the input's dtype;
     any mismatch raises :class:`~refinv.errors.OnnxModelError`. Every later
@@ -1176,7 +1208,19 @@ class OnnxModel:
         x = np.resize((np.arange(97) * 0.618034 % 1.0).astype(self.dtype), nb * _prod(native))
         x = x.reshape(nb, *native)
         batches = [x] if self.fixed_batch else [x, np.concatenate([x, x[:1]])]
-        ys = [self._run_np(b) for b in batches]
+        ys = [self._run_np(batches[0])]
+        if len(batches) == 2:
+            try:
+                ys.append(self._run_np(batches[1]))
+            except ResourceLimitError:
+                raise
+            except OnnxModelError as exc:
+                raise OnnxModelError(
+                    f"{self.label}: the model runs on a batch of 2 but not on a batch of 3 (the "
+                    "input's batch axis is declared dynamic, but the graph fixes a batch size, "
+                    "e.g. a Reshape to the batch it was traced with); re-export it with a "
+                    f"dynamic batch axis, or declare the fixed batch in its input: {exc}"
+                ) from exc
         self.stats.reset()
         where = f"{self.label}: probe run on a batch of shape {(nb, *native)}"
         for y in ys:

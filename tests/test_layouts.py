@@ -499,3 +499,26 @@ def test_graph_that_fixes_the_batch_is_refused_at_load():
                ["N", 8], ["N", 8])  # fmt: skip
     with pytest.raises(OnnxModelError, match="batch of 2 but not on a batch of 3"):
         OnnxModel(m)
+
+
+def test_cli_figures_on_flat_and_channels_last_models(tmp_path, weights, capsys):
+    pytest.importorskip("matplotlib")
+    paths, data = _save_all(tmp_path, weights)
+    pngs = {}
+    for k in ("nchw", "nhwc_transpose", "flat"):
+        fig = tmp_path / f"fig_{k}"
+        (tmp_path / k).mkdir()
+        model = tmp_path / k / "ae.onnx"  # one name: the figures' titles show it
+        model.write_bytes(paths[k].read_bytes())
+        rc = main(["evaluate", str(model), "--train", f"{data}:train", "--masks", "center:2",
+                   "--methods", "blind", "--max-iter", "5", "--figures", str(fig), "--quiet"])  # fmt: skip
+        assert rc == 0, capsys.readouterr().err
+        pngs[k] = sorted(fig.glob("*.png"))
+        assert len(pngs[k]) == 1
+    capsys.readouterr()
+    # the same images drawn: recovered bitwise equal, so the same pixels in the figure
+    from PIL import Image
+
+    ref = np.asarray(Image.open(pngs["nchw"][0]))
+    for k in ("nhwc_transpose", "flat"):
+        np.testing.assert_array_equal(np.asarray(Image.open(pngs[k][0])), ref, err_msg=k)

@@ -772,9 +772,9 @@ def detect_layout(
         return "NCHW", "the input feeds a Transpose perm=[0, 2, 3, 1] (channels-first input)"
     a, b, c = sample_dims
     if a in _CHANNELS and b not in _CHANNELS and c not in _CHANNELS:
-        return "NCHW", f"declared input (batch, {a}, {b}, {c}): {a} channels first"
+        return "NCHW", f"declared input (batch, {a}, {b}, {c}): channels first, C = {a}"
     if c in _CHANNELS and a not in _CHANNELS and b not in _CHANNELS:
-        return "NHWC", f"declared input (batch, {a}, {b}, {c}): {c} channels last"
+        return "NHWC", f"declared input (batch, {a}, {b}, {c}): channels last, C = {c}"
     raise OnnxModelError(
         f"{label}: cannot tell the layout of the input (batch, {a}, {b}, {c}) from the graph: "
         f"channels-first ({a} channels of {b}x{c}) and channels-last ({c} channels of {a}x{b}) "

@@ -40,6 +40,6 @@ def test_snippet_runs_on_its_fixture(fixture, name, code, tmp_path, monkeypatch)
     printed = out.getvalue()
     # the comments after print(...) say what it prints: check the ones that name shapes/kinds
     for line in code.splitlines():
-        m = re.match(r"\s*print\((.*)\)\s*#\s*(\(.*\))$", line)
+        m = re.match(r"\s*print\((.*)\)\s*#\s*(\([^()]*\))", line)
         if m:
             assert m.group(2) in printed, (line, printed)

@@ -37,15 +37,9 @@ REFUSED = {
     for n, e in FIXTURES.items()
     if e["weights"] == "conv_ae_rgb" and e["layout"] == "NHWC"
 }
-# skl2onnx's MLPRegressor ends in Reshape(-1, 1): OnnxModel refuses it until the batch-axis
-# check of branch i15a restores the batch axis
+# skl2onnx's MLPRegressor ends in Reshape(-1, 1): (batch * D, 1) from onnxruntime, which
+# OnnxModel's batch-axis probe restores to (batch, D)
 BATCH_AXIS = {n for n, e in FIXTURES.items() if n.startswith("skl2onnx_")}
-I15A_BATCH = pytest.mark.xfail(strict=True, reason="needs the batch-axis check of branch i15a")
-I15A_LAYOUT = pytest.mark.xfail(strict=True, reason="needs the layout of branch i15a")
-
-
-def _param(name):
-    return pytest.param(name, marks=I15A_BATCH) if name in BATCH_AXIS else name
 
 
 def _session(name):
@@ -80,16 +74,22 @@ def test_manifest_names_exporters_hashes_and_sizes():
     assert any(e.get("external_data") for e in FIXTURES.values())
 
 
-@pytest.mark.parametrize("name", [_param(n) for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_fixture_loads_takes_masks_and_a_recovery_step(name):
+    """OnnxModel takes (N, C, H, W) (or flat) arrays whatever the graph's layout: its
+    outputs equal onnxruntime's on the same batch given in the graph's own layout."""
     e = FIXTURES[name]
     f = OnnxModel(FIX / name)
-    x = _input(name)
-    want = _ort(name, x)
-    np.testing.assert_allclose(np.asarray(f(x)), want.reshape(f(x).shape), rtol=1e-6, atol=1e-6)
-    assert f(x).shape == want.shape
+    assert f.layout == e["layout"]
+    x = np.random.default_rng(0).uniform(0, 1, (3, *f.sample_shape)).astype(np.float32)
+    want = _ort(name, _from_nchw(name, x))
+    if e["layout"] == "NHWC" and want.ndim == 4:
+        want = want.transpose(0, 3, 1, 2)
+    got = np.asarray(f(x))
+    assert got.shape[0] == 3 and got.size == want.size
+    np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-6, atol=1e-6)
     if e["weights"] == "generator":
-        res = gradient_descent(read_chain(f), np.asarray(want, np.float64), max_iter=2)
+        res = gradient_descent(read_chain(f), got.astype(np.float64), max_iter=2)
         assert res.x.shape == (3, 8) and np.all(np.isfinite(res.x))
         return
     mask = draw_masks("random:0.5", f.sample_shape, 3, seed=0)
@@ -149,29 +149,27 @@ def test_fixtures_with_the_same_weights_give_the_same_outputs(weights):
         np.testing.assert_allclose(outs[n], ref, rtol=1e-5, atol=1e-5, err_msg=n)
 
 
-def _pair(weights):
-    nchw = [
-        n for n in NAMES if FIXTURES[n]["weights"] == weights and FIXTURES[n]["layout"] == "NCHW"
+def _named(weights, layout):
+    return [
+        n for n in NAMES if FIXTURES[n]["weights"] == weights and FIXTURES[n]["layout"] == layout
     ]
-    nhwc = [
-        n for n in NAMES if FIXTURES[n]["weights"] == weights and FIXTURES[n]["layout"] == "NHWC"
-    ]
-    return nchw[0], nhwc[0]
 
 
-@I15A_LAYOUT
-def test_nhwc_and_nchw_fixtures_give_the_same_masks_and_recovered_images():
-    """The RGB conv autoencoder exported channels-first (PyTorch) and channels-last
-    (tf2onnx/jax2onnx): the layout is detected, the same mask spec erases the same pixels
-    (all channels of a pixel together), and one recovery step gives the same images."""
-    a, b = _pair("conv_ae_rgb")
-    fa, fb = OnnxModel(FIX / a), OnnxModel(FIX / b)
-    assert (fa.layout, fb.layout) == ("NCHW", "NHWC")
-    x = np.random.default_rng(3).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+@pytest.mark.parametrize("weights", ["conv_ae_rgb", "conv_ae", "dense_ae"])
+def test_nhwc_and_nchw_fixtures_give_the_same_masks_and_recovered_images(weights):
+    """The same weights exported channels-first (PyTorch) and channels-last (tf2onnx,
+    jax2onnx): the layout is detected, the same mask spec erases the same pixels, and the
+    recovery gives the same images."""
+    a, others = _named(weights, "NCHW")[0], _named(weights, "NHWC")
+    assert others
+    fa = OnnxModel(FIX / a)
+    x = np.random.default_rng(3).uniform(0, 1, (2, *fa.sample_shape)).astype(np.float32)
     ma = draw_masks("center:4", fa.sample_shape, 2, seed=0)
-    mb = draw_masks("center:4", fb.sample_shape, 2, seed=0)
-    np.testing.assert_array_equal(ma, mb)
-    ra = known_mask_recovery(fa, erase(x, ma), ma, max_iter=1)
-    xb = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    rb = known_mask_recovery(fb, erase(xb, mb), mb, max_iter=1)
-    np.testing.assert_allclose(np.asarray(rb.x).transpose(0, 3, 1, 2), ra.x, atol=1e-5)
+    ra = known_mask_recovery(fa, erase(x, ma), ma, max_iter=3)
+    for b in others:
+        fb = OnnxModel(FIX / b)
+        assert (fa.layout, fb.layout) == ("NCHW", "NHWC") and fb.sample_shape == fa.sample_shape
+        mb = draw_masks("center:4", fb.sample_shape, 2, seed=0)
+        np.testing.assert_array_equal(mb, ma)
+        rb = known_mask_recovery(fb, erase(x, mb), mb, max_iter=3)
+        np.testing.assert_allclose(np.asarray(rb.x), np.asarray(ra.x), atol=1e-5, err_msg=b)

@@ -338,3 +338,27 @@ def test_expand_replication_becomes_columns_or_a_resize_layer():
     chain = _check(_model(nodes, inits, [1, 4, 4], [5]), (1, 4, 4))
     assert [lay.kind for lay in chain] == ["conv", "resize", "conv", "dense"]
     assert chain.layers[1].strides == (2, 2) and chain.layers[-1].weight.shape == (5, 128)
+
+
+def test_channels_last_dense_model_read_in_channels_first_coordinates():
+    """layout="NHWC": a dense model on (H, W, C) = (4, 4, 3) images, its output reshaped to
+    (4, 4, 3), is read as a chain on (C, H, W): the permutations go into the first layer's
+    columns and the last layer's rows."""
+    rng = np.random.default_rng(11)
+    i64 = lambda v: np.asarray(v, np.int64)  # noqa: E731
+    inits = {"W0": _dense(rng, 10, 48), "W1": _dense(rng, 48, 10), "img": i64([-1, 4, 4, 3])}
+    nodes = [
+        oh.make_node("Flatten", ["x"], ["f"]),
+        oh.make_node("Gemm", ["f", "W0"], ["g"], transB=1),
+        oh.make_node("Relu", ["g"], ["r"]),
+        oh.make_node("Gemm", ["r", "W1"], ["h"], transB=1),
+        oh.make_node("Reshape", ["h", "img"], ["y"]),
+    ]
+    m = _model(nodes, inits, [4, 4, 3], [4, 4, 3])
+    chain = read_chain(m, layout="NHWC")
+    assert chain.in_shape == (3, 4, 4) and chain.out_shape == (3, 4, 4)
+    x = rng.standard_normal((2, 3, 4, 4))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = s.run(None, {"x": _f32(x.transpose(0, 2, 3, 1))})[0].transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(chain.forward(x), want, rtol=2e-5, atol=2e-5)
+    assert read_chain(m).in_shape == (4, 4, 3)  # without a layout: the graph's coordinates

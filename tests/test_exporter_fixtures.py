@@ -30,8 +30,9 @@ KINDS = {
     "conv_ae": ["conv", "conv", "resize", "conv", "resize", "conv"],
     "conv_ae_rgb": ["conv", "conv", "resize", "conv", "resize", "conv"],
 }
-# channels-last convolutions on 3 channels: the exporters transpose the input to NCHW in
-# front of the first convolution, which a chain of convolutions cannot absorb
+# channels-last convolutions on 3 channels read from the path (the graph's coordinates):
+# the exporters transpose the input to NCHW in front of the first convolution, which a
+# chain of convolutions cannot absorb (read from an OnnxModel they read, see the last test)
 REFUSED = {
     n: r"node \S+ \(op Transpose\).*convolution"
     for n, e in FIXTURES.items()
@@ -173,3 +174,16 @@ def test_nhwc_and_nchw_fixtures_give_the_same_masks_and_recovered_images(weights
         np.testing.assert_array_equal(mb, ma)
         rb = known_mask_recovery(fb, erase(x, mb), mb, max_iter=3)
         np.testing.assert_allclose(np.asarray(rb.x), np.asarray(ra.x), atol=1e-5, err_msg=b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chain_of_an_onnx_model_is_in_its_coordinates(name):
+    """read_chain(OnnxModel) reads a channels-last graph in refinv's (N, C, H, W)
+    coordinates (the input and output transposes absorbed): the chain equals the model on
+    the same arrays, for every fixture, the RGB channels-last convolutions included."""
+    f = OnnxModel(FIX / name)
+    chain = read_chain(f)
+    assert tuple(chain.in_shape) == tuple(f.sample_shape)
+    x = np.random.default_rng(4).uniform(0, 1, (3, *f.sample_shape))
+    got = np.asarray(f(x.astype(np.float32)))
+    np.testing.assert_allclose(chain.forward(x), got, rtol=1e-5, atol=1e-5)

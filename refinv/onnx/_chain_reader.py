@@ -423,13 +423,19 @@ def _upsample(flat: np.ndarray, shape, factors) -> np.ndarray:
     return np.repeat(np.repeat(x, factors[0], axis=1), factors[1], axis=2).reshape(-1)
 
 
-def read_chain(source: Any) -> LayerChain:
+def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
     """Read the layer chain ``x_{i+1} = act_i(A_i x_i + b_i)`` of a feed-forward ONNX model.
 
     Parameters
     ----------
     source : path, bytes, onnx.ModelProto or OnnxModel
         The model (loaded safely through :func:`refinv.onnx.model.load_onnx`).
+    layout : {"NHWC"}, optional
+        Read a channels-last model in refinv's channels-first coordinates: the chain
+        takes and returns ``(N, C, H, W)`` like :class:`~refinv.onnx.OnnxModel`, the
+        input/output transposes being absorbed (a leading ``Transpose`` to NCHW cancels,
+        a dense layer takes the permutation into its columns). Default: the layout of an
+        ``OnnxModel`` source, else the graph's own coordinates.
 
     Returns
     -------
@@ -450,8 +456,9 @@ def read_chain(source: Any) -> LayerChain:
         label = getattr(source, "label", label)
     else:
         model, label, _ = load_onnx(source)
+    layout = layout if layout is not None else getattr(source, "layout", None)
     try:
-        return _read_chain(model, label)
+        return _read_chain(model, label, nhwc=layout == "NHWC")
     except RefinvError:
         raise
     except Exception as exc:  # a malformed graph the walk did not anticipate
@@ -460,7 +467,7 @@ def read_chain(source: Any) -> LayerChain:
         ) from exc
 
 
-def _read_chain(model: onnx.ModelProto, label: str) -> LayerChain:
+def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> LayerChain:
     g = model.graph
     try:
         inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -505,6 +512,15 @@ def _read_chain(model: onnx.ModelProto, label: str) -> LayerChain:
     consumed: dict[str, str] = {}
     current = in_vi.name
     b = _Builder(in_shape)
+    to_nhwc = None  # the gather from a canonical (C, H, W) to a channels-last (H, W, C) tensor
+    if nhwc and len(in_shape) == 3:
+        hh, ww, cc = in_shape
+        in_shape = (cc, hh, ww)
+        to_nhwc = np.arange(cc * hh * ww).reshape(in_shape).transpose(1, 2, 0).reshape(-1)
+        b = _Builder(in_shape)
+        b.actual = (hh, ww, cc)
+        if cc > 1:
+            b.idx, b.idx_node = to_nhwc, "the channels-last input"
     skipped: list[str] = []
     batch_reshape = ""  # a final Reshape(-1, 1) that merges the batch axis (skl2onnx)
 
@@ -907,6 +923,17 @@ def _read_chain(model: onnx.ModelProto, label: str) -> LayerChain:
             f"{label}: the graph output {g.output[0].name!r} is not the end of the data chain "
             f"({current!r})"
         )
+    if to_nhwc is not None and b.actual == (in_shape[1], in_shape[2], in_shape[0]):
+        # a channels-last output shaped like the input: the chain returns (C, H, W), as
+        # OnnxModel does (the output transposed back)
+        if b.idx is not None and np.array_equal(
+            b.idx, np.arange(_prod(b.shape)).reshape(b.shape).transpose(1, 2, 0).reshape(-1)
+        ):
+            b.idx, b.actual = None, b.shape
+        elif b.idx is None:
+            back = np.arange(_prod(b.actual)).reshape(b.actual).transpose(2, 0, 1).reshape(-1)
+            if np.array_equal(back, np.arange(back.size)) or gather_last_dense(back, in_shape):
+                b.shape = b.actual = in_shape
     refuse_idx("the graph output", "the end of the graph")
     if batch_reshape:
         b.shape = b.actual

@@ -65,8 +65,7 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
         help="std of Gaussian noise added to the degraded images (default 0; known-mask "
         "re-insertion is off when > 0)",
     )  # fmt: skip
-    r = add_runtime_args(p)
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_args(p)  # -q/--quiet (no progress bar): refinv.cli adds it to every command
 
 
 def add_runtime_args(p: argparse.ArgumentParser):
@@ -100,7 +99,8 @@ def solver_options(args: argparse.Namespace) -> dict:
 
 
 def progress_flag(args: argparse.Namespace) -> bool | None:
-    """``False`` with ``--quiet``; otherwise ``None`` (on only when stderr is a TTY)."""
+    """``False`` with ``-q/--quiet`` (before or after the command); otherwise ``None`` (on
+    only when stderr is a TTY)."""
     return False if getattr(args, "quiet", False) else None
 
 
@@ -165,8 +165,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.chunked import NpzImages, NpzStreamWriter, evaluate_split_chunked, mean_loss
     from ..evaluation.report import format_table, new_document
-    from ..io import atomic_write_json, parse_data_spec
+    from ..io import parse_data_spec
     from ..operators.masks import pixel_shape
+    from ._output import write_json
 
     spec = parse_mask(args.mask)
     f = open_model(args.model, args)
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     if writer is not None:
         writer.close()
     if args.json:
-        atomic_write_json(args.json, doc)
+        write_json(args.json, doc, "report", args, {"model": args.model, "data": path})
     print(format_table(doc))
     print(
         f"{entry['n']} images, {entry['seconds']:.2f} s "

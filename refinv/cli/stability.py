@@ -79,7 +79,8 @@ def _rhos(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..evaluation.report import degrade
-    from ..io import atomic_write_json, parse_data_spec
+    from ..io import parse_data_spec
+    from ._output import write_json
 
     spec = parse_mask(args.mask)
     rhos = _rhos(args.rho)
@@ -121,10 +122,20 @@ def run(args: argparse.Namespace) -> int:
         "eps": args.eps,
         "method": method,
         "seconds": time.perf_counter() - t0,
+        "settings": {
+            "rho": rhos,
+            "eps": args.eps,
+            "method": method,
+            "max_dim": args.max_dim,
+            "mask": spec.text,
+            "seed": args.seed,
+            "n": n,
+        },  # fmt: skip
         "results": rows,
     }
     if args.json:
-        atomic_write_json(args.json, doc)
+        data_path = parse_data_spec(args.data)[0]
+        write_json(args.json, doc, "stability", args, {"model": args.model, "data": data_path})
     print(f"model: {Path(args.model).name}  data: {doc['data']}  mask: {spec.text} (seed "
           f"{args.seed}), first {n} images, {method} eigensolver")  # fmt: skip
     print(f"{'rho':>8}  {'median radius':>13}  {'min':>7}  {'max':>7}  {'radius < 1':>10}")

@@ -39,7 +39,6 @@ def register(sub) -> None:
         help="first copy the complete tasks of a damaged store into --db (a new file), then "
         "compute the rest",
     )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.db,
         workers=args.workers,
         scheduler=args.scheduler,
-        progress=False if args.quiet else None,
+        progress=False if getattr(args, "quiet", 0) else None,
     )
     print(summary)
     if summary.failed:

@@ -14,13 +14,19 @@ from ..errors import RefinvError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import add_verbosity_args, verbosity
     from ..cli import sweep as cli_sweep
 
     parser = argparse.ArgumentParser(prog="python -m refinv.sweep")
     sub = parser.add_subparsers()
     cli_sweep.register(sub)
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    add_verbosity_args(sub.choices["sweep"], suffix="_sub")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(["sweep", *argv])
+    args.command, args.cli_argv = "sweep", ["python", "-m", "refinv.sweep", *argv]
+    v = verbosity(args)
+    level = logging.WARNING - 10 * min(v, 2) if v >= 0 else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except RefinvError as exc:

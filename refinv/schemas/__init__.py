@@ -49,9 +49,7 @@ def validator(kind: str):
         raise ImportError(
             "refinv.schemas.validate needs jsonschema>=4.18: pip install 'refinv[schema]'"
         ) from exc
-    resources_ = [
-        (f"urn:refinv:schema:{k}", Resource.from_contents(schema(k))) for k in _ALL
-    ]
+    resources_ = [(f"urn:refinv:schema:{k}", Resource.from_contents(schema(k))) for k in _ALL]
     registry = Registry().with_resources(resources_)
     s = schema(kind)
     Draft202012Validator.check_schema(s)

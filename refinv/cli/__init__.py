@@ -71,6 +71,22 @@ def verbosity(args: argparse.Namespace) -> int:
     return getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0) - quiet
 
 
+def one_line_warnings(command: str):
+    """Print a :class:`~refinv.errors.DivergenceWarning` as ONE line, ``refinv COMMAND:
+    warning: ...`` (like the errors), and nothing else for it; returns the previous
+    ``warnings.showwarning`` for the caller to restore."""
+    show = warnings.showwarning
+
+    def show_refinv(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DivergenceWarning):
+            print(f"refinv {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_refinv
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -83,15 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    show = warnings.showwarning
-
-    def show_refinv(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, DivergenceWarning):  # one line, like the errors below
-            print(f"refinv {args.command}: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show_refinv
+    show = one_line_warnings(args.command)
     try:
         from ._checks import check_args
 
@@ -100,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except RefinvError as exc:
         print(f"refinv {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status, no traceback
+        print(f"refinv {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         warnings.showwarning = show
 

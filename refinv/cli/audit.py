@@ -14,8 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from ..operators.masks import MASK_GRAMMAR
 from .evaluate import _split_list, open_checkpoints
 from .recover import add_solver_args, load_split, progress_flag, solver_options
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
-from ..io import atomic_save_npz, load_npz
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(sub) -> None:
@@ -65,13 +66,18 @@ def register(sub) -> None:
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     from ..evaluation.metrics import psnr
 
     return np.asarray(psnr(np.asarray(x, np.float64), np.asarray(ref, np.float64)))
 
 
 def run(args) -> int:
+    import numpy as np
+
     from .. import __version__
+    from ..io import atomic_save_npz, load_npz
     from ..onnx import OnnxModel
     from ..onnx.graph import read_chain
     from ..operators.activations import Clip, ReLU
@@ -199,6 +205,8 @@ def _figure(folder: Path, x_true, rows, n_show: int = 8) -> Path:
     """``folder/bregman_inversion.png``, rendered in memory on a matplotlib ``Figure`` (no
     pyplot, no backend switch) and written atomically (:func:`refinv.io.atomic_write_bytes`)."""
     import io
+
+    import numpy as np
 
     try:
         from matplotlib.figure import Figure

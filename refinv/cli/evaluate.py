@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from ..operators.masks import MASK_GRAMMAR
 from .recover import add_solver_args, load_split, open_model, progress_flag, solver_options
 
 __all__ = ["register", "run"]

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import time
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
-from ..io import atomic_save_npz, load_npz
 
 METHODS = ("plugin", "gd", "lbp", "latent-pursuit", "oracle")
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(sub) -> None:
@@ -66,6 +67,8 @@ def register(sub) -> None:
 
 
 def _snr_db(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     num = np.linalg.norm(ref.reshape(len(ref), -1), axis=1)
     den = np.linalg.norm((est - ref).reshape(len(ref), -1), axis=1)
     with np.errstate(divide="ignore"):
@@ -74,6 +77,8 @@ def _snr_db(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def _mask_for(args, arrays, y: np.ndarray) -> np.ndarray | None:
     """The observation mask as a 0/1 array of ``y``'s shape (or None)."""
+    import numpy as np
+
     from ..operators.masks import expand_mask, parse_mask, pixel_shape
 
     n, shape = y.shape[0], tuple(y.shape[1:])
@@ -100,7 +105,10 @@ def _mask_for(args, arrays, y: np.ndarray) -> np.ndarray | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .. import __version__
+    from ..io import atomic_save_npz, load_npz
     from ..onnx.graph import read_chain
     from ..solvers.generators import gradient_descent, plugin
     from ..solvers.layered import latent_pursuit, layered_basis_pursuit, oracle

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .._constants import MASK_GRAMMAR, RECOVERY_DEFAULTS
 from ..errors import ConfigError
-from ..operators.masks import MASK_GRAMMAR, parse_mask
 
 __all__ = [
     "register",
@@ -27,10 +26,13 @@ __all__ = [
     "load_split",
 ]
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
     """Solver and runtime options shared by recover / evaluate / demo."""
-    from ..solvers.recovery import DEFAULTS
+    DEFAULTS = RECOVERY_DEFAULTS
 
     g = p.add_argument_group("solver options")
     g.add_argument(
@@ -94,6 +96,8 @@ def solver_options(args: argparse.Namespace) -> dict:
         "clip": True if args.clip else None,
     }
     if str(args.mask_init or "").lower().startswith("file:"):
+        from ..operators.masks import parse_mask
+
         parse_mask(args.mask_init)  # a missing file or key fails now, before any model runs
     return {k: v for k, v in opts.items() if v is not None}
 
@@ -163,10 +167,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..evaluation.chunked import NpzImages, NpzStreamWriter, evaluate_split_chunked, mean_loss
     from ..evaluation.report import format_table, new_document
     from ..io import parse_data_spec
-    from ..operators.masks import pixel_shape
+    from ..operators.masks import parse_mask, pixel_shape
     from ._output import write_json
 
     spec = parse_mask(args.mask)

@@ -22,11 +22,9 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
+from .._constants import MASK_GRAMMAR
+from .._constants import STABILITY_METHODS as METHODS
 from ..errors import ConfigError
-from ..evaluation.stability import METHODS, pnp_admm_stability, resolve_method
-from ..operators.masks import MASK_GRAMMAR, parse_mask
 from .recover import add_runtime_args, load_split, open_model
 
 __all__ = ["register", "run"]
@@ -77,9 +75,13 @@ def _rhos(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .. import __version__
     from ..evaluation.report import degrade
+    from ..evaluation.stability import pnp_admm_stability, resolve_method
     from ..io import parse_data_spec
+    from ..operators.masks import parse_mask
     from ._output import write_json
 
     spec = parse_mask(args.mask)

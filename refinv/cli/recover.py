@@ -123,6 +123,8 @@ def data_sample_shape(spec: str | Path, default_key: str = "train") -> tuple[int
     ``None`` when it cannot be read (loading it later gives the error)."""
     import zipfile
 
+    import numpy as np
+
     from ..io import parse_data_spec
 
     path, key = parse_data_spec(str(spec), default_key)
@@ -142,6 +144,8 @@ def open_model(path: str | Path, args: argparse.Namespace, data: str | Path | No
     ``--image-shape``); a flat model without ``--image-shape`` takes the image shape of the
     data ``DATA.npz[:key]`` when its images are ``(N, C, H, W)`` or ``(N, H, W)``."""
     import logging
+
+    import numpy as np
 
     from ..onnx import OnnxModel
 

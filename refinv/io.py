@@ -4,7 +4,9 @@ Every result file refinv writes goes through :func:`atomic_write_bytes`
 (temp file in the same folder, fsync, ``os.replace``), so an interrupted run
 never leaves a half-written file behind. A run killed mid-write leaves its
 hidden temp file ``.NAME.PID-XXXX.tmp``; the next write of ``NAME`` removes
-the temp files of processes that no longer run.
+the temp files of processes that no longer run. A written file gets the mode a
+plain ``open(path, "w")`` would give it: an existing file's mode is kept, a new
+file gets ``0o666 & ~umask`` (``tempfile.mkstemp`` alone would make it 0600).
 
 Reading is bounded: :func:`load_npz` refuses an ``.npz`` whose arrays would
 take more than ``max_bytes`` once decompressed (default 1 GiB, or the
@@ -38,6 +40,7 @@ __all__ = [
     "load_images_for",
     "parse_data_spec",
     "check_writable",
+    "new_file_mode",
     "npz_max_bytes",
     "NPZ_MAX_BYTES",
     "NPZ_MAX_BYTES_ENV",
@@ -127,11 +130,40 @@ def _remove_stale_tmp(path: Path) -> None:
             pass  # another process removed or replaced it meanwhile
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc``)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str | os.PathLike) -> int:
+    """The permission bits ``open(path, "w")`` would leave ``path`` with: its current mode
+    if it is an existing regular file, else ``0o666 & ~umask``."""
+    import stat
+
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
 
     An unwritable path (a directory, a read-only folder, a full disk) raises
-    :class:`~refinv.errors.ConfigError`; the temp file is removed on every error.
+    :class:`~refinv.errors.ConfigError`; the temp file is removed on every error. The
+    file's mode is :func:`new_file_mode` (what a plain ``open`` would give it).
     """
     path = Path(path)
     check_writable(path, probe=False)  # the temp file below is the probe
@@ -145,6 +177,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), new_file_mode(path))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -307,6 +341,7 @@ def load_images(
     *,
     sample_shape: tuple[int, ...] | None = None,
     dtype: Any = np.float32,
+    rows_ok: bool = False,
 ) -> np.ndarray:
     """Images ``(N, *sample_shape)`` from ``DATA.npz[:key]``, validated.
 
@@ -318,6 +353,8 @@ def load_images(
     ``(H*W,)`` model). Anything else with the right number of values (e.g.
     channels-last ``(N, H, W, C)`` for a ``(C, H, W)`` model, or flat rows
     of colour images) is refused: a reshape would scramble the images.
+    ``rows_ok=True`` (a flat model given an image shape: its rows are its own order) also
+    accepts rows ``(N, prod(sample_shape))``, reshaped row-major.
     """
     if key is None:
         path, key = parse_data_spec(str(spec))
@@ -327,7 +364,7 @@ def load_images(
     if key not in arrays:
         raise ConfigError(f"{path}: no array {key!r}; it has {sorted(arrays)}")
     a = arrays[key]
-    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape)
+    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape, rows_ok=rows_ok)
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
         a = a.reshape((a.shape[0], *sample_shape))
     if not np.all(np.isfinite(a)):
@@ -336,7 +373,12 @@ def load_images(
 
 
 def check_images_header(
-    label: str, shape: tuple[int, ...], dtype: Any, sample_shape: tuple[int, ...] | None
+    label: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    sample_shape: tuple[int, ...] | None,
+    *,
+    rows_ok: bool = False,
 ) -> None:
     """The checks of :func:`load_images` that need only an array's shape and dtype (also
     run on the header of a file read in chunks): floating, at least one image, and samples
@@ -351,6 +393,8 @@ def check_images_header(
         return
     want = f"(N, {', '.join(map(str, sample_shape))})"
     if len(shape) >= 2 and _same_layout(shape[1:], tuple(sample_shape)):
+        return
+    if rows_ok and shape[1:] == (math.prod(sample_shape),):
         return
     if len(shape) >= 2 and math.prod(shape[1:]) == math.prod(sample_shape):
         hint = ""
@@ -382,4 +426,10 @@ def load_images_for(f: Any, spec: str | os.PathLike, key: str | None = None) -> 
     """:func:`load_images` for the model ``f``: its sample shape, and float64 if the model
     computes in float64, else float32."""
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype)
+    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+
+
+def flat_rows_ok(f: Any) -> bool:
+    """Whether data rows ``(N, D)`` are the model's own order: a flat model ``(batch, D)``
+    given an image shape (refinv flattens its ``(C, H, W)`` arrays row-major for it)."""
+    return getattr(f, "layout", None) == "flat" and getattr(f, "image_shape", None) is not None

@@ -104,13 +104,14 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import format_table, memorization_report
-    from ..io import atomic_write_json, load_images
+    from ..io import load_images
+    from ._output import write_json
     from .evaluate import _split_list
 
     t0 = time.perf_counter()
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     model_path, data_path = _find(models_dir, args.model)
-    f = open_model(model_path, args)
+    f = open_model(model_path, args, data=f"{data_path}:train")
     train = load_images(data_path, "train", sample_shape=f.sample_shape)
     test = load_images(data_path, "test", sample_shape=f.sample_shape)
     f.stats.reset()
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "accurate_recoveries_per_second": n_acc / max(sec_train, 1e-12),
     }
     if args.json:
-        atomic_write_json(args.json, doc)
+        write_json(args.json, doc, "report", args, {"model": model_path, "data": data_path})
     print(f"model: {model_path}  data: {data_path}  mask: {args.mask} (seed {args.seed})")
     print(format_table(doc))
     tm = doc["timing"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import NonFiniteError, UnsupportedGraphError
-from ..io import atomic_write_json
 
 _PLAIN = ("relu", "leaky_relu", "prelu", "identity", "tanh", "sigmoid", "plu")
 
@@ -45,6 +44,14 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument("--prox-n", type=int, default=10, help="points for --prox (default 10)")
     p.add_argument(
+        "--layout", default=None, choices=["NCHW", "NHWC", "flat"],
+        help="the model input's layout (default: detected from the graph)",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-shape", default=None, metavar="CxHxW",
+        help="flat models (N, D): the image shape of a sample, e.g. 1x28x28",
+    )  # fmt: skip
+    p.add_argument(
         "--prox-eps", type=float, default=1e-3, help="finite-difference step (default 1e-3)"
     )
     p.add_argument(
@@ -65,7 +72,7 @@ def prox_section(args: argparse.Namespace) -> dict:
     from ..io import load_images_for, parse_data_spec
     from ..onnx import OnnxModel
 
-    f = OnnxModel(args.model)
+    f = OnnxModel(args.model, layout=args.layout, image_shape=args.image_shape)
     if not f.is_autoencoder:
         raise ConfigError(
             f"--prox: expected an autoencoder (output shape == input shape), got input "
@@ -97,6 +104,29 @@ def prox_section(args: argparse.Namespace) -> dict:
     return res
 
 
+def layout_section(args: argparse.Namespace) -> dict:
+    """The model's input layout (:meth:`refinv.onnx.OnnxModel.layout_info`), printed; a model
+    that does not load or whose layout is ambiguous gets ``layout: null`` and ``error``."""
+    from ..errors import RefinvError
+    from ..onnx import OnnxModel
+
+    try:
+        f = OnnxModel(args.model, layout=args.layout, image_shape=args.image_shape)
+    except RefinvError as exc:
+        print(f"{args.model}: input layout: unknown ({exc})")
+        return {"layout": None, "error": str(exc)}
+    info = f.layout_info()
+    shapes = ""
+    if f.sample_shape != f.onnx_sample_shape:
+        shapes = (
+            f"; refinv's arrays (N, {', '.join(map(str, f.sample_shape))}), the graph's "
+            f"(N, {', '.join(map(str, f.onnx_sample_shape))})"
+        )
+    restored = ", batch axis restored from (batch * D, 1)" if f.batch_axis_restored else ""
+    print(f"{args.model}: input layout {f.layout} ({f.layout_source}){shapes}{restored}")
+    return info
+
+
 def applicable_methods(chain) -> dict[str, str]:
     """Which explicit-weight methods apply to ``chain`` ("yes" or the reason why not)."""
     out = {}
@@ -117,10 +147,23 @@ def applicable_methods(chain) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .. import __version__
     from ..evaluation.diagnostics import diagnose, parameter_ties
     from ..onnx.graph import read_chain
 
-    report: dict = {"model": str(args.model)}
+    report: dict = {
+        "tool": "refinv",
+        "refinv_version": __version__,
+        "command": "inspect",
+        "model": str(args.model),
+        "settings": {
+            "samples": args.samples, "seed": args.seed, "latents": args.latents,
+            "diagnostics": not args.no_diagnostics, "prox": args.prox,
+            "prox_n": args.prox_n, "prox_eps": args.prox_eps, "sym_tol": args.sym_tol,
+            "eig_tol": args.eig_tol,
+        },
+    }  # fmt: skip
+    report["layout"] = layout_section(args)
     try:
         chain = read_chain(args.model)
     except UnsupportedGraphError as exc:
@@ -130,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         if args.prox:
             report["prox"] = prox_section(args)
         if args.json:
-            atomic_write_json(args.json, report)
+            _write(args, report)
         return 0
     methods = applicable_methods(chain)
     tied = parameter_ties(chain)
@@ -214,5 +257,17 @@ def run(args: argparse.Namespace) -> int:
     if args.prox:
         report["prox"] = prox_section(args)
     if args.json:
-        atomic_write_json(args.json, report)
+        _write(args, report)
     return 0
+
+
+def _write(args: argparse.Namespace, report: dict) -> None:
+    from ..io import parse_data_spec
+    from ._output import write_json
+
+    files = {"model": args.model}
+    if args.latents:
+        files["latents"] = parse_data_spec(args.latents)[0]
+    if args.prox:
+        files["prox_data"] = parse_data_spec(args.prox, "train")[0]
+    write_json(args.json, report, "inspect", args, files)

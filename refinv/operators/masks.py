@@ -77,10 +77,7 @@ __all__ = [
     "MASK_GRAMMAR",
 ]
 
-MASK_GRAMMAR = (
-    "random:P | blocks:NxS | blocks:NxSHxSW | center:S | half:top|bottom|left|right | "
-    "rows:K | cols:K | grid:K | file:PATH.npz[:KEY] | ones"
-)
+from .._constants import MASK_GRAMMAR  # noqa: E402  (defined without imports: refinv --help)
 
 
 def pixel_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -186,7 +183,13 @@ def erase(
 def _check_pshape(pshape: tuple[int, ...], family: str, need_2d: bool = True) -> tuple[int, ...]:
     pshape = tuple(int(d) for d in pshape)
     if need_2d and len(pshape) != 2:
-        raise ShapeError(f"{family} masks need 2-D pixels (H, W), got pixel shape {pshape}")
+        hint = ""
+        if len(pshape) == 1:
+            hint = (
+                "; for a flat model (N, D) give the image shape of its samples: "
+                "OnnxModel(..., image_shape=(C, H, W)) or --image-shape CxHxW (or data (N, C, H, W))"
+            )
+        raise ShapeError(f"{family} masks need 2-D pixels (H, W), got pixel shape {pshape}{hint}")
     return pshape
 
 

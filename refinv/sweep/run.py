@@ -75,6 +75,8 @@ class Task:
     threads: int | None
     provider: str
     batch_size: int | None
+    layout: str | None = None
+    image_shape: tuple[int, ...] | None = None
 
 
 def _task_id(d: dict) -> str:
@@ -83,6 +85,8 @@ def _task_id(d: dict) -> str:
     ident.update(
         start=d["start"], stop=d["stop"], seed=d["seed"], noise=d["noise_std"], solver=d["solver"]
     )
+    if d.get("image_shape") is not None:  # (absent otherwise: earlier task ids stay valid)
+        ident["image_shape"] = list(d["image_shape"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -115,6 +119,8 @@ def make_tasks(cfg: SweepConfig) -> list[Task]:
                             threads=cfg.threads,
                             provider=cfg.provider,
                             batch_size=cfg.batch_size,
+                            layout=m.layout,
+                            image_shape=m.image_shape,
                         )
                         tasks.append(Task(task_id=_task_id(d), **d))
     return tasks
@@ -125,15 +131,27 @@ _MODELS: dict[tuple, Any] = {}
 _DATA: dict[tuple, np.ndarray] = {}
 
 
-def _model(path: str, threads: int | None, provider: str, batch_size: int | None):
-    key = (path, threads, provider, batch_size)
+def _model(
+    path: str,
+    threads: int | None,
+    provider: str,
+    batch_size: int | None,
+    layout: str | None = None,
+    image_shape: tuple[int, ...] | None = None,
+):
+    key = (path, threads, provider, batch_size, layout, image_shape)
     if key not in _MODELS:
         from ..onnx import OnnxModel
 
         if len(_MODELS) >= 4:  # bounded memory; tasks of one model tend to run together
             _MODELS.clear()
         _MODELS[key] = OnnxModel(
-            path, provider=provider, batch_size=batch_size, intra_op_threads=threads
+            path,
+            provider=provider,
+            batch_size=batch_size,
+            intra_op_threads=threads,
+            layout=layout,
+            image_shape=image_shape,
         )
     return _MODELS[key]
 
@@ -168,7 +186,10 @@ def run_task(task: Task) -> dict:
     from ..operators.masks import parse_mask, pixel_shape
     from ..solvers.recovery import initial_mask
 
-    f = _model(task.model_path, task.threads, task.provider, task.batch_size)
+    f = _model(
+        task.model_path, task.threads, task.provider, task.batch_size, task.layout,
+        task.image_shape,
+    )  # fmt: skip
     x_all = _images(task.data_path, task.data_key, f, task.n)
     spec = parse_mask(task.mask)
     y_all, mask_all = degrade(x_all, spec, seed=task.seed, noise_std=task.noise_std)
@@ -249,7 +270,7 @@ def _checkpoint_entries(cfg: SweepConfig, store: Store) -> None:
             store.add_checkpoint({"label": m.label, "sha256": m.sha256})  # sha check only
             continue
         ds = cfg.datasets[m.dataset]
-        f = _model(m.path, cfg.threads, cfg.provider, cfg.batch_size)
+        f = _model(m.path, cfg.threads, cfg.provider, cfg.batch_size, m.layout, m.image_shape)
         xs = {s: _images(*ds.split(s), f, m.sizes[s]) for s in ds.splits}
         ck = checkpoint_entry(m.label, f, xs["train"], xs.get("test"))
         ck["model"] = Path(m.path).name
@@ -262,6 +283,12 @@ def _watch_parent(parent: int) -> None:
     Without it, orphaned workers would go on computing tasks whose results
     nobody will store.
     """
+
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it (stops the sweep, says
+    # how to resume) and ends the workers; a worker's own KeyboardInterrupt traceback is noise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while True:
@@ -296,6 +323,10 @@ def _iter_local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict | 
                 yield t, fut.result(), ""
             except Exception as exc:
                 yield t, None, f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:  # Ctrl-C: end the running tasks too (their results are lost)
+        for p in list((getattr(ex, "_processes", None) or {}).values()):
+            p.terminate()
+        raise
     finally:  # on an interruption, drop the queued tasks instead of waiting for them
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -578,13 +609,17 @@ def run_sweep(
                     store.write_task(task, out, __version__)
                     n_done += 1
                     n_div = int(sum(bool(v) for v in out["diverged"]))
-                    if n_div:  # the worker's solver warning is silenced: one line, here
-                        log.warning(
-                            "checkpoint %s, mask %s, method %s, split %s [%d:%d]: %d of %d "
-                            "samples diverged and were stopped (MSE null in the database)",
-                            task.checkpoint, task.mask, task.method, task.split,
-                            task.start, task.stop, n_div, len(out["diverged"]),
-                        )  # fmt: skip
+                    if n_div:  # the worker's solver warning is silenced: one message, here
+                        blowup = task.solver.get("blowup") or 1e6
+                        warnings.warn(
+                            f"checkpoint {task.checkpoint}, mask {task.mask}, method "
+                            f"{task.method}, split {task.split} [{task.start}:{task.stop}]: "
+                            f"{n_div} of {len(out['diverged'])} samples diverged (NaN/Inf or "
+                            f"|x| > {blowup:g}) and were stopped (MSE null in the database); "
+                            "the others continued",
+                            DivergenceWarning,
+                            stacklevel=2,
+                        )
                 else:
                     store.write_failure(task, err, __version__)
                     n_failed += 1

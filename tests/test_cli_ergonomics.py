@@ -160,7 +160,10 @@ def test_resume_command_of_a_salvage_run_drops_salvage():
 
 def test_sigint_to_a_running_sweep(files, tmp_path):
     """The real thing: SIGINT to a `refinv sweep` process once it has stored a task."""
-    cfg = _config(files, tmp_path, n=6, shard=1, max_iter=400)
+    # 12 tasks that each run all 2,000 iterations (tol 0): a loaded machine cannot finish the
+    # sweep between the first stored task and the signal
+    cfg = _config(files, tmp_path, n=6, shard=1, max_iter=2000)
+    cfg.write_text(cfg.read_text().replace("max_iter = 2000\n", "max_iter = 2000\ntol = 0.0\n"))
     db = tmp_path / "s.sqlite"
     env = {**os.environ, "REFINV_NO_PROGRESS": "1"}
     proc = subprocess.Popen(

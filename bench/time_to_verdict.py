@@ -82,6 +82,11 @@ def timed(obj, name, key):
 timed(M.OnnxModel, "__init__", "load")
 timed(refinv.io, "load_images_for", "load")
 timed(R, "evaluate_split", "solvers")
+try:  # the chunked runs of refinv evaluate (newer checkouts)
+    import refinv.evaluation.chunked as CH
+    timed(CH, "evaluate_split_chunked", "solvers")
+except ImportError:
+    pass
 timed(R, "figure_examples", "figures")
 timed(R, "figure_rate_vs_loss", "figures")
 if sys.argv[1] == "audit":

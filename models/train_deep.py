@@ -126,7 +126,9 @@ def main(argv=None):
     def save():
         meta = dict(st, elapsed=elapsed())
         tmp = run / "state.pt.tmp"
-        torch.save({"model": model.state_dict(), "adam": opt.state_dict(), "meta": json.dumps(meta)}, tmp)
+        torch.save(
+            {"model": model.state_dict(), "adam": opt.state_dict(), "meta": json.dumps(meta)}, tmp
+        )
         os.replace(tmp, state_file)
 
     def ckpt_save(thr, lv):
@@ -176,6 +178,7 @@ def main(argv=None):
             last_save = time.time()
     save()
     logline(done=st.get("stop"), train=st.get("final_adam_mse"))
+    st["elapsed"] = elapsed()  # the Adam phase's clock, over all resumes
     if a.register:
         register(torch, a, model, Xtr, Xte, st, run)
 
@@ -184,10 +187,14 @@ def register(torch, a, model, Xtr, Xte, st, run):
     shape = Xtr.shape[1:]
     nvals = int(np.prod(shape))
     n = int(Xtr.shape[0])
-    stem = a.name or f"{a.data}_{a.act}_{a.depth + 1}L{a.width}" + (f"_n{n}" if a.regime == "moderate" else "")
+    stem = a.name or f"{a.data}_{a.act}_{a.depth + 1}L{a.width}" + (
+        f"_n{n}" if a.regime == "moderate" else ""
+    )
     adam_mse = float(st["final_adam_mse"])
     act_desc = (
-        f"LeakyReLU(negative_slope={SLOPE})" if a.act == "lrelu" else f"PReLU(one slope per unit, init {SLOPE}, trained)"
+        f"LeakyReLU(negative_slope={SLOPE})"
+        if a.act == "lrelu"
+        else f"PReLU(one slope per unit, init {SLOPE}, trained)"
     )
     common = dict(
         kind="autoencoder",
@@ -212,10 +219,13 @@ def register(torch, a, model, Xtr, Xte, st, run):
         exporter="torch.onnx.export legacy (dynamo=False)",
         opset=17,
         n_params=n_params(model),
-        script="models/train_deep.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
+        script="models/train_deep.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(a).items()
             if v not in (None, False)
-            and k not in ("run", "resume", "register", "save_every", "log_every", "ship_checkpoints")
+            and k
+            not in ("run", "resume", "register", "save_every", "log_every", "ship_checkpoints")
         ).replace(" True", ""),
     )
     entries = {}
@@ -292,8 +302,19 @@ def register(torch, a, model, Xtr, Xte, st, run):
                 rec["checkpoints"].append(rel(cpath))
             else:
                 rec.setdefault("checkpoints_not_shipped", []).append(
-                    dict(file=cpath.name, **{k: crec[k] for k in ("threshold", "train_mse", "test_mse",
-                         "attractor_fraction", "how")})  # fmt: skip
+                    dict(
+                        file=cpath.name,
+                        **{
+                            k: crec[k]
+                            for k in (
+                                "threshold",
+                                "train_mse",
+                                "test_mse",
+                                "attractor_fraction",
+                                "how",
+                            )
+                        },
+                    )  # fmt: skip
                 )
                 (run / f"{cpath.stem}.json").write_text(json.dumps(crec, indent=1, default=str))
         model.load_state_dict(final_state)

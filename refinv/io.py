@@ -307,6 +307,7 @@ def load_images(
     *,
     sample_shape: tuple[int, ...] | None = None,
     dtype: Any = np.float32,
+    rows_ok: bool = False,
 ) -> np.ndarray:
     """Images ``(N, *sample_shape)`` from ``DATA.npz[:key]``, validated.
 
@@ -318,6 +319,8 @@ def load_images(
     ``(H*W,)`` model). Anything else with the right number of values (e.g.
     channels-last ``(N, H, W, C)`` for a ``(C, H, W)`` model, or flat rows
     of colour images) is refused: a reshape would scramble the images.
+    ``rows_ok=True`` (a flat model given an image shape: its rows are its own order) also
+    accepts rows ``(N, prod(sample_shape))``, reshaped row-major.
     """
     if key is None:
         path, key = parse_data_spec(str(spec))
@@ -327,7 +330,7 @@ def load_images(
     if key not in arrays:
         raise ConfigError(f"{path}: no array {key!r}; it has {sorted(arrays)}")
     a = arrays[key]
-    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape)
+    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape, rows_ok=rows_ok)
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
         a = a.reshape((a.shape[0], *sample_shape))
     if not np.all(np.isfinite(a)):
@@ -336,7 +339,12 @@ def load_images(
 
 
 def check_images_header(
-    label: str, shape: tuple[int, ...], dtype: Any, sample_shape: tuple[int, ...] | None
+    label: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    sample_shape: tuple[int, ...] | None,
+    *,
+    rows_ok: bool = False,
 ) -> None:
     """The checks of :func:`load_images` that need only an array's shape and dtype (also
     run on the header of a file read in chunks): floating, at least one image, and samples
@@ -351,6 +359,8 @@ def check_images_header(
         return
     want = f"(N, {', '.join(map(str, sample_shape))})"
     if len(shape) >= 2 and _same_layout(shape[1:], tuple(sample_shape)):
+        return
+    if rows_ok and shape[1:] == (math.prod(sample_shape),):
         return
     if len(shape) >= 2 and math.prod(shape[1:]) == math.prod(sample_shape):
         hint = ""
@@ -382,4 +392,10 @@ def load_images_for(f: Any, spec: str | os.PathLike, key: str | None = None) -> 
     """:func:`load_images` for the model ``f``: its sample shape, and float64 if the model
     computes in float64, else float32."""
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype)
+    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+
+
+def flat_rows_ok(f: Any) -> bool:
+    """Whether data rows ``(N, D)`` are the model's own order: a flat model ``(batch, D)``
+    given an image shape (refinv flattens its ``(C, H, W)`` arrays row-major for it)."""
+    return getattr(f, "layout", None) == "flat" and getattr(f, "image_shape", None) is not None

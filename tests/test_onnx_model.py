@@ -107,7 +107,7 @@ def test_mlp_matches_numpy(dtype, widths):
 
 def test_conv_matches_numpy_odd_shape():
     m, ref = conv_model()
-    f = OnnxModel(m)
+    f = OnnxModel(m, layout="NCHW")  # 2 channels: an ambiguous layout, named here
     assert f.sample_shape == (2, 7, 5)
     assert f.output_sample_shape == (3, 7, 5)
     x = np.random.default_rng(3).standard_normal((4, 2, 7, 5)).astype(np.float32)

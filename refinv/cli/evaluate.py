@@ -27,7 +27,10 @@ def _split_list(text: str, what: str) -> list[str]:
 def open_checkpoints(args: argparse.Namespace) -> list[tuple[str, object]]:
     """``[(label, model)]`` for MODEL.onnx and each ``--checkpoints`` file, all of one sample
     shape (``evaluate`` and ``audit``)."""
-    models = [(Path(p).stem, open_model(p, args)) for p in [args.model, *args.checkpoints]]
+    data = getattr(args, "train", None)
+    models = [
+        (Path(p).stem, open_model(p, args, data=data)) for p in [args.model, *args.checkpoints]
+    ]
     f0 = models[0][1]
     for label, f in models[1:]:
         if f.sample_shape != f0.sample_shape:

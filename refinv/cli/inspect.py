@@ -45,6 +45,14 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument("--prox-n", type=int, default=10, help="points for --prox (default 10)")
     p.add_argument(
+        "--layout", default=None, choices=["NCHW", "NHWC", "flat"],
+        help="the model input's layout (default: detected from the graph)",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-shape", default=None, metavar="CxHxW",
+        help="flat models (N, D): the image shape of a sample, e.g. 1x28x28",
+    )  # fmt: skip
+    p.add_argument(
         "--prox-eps", type=float, default=1e-3, help="finite-difference step (default 1e-3)"
     )
     p.add_argument(
@@ -65,7 +73,7 @@ def prox_section(args: argparse.Namespace) -> dict:
     from ..io import load_images_for, parse_data_spec
     from ..onnx import OnnxModel
 
-    f = OnnxModel(args.model)
+    f = OnnxModel(args.model, layout=args.layout, image_shape=args.image_shape)
     if not f.is_autoencoder:
         raise ConfigError(
             f"--prox: expected an autoencoder (output shape == input shape), got input "
@@ -97,6 +105,29 @@ def prox_section(args: argparse.Namespace) -> dict:
     return res
 
 
+def layout_section(args: argparse.Namespace) -> dict:
+    """The model's input layout (:meth:`refinv.onnx.OnnxModel.layout_info`), printed; a model
+    that does not load or whose layout is ambiguous gets ``layout: null`` and ``error``."""
+    from ..errors import RefinvError
+    from ..onnx import OnnxModel
+
+    try:
+        f = OnnxModel(args.model, layout=args.layout, image_shape=args.image_shape)
+    except RefinvError as exc:
+        print(f"{args.model}: input layout: unknown ({exc})")
+        return {"layout": None, "error": str(exc)}
+    info = f.layout_info()
+    shapes = ""
+    if f.sample_shape != f.onnx_sample_shape:
+        shapes = (
+            f"; refinv's arrays (N, {', '.join(map(str, f.sample_shape))}), the graph's "
+            f"(N, {', '.join(map(str, f.onnx_sample_shape))})"
+        )
+    restored = ", batch axis restored from (batch * D, 1)" if f.batch_axis_restored else ""
+    print(f"{args.model}: input layout {f.layout} ({f.layout_source}){shapes}{restored}")
+    return info
+
+
 def applicable_methods(chain) -> dict[str, str]:
     """Which explicit-weight methods apply to ``chain`` ("yes" or the reason why not)."""
     out = {}
@@ -121,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from ..onnx.graph import read_chain
 
     report: dict = {"model": str(args.model)}
+    report["layout"] = layout_section(args)
     try:
         chain = read_chain(args.model)
     except UnsupportedGraphError as exc:

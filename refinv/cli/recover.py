@@ -80,6 +80,16 @@ def add_runtime_args(p: argparse.ArgumentParser):
     r.add_argument(
         "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
     )
+    r.add_argument(
+        "--layout", default=None, choices=["NCHW", "NHWC", "flat"],
+        help="the model input's layout (default: detected from the graph; an ambiguous one is "
+        "an error that asks for this option). Data and results stay (N, C, H, W) either way",
+    )  # fmt: skip
+    r.add_argument(
+        "--image-shape", default=None, metavar="CxHxW",
+        help="flat models (N, D): the image shape of a sample, e.g. 1x28x28 (default: taken "
+        "from the data file when its images are (N, C, H, W) or (N, H, W))",
+    )  # fmt: skip
     return r
 
 
@@ -104,7 +114,31 @@ def progress_flag(args: argparse.Namespace) -> bool | None:
     return False if getattr(args, "quiet", False) else None
 
 
-def open_model(path: str | Path, args: argparse.Namespace):
+def data_sample_shape(spec: str | Path, default_key: str = "train") -> tuple[int, ...] | None:
+    """The sample shape of the array ``DATA.npz[:key]`` from its header (nothing loaded), or
+    ``None`` when it cannot be read (loading it later gives the error)."""
+    import zipfile
+
+    from ..io import parse_data_spec
+
+    path, key = parse_data_spec(str(spec), default_key)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fp:
+            fmt = np.lib.format
+            version = fmt.read_magic(fp)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape = read(fp)[0]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return tuple(int(d) for d in shape[1:])
+
+
+def open_model(path: str | Path, args: argparse.Namespace, data: str | Path | None = None):
+    """The autoencoder at ``path`` with the runtime options of ``args`` (``--layout``,
+    ``--image-shape``); a flat model without ``--image-shape`` takes the image shape of the
+    data ``DATA.npz[:key]`` when its images are ``(N, C, H, W)`` or ``(N, H, W)``."""
+    import logging
+
     from ..onnx import OnnxModel
 
     f = OnnxModel(
@@ -112,7 +146,16 @@ def open_model(path: str | Path, args: argparse.Namespace):
         provider=args.provider,
         batch_size=args.batch_size,
         intra_op_threads=args.threads,
+        layout=getattr(args, "layout", None),
+        image_shape=getattr(args, "image_shape", None),
     )
+    if f.layout == "flat" and f.sample_shape == f.onnx_sample_shape and data is not None:
+        shape = data_sample_shape(data)
+        if shape is not None and len(shape) in (2, 3) and int(np.prod(shape)) == f.sample_shape[0]:
+            f.set_image_shape(shape)
+            logging.getLogger("refinv.cli").info(
+                "%s: flat model, image shape %s taken from %s", path, f.sample_shape, data
+            )
     if not f.is_autoencoder:
         raise ConfigError(
             f"{path}: not an autoencoder: input sample shape {f.sample_shape}, output "
@@ -164,16 +207,16 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.chunked import NpzImages, NpzStreamWriter, evaluate_split_chunked, mean_loss
-    from ..evaluation.report import format_table, new_document
-    from ..io import atomic_write_json, parse_data_spec
+    from ..evaluation.report import format_table, layout_entry, new_document
+    from ..io import atomic_write_json, flat_rows_ok, parse_data_spec
     from ..operators.masks import pixel_shape
 
     spec = parse_mask(args.mask)
-    f = open_model(args.model, args)
     data_spec = args.data if args.key is None else f"{parse_data_spec(args.data)[0]}:{args.key}"
+    f = open_model(args.model, args, data=data_spec)
     path, key = parse_data_spec(data_spec, "train")
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype)
+    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
     if args.chunk < 1:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     solver = solver_options(args)
@@ -193,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         "train_loss": mean_loss(f, images, args.chunk) if key == "train" else None,
         "test_loss": None,
         "data": f"{path}:{key}",
+        "layout": layout_entry(f),
     }
     doc["checkpoints"].append(ck)
     n, sshape = len(images), tuple(f.sample_shape)

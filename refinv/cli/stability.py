@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     rhos = _rhos(args.rho)
     if args.n < 1:
         raise ConfigError(f"--n: expected >= 1, got {args.n}")
-    f = open_model(args.model, args)
+    f = open_model(args.model, args, data=args.data)
     x, key = load_split(args.data, f)
     _, masks = degrade(x, spec, seed=args.seed)  # the whole split's masks, as refinv evaluate
     n = min(args.n, len(x))
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "stability",
         "model": str(args.model),
         "sha256": getattr(f, "sha256", None),
+        "layout": f.layout_info(),
         "data": f"{parse_data_spec(args.data)[0]}:{key}",
         "mask": spec.text,
         "seed": args.seed,

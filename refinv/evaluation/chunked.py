@@ -63,6 +63,7 @@ class NpzImages:
         *,
         sample_shape: tuple[int, ...],
         dtype: Any = np.float32,
+        rows_ok: bool = False,
     ) -> None:
         self.path, self.key = Path(path), key
         self.sample_shape = tuple(int(d) for d in sample_shape)
@@ -79,7 +80,8 @@ class NpzImages:
         except zipfile.BadZipFile as exc:
             raise ConfigError(f"{self.path}: not an .npz file ({exc})") from exc
         label = f"{self.path}:{key}"
-        check_images_header(label, shape, dt, self.sample_shape)  # the rules of load_images
+        # the rules of load_images
+        check_images_header(label, shape, dt, self.sample_shape, rows_ok=rows_ok)
         if fortran:
             raise ConfigError(f"{label}: expected a C-ordered array, got Fortran order")
         n_pix = int(np.prod(self.sample_shape))

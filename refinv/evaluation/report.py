@@ -21,7 +21,9 @@ JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
       "settings": {"seed": int, "noise_std": float, "masks": [str],
                    "methods": [str], "solver": {method: {option: value}}},
-      "checkpoints": [{"label", "model", "sha256", "train_loss", "test_loss"}],
+      "checkpoints": [{"label", "model", "sha256", "train_loss", "test_loss",
+                       "layout": {"layout", "layout_source", "onnx_sample_shape",
+                                  "sample_shape", "image_shape", "batch_axis_restored"}|null}],
       "runs": [{
           "checkpoint": str, "train_loss": float|null, "method": str,
           "mask": str, "split": "train"|"test", "n": int,
@@ -68,6 +70,7 @@ __all__ = [
     "memorization_report",
     "new_document",
     "checkpoint_entry",
+    "layout_entry",
     "degrade",
     "evaluate_split",
     "format_table",
@@ -301,14 +304,23 @@ def new_document(
 
 
 def checkpoint_entry(label: str, f: Any, train: np.ndarray, test: np.ndarray | None) -> dict:
-    """``{"label", "model", "sha256", "train_loss", "test_loss"}``, losses measured on the data."""
+    """``{"label", "model", "sha256", "train_loss", "test_loss", "layout"}``, losses measured on
+    the data; ``layout`` is :meth:`refinv.onnx.OnnxModel.layout_info` (``None`` for a plain
+    callable)."""
     return {
         "label": str(label),
         "model": str(getattr(f, "label", label)),
         "sha256": getattr(f, "sha256", None),
         "train_loss": _train_loss(f, train),
         "test_loss": _train_loss(f, test) if test is not None else None,
+        "layout": layout_entry(f),
     }
+
+
+def layout_entry(f: Any) -> dict | None:
+    """The model's layout record for the JSON (``OnnxModel.layout_info()``), or ``None``."""
+    info = getattr(f, "layout_info", None)
+    return info() if callable(info) else None
 
 
 def degrade(

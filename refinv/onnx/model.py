@@ -63,7 +63,7 @@ from ..errors import (
     UnsupportedGraphError,
 )
 
-__all__ = ["OnnxModel", "load_onnx", "ModelSource"]
+__all__ = ["OnnxModel", "load_onnx", "ModelSource", "LAYOUTS", "detect_layout", "parse_image_shape"]
 
 log = logging.getLogger("refinv.onnx")
 
@@ -718,6 +718,105 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     return out
 
 
+# ------------------------------------------------------------------ layouts
+#: The layouts a model input can have (``OnnxModel(layout=...)``, ``--layout``).
+LAYOUTS = ("NCHW", "NHWC", "flat")
+_CHANNELS = (1, 3)  # channel counts the declared-shape rules recognize (grey, RGB)
+_PERM_NHWC_TO_NCHW = [0, 3, 1, 2]
+_PERM_NCHW_TO_NHWC = [0, 2, 3, 1]
+_LAYOUT_HINT = (
+    "choose it with OnnxModel(..., layout='NCHW'|'NHWC') or the CLI's --layout NCHW|NHWC "
+    "(NCHW: (batch, channels, height, width); NHWC: (batch, height, width, channels))"
+)
+
+
+def _input_transpose_perm(graph: Any, input_name: str) -> list[int] | None:
+    """The ``perm`` of the Transpose that is the only consumer of the graph input, if any."""
+    users = [n for n in graph.node if input_name in n.input]
+    if len(users) != 1 or users[0].op_type != "Transpose":
+        return None
+    for a in users[0].attribute:
+        if a.name == "perm":
+            return [int(v) for v in a.ints]
+    return None
+
+
+def detect_layout(
+    graph: Any, input_name: str, sample_dims: tuple[int, ...], label: str
+) -> tuple[str | None, str]:
+    """``(layout, how)`` of a model input from its graph: ``how`` says what decided it.
+
+    Rules (only where unambiguous):
+
+    * a 2-D input ``(batch, D)`` is ``"flat"``; a 3-D input ``(batch, H, W)`` is ``"NHW"``
+      (images without a channel axis); other ranks but 4 have no layout (``None``);
+    * a 4-D input whose only consumer is a ``Transpose`` with ``perm=[0, 3, 1, 2]`` (what
+      tf2onnx and Keras write for a channels-last model) is ``"NHWC"``; one with
+      ``perm=[0, 2, 3, 1]`` (a channels-first input to a channels-last graph) is ``"NCHW"``;
+    * otherwise from the declared ``(batch, a, b, c)``: ``"NCHW"`` when ``a`` is 1 or 3 and
+      neither ``b`` nor ``c`` is; ``"NHWC"`` when ``c`` is 1 or 3 and neither ``a`` nor ``b``
+      is. Anything else (``(N, 3, 3, 3)``, ``(N, 1, 28, 1)``, ``(N, 2, 7, 5)``, ...) is
+      ambiguous and raises :class:`~refinv.errors.OnnxModelError` saying how to choose.
+    """
+    rank = len(sample_dims)
+    if rank == 1:
+        return "flat", "declared 2-D input (batch, D)"
+    if rank == 2:
+        return "NHW", "declared 3-D input (batch, H, W)"
+    if rank != 3:
+        return None, f"declared {rank + 1}-D input: no image layout"
+    perm = _input_transpose_perm(graph, input_name)
+    if perm == _PERM_NHWC_TO_NCHW:
+        return "NHWC", "the input feeds a Transpose perm=[0, 3, 1, 2] (channels-last input)"
+    if perm == _PERM_NCHW_TO_NHWC:
+        return "NCHW", "the input feeds a Transpose perm=[0, 2, 3, 1] (channels-first input)"
+    a, b, c = sample_dims
+    if a in _CHANNELS and b not in _CHANNELS and c not in _CHANNELS:
+        return "NCHW", f"declared input (batch, {a}, {b}, {c}): channels first, C = {a}"
+    if c in _CHANNELS and a not in _CHANNELS and b not in _CHANNELS:
+        return "NHWC", f"declared input (batch, {a}, {b}, {c}): channels last, C = {c}"
+    raise OnnxModelError(
+        f"{label}: cannot tell the layout of the input (batch, {a}, {b}, {c}) from the graph: "
+        f"channels-first ({a} channels of {b}x{c}) and channels-last ({c} channels of {a}x{b}) "
+        f"both fit (refinv decides only when exactly one of the axes 1 and 3 is 1 or 3, or the "
+        f"input feeds a layout Transpose); {_LAYOUT_HINT}"
+    )
+
+
+def parse_image_shape(value: Any, what: str = "image_shape") -> tuple[int, int, int]:
+    """``(C, H, W)`` from ``(C, H, W)``, ``(H, W)`` (one channel) or text ``CxHxW`` / ``HxW``."""
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            dims = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(
+                f"{what}: expected CxHxW or HxW (e.g. 1x28x28), got {value!r}"
+            ) from None
+    else:
+        try:
+            dims = [int(d) for d in value]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected (C, H, W) or (H, W), got {value!r}") from None
+    if len(dims) == 2:
+        dims = [1, *dims]
+    if len(dims) != 3 or any(d < 1 for d in dims):
+        raise ConfigError(f"{what}: expected (C, H, W) or (H, W) of positive sizes, got {value!r}")
+    return (dims[0], dims[1], dims[2])
+
+
+def _batch_axis_error(where: str, nb: int, got: tuple[int, ...]) -> OnnxModelError:
+    return OnnxModelError(
+        f"{where}: expected the output's leading axis to be the batch axis (size {nb}, one output "
+        f"sample per input sample), got an output of shape {got}. refinv needs axis 0 of the "
+        "output to be the batch axis: re-export the model with a dynamic batch axis on input "
+        "and output (e.g. torch.onnx.export(..., dynamic_axes={'x': {0: 'batch'}, 'y': {0: "
+        "'batch'}})) and without a final Reshape/Flatten that merges the batch axis into "
+        "another (the one pattern refinv repairs is a trailing Reshape(-1, 1), as skl2onnx "
+        "writes: an output (batch * D, 1))"
+    )
+
+
 @dataclass
 class OrtStats:
     """How much work went to onnxruntime (informational; reset with :meth:`reset`)."""
@@ -807,10 +906,42 @@ class OnnxModel:
         also the CUDA arena's ``gpu_mem_limit``. Default:
         ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's own arena, no
         ceiling.
+    layout : {"NCHW", "NHWC", "flat"}, optional
+        The layout of the model's input. Default ``None``: detected from the
+        graph where unambiguous (:func:`detect_layout`: a leading ``Transpose``
+        with ``perm=[0, 3, 1, 2]`` means NHWC; a declared ``(N, C, H, W)`` with
+        ``C`` 1 or 3 and ``H``, ``W`` not, NCHW; ``(N, H, W, C)`` likewise, NHWC;
+        ``(N, D)``, flat); an ambiguous input such as ``(N, 3, 3, 3)`` raises
+        :class:`~refinv.errors.OnnxModelError` asking for ``layout=``.
+    image_shape : tuple or str, optional
+        Flat models ``(N, D)``: the image shape ``(C, H, W)`` (or ``(H, W)``,
+        or ``"1x28x28"``) of a sample, ``C * H * W == D``
+        (:meth:`set_image_shape`).
 
     Notes
     -----
-    Verification at load: the model is run once on a probe batch (2 samples,
+    Layouts: refinv's arrays are always ``(N, C, H, W)`` (``sample_shape``), whatever
+    the layout; the model converts at the onnxruntime boundary, so masks,
+    solvers, metrics and figures never see the layout. An NHWC model gets
+    the batch **transposed** to ``(N, H, W, C)`` (never reshaped) and its
+    output, when shaped like its input, transposed back; a flat model with an
+    image shape gets ``x.reshape(N, D)`` (row-major over ``(C, H, W)``) and its
+    output reshaped back. Masks therefore stay per pixel over the channel
+    axis wherever the graph has it (the mask the NHWC graph sees is the NCHW
+    mask transposed), and the same weights give the same results in every
+    layout. ``onnx_sample_shape`` is the graph's own sample shape,
+    ``layout_source`` says how the layout was decided and
+    :meth:`layout_info` is what the CLI records in its JSON.
+
+    Batch axis: the probe at load runs a batch of 2 and a batch of 3 (or the
+    fixed batch) and requires a leading output axis of the same size. The
+    one pattern repaired is skl2onnx's trailing ``Reshape(-1, 1)`` (an output
+    ``(batch * D, 1)``): it is read as ``(batch, D)`` (``batch_axis_restored``,
+    logged as a warning) once each sample's values are checked to be the
+    same in both probe batches; any other mismatch raises
+    :class:`~refinv.errors.OnnxModelError` naming the batch axis and the fix.
+
+    Verification at load: the model is run on probe batches (2 and 3 samples,
     or the fixed batch) and the computed output is compared with the declared
     output (shape, dtype), with the input batch and with the input's dtype;
     any mismatch raises :class:`~refinv.errors.OnnxModelError`. Every later
@@ -837,6 +968,8 @@ class OnnxModel:
         allow_control_flow: bool = False,
         time_limit: float | None = None,
         memory_limit: float | None = None,
+        layout: str | None = None,
+        image_shape: Any = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -893,7 +1026,19 @@ class OnnxModel:
                 f"{self.label}: expected fixed sample dimensions after the batch axis, got "
                 f"declared input shape {dims}"
             )
-        self.sample_shape: tuple[int, ...] = tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
+        #: the sample shape the ONNX graph takes (its declared input, batch axis dropped)
+        self.onnx_sample_shape: tuple[int, ...] = tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
+        self._resolve_layout(layout, inp.name)
+        #: the sample shape refinv's arrays have: (C, H, W) for image models whatever the layout
+        self.sample_shape: tuple[int, ...] = self.onnx_sample_shape
+        self.image_shape: tuple[int, int, int] | None = None
+        if self.layout == "NHWC":
+            h, w, c = self.onnx_sample_shape
+            self.sample_shape = self.image_shape = (c, h, w)
+        elif self.layout == "NCHW":
+            self.image_shape = self.onnx_sample_shape  # type: ignore[assignment]
+        self.batch_axis_restored = False
+        self._restore_k = 0
         self.fixed_batch: int | None = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         odims = _dims(out)
         self._declared_out = (
@@ -937,47 +1082,160 @@ class OnnxModel:
             )
         self._out_shape: tuple[int, ...] | None = None
         self._out_shape = self._probe(out)
+        if image_shape is not None:
+            self.set_image_shape(image_shape)
+
+    # ---------------------------------------------------------------- layout
+    def _resolve_layout(self, layout: str | None, input_name: str) -> None:
+        """Set ``layout`` and ``layout_source`` from ``layout=`` or the graph (detect_layout)."""
+        native = self.onnx_sample_shape
+        if layout is None:
+            self.layout, self.layout_source = detect_layout(
+                self.proto.graph, input_name, native, self.label
+            )
+            if self.layout is not None:
+                log.info("%s: input layout %s (%s)", self.label, self.layout, self.layout_source)
+            return
+        names = {v.lower(): v for v in (*LAYOUTS, "NHW")}
+        if not isinstance(layout, str) or layout.lower() not in names:
+            raise ConfigError(
+                f"layout: expected one of {', '.join(LAYOUTS)} or None, got {layout!r}"
+            )
+        layout = names[layout.lower()]
+        need = {"NCHW": 3, "NHWC": 3, "flat": 1, "NHW": 2}[layout]
+        if len(native) != need:
+            raise ConfigError(
+                f"{self.label}: layout={layout!r} needs a {need + 1}-D input, the model declares "
+                f"(batch, {', '.join(map(str, native))})"
+            )
+        self.layout, self.layout_source = layout, "given (layout=)"
+
+    def set_image_shape(self, image_shape: Any) -> None:
+        """Give a flat model ``(batch, D)`` the image shape ``(C, H, W)`` (or ``(H, W)``) of its
+        samples: refinv's arrays are then ``(batch, C, H, W)`` and are flattened row-major
+        (``x.reshape(batch, D)``) at the boundary, so every mask family works. ``D`` must be
+        ``C * H * W``. On an image model the shape must be its own ``(C, H, W)``."""
+        shape = parse_image_shape(image_shape)
+        if self.layout != "flat":
+            if self.image_shape is not None and tuple(self.image_shape) == shape:
+                return
+            raise ConfigError(
+                f"{self.label}: image_shape {shape} given for a {self.layout or 'non-image'} "
+                f"model whose samples are {self.sample_shape}; image_shape is for flat models "
+                "(batch, D)"
+            )
+        (d,) = self.onnx_sample_shape
+        if _prod(shape) != d:
+            raise ConfigError(
+                f"{self.label}: image_shape {'x'.join(map(str, shape))} has {_prod(shape)} pixel "
+                f"values, the flat model takes D = {d} per sample (input (batch, {d})); expected "
+                f"C * H * W == {d}"
+            )
+        self.image_shape = shape
+        self.sample_shape = shape
+
+    def layout_info(self) -> dict:
+        """What the model's layout is and how refinv maps its arrays to the graph (for JSON)."""
+        return {
+            "layout": self.layout,
+            "layout_source": self.layout_source,
+            "onnx_sample_shape": list(self.onnx_sample_shape),
+            "sample_shape": list(self.sample_shape),
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "batch_axis_restored": self.batch_axis_restored,
+        }
+
+    def _to_native(self, x: Any) -> Any:
+        """refinv's ``(batch, *sample_shape)`` -> the graph's input layout (contiguous)."""
+        if self.layout == "NHWC":
+            t = x.transpose(0, 2, 3, 1)
+            if is_numpy(x):
+                return np.ascontiguousarray(t)
+            import cupy as cp
+
+            return cp.ascontiguousarray(t)
+        if self.layout == "flat" and self.image_shape is not None:
+            return x.reshape((x.shape[0], *self.onnx_sample_shape))
+        return x
+
+    def _from_native(self, y: Any) -> Any:
+        """The graph's output -> refinv's layout (only for outputs shaped like the input)."""
+        converted = self.layout == "NHWC" or (
+            self.layout == "flat" and self.image_shape is not None
+        )
+        if not converted or self._out_shape != self.onnx_sample_shape:
+            return y
+        if self.layout == "NHWC":
+            t = y.transpose(0, 3, 1, 2)
+            if is_numpy(y):
+                return np.ascontiguousarray(t)
+            import cupy as cp
+
+            return cp.ascontiguousarray(t)
+        return y.reshape((y.shape[0], *self.sample_shape))
 
     # ------------------------------------------------------------------ info
     def __repr__(self) -> str:
         return (
-            f"OnnxModel({self.label!r}, sample_shape={self.sample_shape}, dtype={self.dtype}, "
-            f"provider={self.provider!r})"
+            f"OnnxModel({self.label!r}, sample_shape={self.sample_shape}, layout={self.layout!r}, "
+            f"dtype={self.dtype}, provider={self.provider!r})"
         )
 
     def _probe(self, out: onnx.ValueInfoProto) -> tuple[int, ...]:
-        """Run the model once on a small batch; refuse outputs that do not match what it
-        declares, its input batch or its input dtype. Returns the output sample shape."""
+        """Run the model on small batches; refuse outputs that do not match what it declares,
+        its input batch or its input dtype. Returns the output sample shape (in the graph's
+        layout).
+
+        Batch axis: a batch of 2 (or the fixed batch) and, for a dynamic batch, a batch of 3
+        must come back with a leading axis of the same size. The one exception repaired is
+        skl2onnx's trailing ``Reshape(-1, 1)``: outputs ``(2 * D, 1)`` and ``(3 * D, 1)`` are
+        reshaped to ``(batch, D)`` (``batch_axis_restored``), after checking that each
+        sample's ``D`` values are the same in both batches."""
+        native = self.onnx_sample_shape
         nb = self.fixed_batch or 2
-        size = nb * _prod(self.sample_shape)
-        nbytes = size * self.dtype.itemsize
+        sizes = [nb] if self.fixed_batch else [2, 3]
+        nbytes = max(sizes) * _prod(native) * self.dtype.itemsize
         budget = self.memory_limit / 4 if self.memory_limit > 0 else float("inf")
         if nbytes > budget:
             raise ResourceLimitError(
-                f"{self.label}: the probe batch of shape {(nb, *self.sample_shape)} alone needs "
+                f"{self.label}: the probe batch of shape {(nb, *native)} alone needs "
                 f"{nbytes} bytes, more than a quarter of the memory ceiling of "
                 f"{int(self.memory_limit)} bytes; raise it with memory_limit=... or "
                 "REFINV_ORT_MEMORY_LIMIT"
             )
-        # deterministic values in [0, 1): image-like, and not all equal
-        x = np.resize((np.arange(97) * 0.618034 % 1.0).astype(self.dtype), size)
-        y = self._run_np(x.reshape(nb, *self.sample_shape))
+        # deterministic values in [0, 1): image-like, and not all equal; the batch of 3 is the
+        # batch of 2 plus its first sample again
+        x = np.resize((np.arange(97) * 0.618034 % 1.0).astype(self.dtype), nb * _prod(native))
+        x = x.reshape(nb, *native)
+        batches = [x] if self.fixed_batch else [x, np.concatenate([x, x[:1]])]
+        ys = [self._run_np(batches[0])]
+        if len(batches) == 2:
+            try:
+                ys.append(self._run_np(batches[1]))
+            except ResourceLimitError:
+                raise
+            except OnnxModelError as exc:
+                raise OnnxModelError(
+                    f"{self.label}: the model runs on a batch of 2 but not on a batch of 3 (the "
+                    "input's batch axis is declared dynamic, but the graph fixes a batch size, "
+                    "e.g. a Reshape to the batch it was traced with); re-export it with a "
+                    f"dynamic batch axis, or declare the fixed batch in its input: {exc}"
+                ) from exc
         self.stats.reset()
-        where = f"{self.label}: probe run on a batch of shape {(nb, *self.sample_shape)}"
-        if not isinstance(y, np.ndarray):
-            raise OnnxModelError(f"{where}: expected a tensor output, got {type(y).__name__}")
-        if y.dtype.kind != "f":
-            raise OnnxModelError(f"{where}: expected a floating-point output, got dtype {y.dtype}")
-        if y.dtype != self.dtype:
-            raise OnnxModelError(
-                f"{where}: expected the output in the input's dtype {self.dtype}, got {y.dtype} "
-                "(refinv does not mix dtypes between a model's input and output)"
-            )
-        if y.ndim < 2 or y.shape[0] != nb or 0 in y.shape:
-            raise OnnxModelError(
-                f"{where}: expected an output of shape ({nb}, *sample_shape) with one output "
-                f"sample per input sample, got {y.shape}"
-            )
+        where = f"{self.label}: probe run on a batch of shape {(nb, *native)}"
+        for y in ys:
+            if not isinstance(y, np.ndarray):
+                raise OnnxModelError(f"{where}: expected a tensor output, got {type(y).__name__}")
+            if y.dtype.kind != "f":
+                raise OnnxModelError(
+                    f"{where}: expected a floating-point output, got dtype {y.dtype}"
+                )
+            if y.dtype != self.dtype:
+                raise OnnxModelError(
+                    f"{where}: expected the output in the input's dtype {self.dtype}, got "
+                    f"{y.dtype} (refinv does not mix dtypes between a model's input and output)"
+                )
+        y = ys[0]
         declared_elem = out.type.tensor_type.elem_type
         if declared_elem and _FLOAT_TYPES.get(declared_elem) != y.dtype:
             name = dict((v, k) for k, v in onnx.TensorProto.DataType.items()).get(declared_elem)
@@ -987,20 +1245,68 @@ class OnnxModel:
             )
         odims = _dims(out)
         if out.type.tensor_type.HasField("shape"):
-            declared = [nb if i == 0 and not isinstance(d, int) else d for i, d in enumerate(odims)]
+            declared = [
+                y.shape[0] if i == 0 and not isinstance(d, int) else d for i, d in enumerate(odims)
+            ]
             if len(odims) != y.ndim or any(
                 isinstance(d, int) and d != c for d, c in zip(declared, y.shape, strict=True)
             ):
                 raise OnnxModelError(
                     f"{where}: the graph declares output shape {odims} but computes {y.shape}"
                 )
-        return tuple(int(d) for d in y.shape[1:])
+        if 0 in y.shape or y.ndim < 1:
+            raise OnnxModelError(
+                f"{where}: expected an output of shape ({nb}, *sample_shape), got {y.shape}"
+            )
+        if all(
+            b.shape[0] == yb.shape[0] and yb.ndim >= 2 for b, yb in zip(batches, ys, strict=True)
+        ):
+            if len(ys) == 2 and ys[1].shape[1:] != y.shape[1:]:
+                raise OnnxModelError(
+                    f"{where}: the output sample shape depends on the batch size: {y.shape[1:]} "
+                    f"for a batch of {nb}, {ys[1].shape[1:]} for a batch of 3"
+                )
+            return tuple(int(d) for d in y.shape[1:])
+        # skl2onnx's Reshape(-1, 1): (batch * D, 1)
+        k = y.shape[0] // nb
+        if not (
+            y.ndim == 2
+            and y.shape[1] == 1
+            and k > 1
+            and y.shape[0] == nb * k
+            and all(yb.shape == (b.shape[0] * k, 1) for b, yb in zip(batches, ys, strict=True))
+        ):
+            b, yb = next(
+                (b, yb)
+                for b, yb in zip(batches, ys, strict=True)
+                if yb.ndim < 2 or yb.shape[0] != b.shape[0]
+            )
+            raise _batch_axis_error(
+                f"{self.label}: probe run on a batch of shape {b.shape}", b.shape[0], yb.shape
+            )
+        rows = [yb.reshape(b.shape[0], k) for b, yb in zip(batches, ys, strict=True)]
+        if len(rows) == 2:
+            ref = np.concatenate([rows[0], rows[0][:1]]).astype(np.float64)
+            if not np.allclose(rows[1], ref, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ref).max())):
+                raise _batch_axis_error(where, nb, y.shape)
+        self.batch_axis_restored = True
+        self._restore_k = k
+        log.warning(
+            "%s: the model returns (batch * %d, 1) (a trailing Reshape(-1, 1), as skl2onnx "
+            "writes); refinv restores the batch axis: outputs are read as (batch, %d)",
+            self.label,
+            k,
+            k,
+        )
+        return (k,)
 
     @property
     def output_sample_shape(self) -> tuple[int, ...]:
         """Shape of one output sample (computed by the probe run at load, checked against the
         declared one)."""
         assert self._out_shape is not None
+        if self._out_shape == self.onnx_sample_shape:
+            return self.sample_shape  # the same layout conversion as the input
         return self._out_shape
 
     @property
@@ -1027,6 +1333,8 @@ class OnnxModel:
             time_limit=self.time_limit,
             memory_limit=self.memory_limit,
         )
+        if self.batch_axis_restored and y.shape == (x.shape[0] * self._restore_k, 1):
+            y = y.reshape(x.shape[0], self._restore_k)
         if self._out_shape is not None and (
             y.dtype != self.dtype or y.shape[1:] != self._out_shape or y.shape[0] != x.shape[0]
         ):
@@ -1049,7 +1357,7 @@ class OnnxModel:
         if self.fixed_batch is None and (self.batch_size is None or n <= self.batch_size) and n:
             return self._run_np(x)  # one call (the common case: no splitting to plan)
         if n == 0:
-            return np.zeros((0, *self.output_sample_shape), dtype=self.dtype)
+            return np.zeros((0, *self._out_shape), dtype=self.dtype)  # type: ignore[misc]
         chunks = self._chunks(n)
         if len(chunks) == 1 and self.fixed_batch in (None, n):
             return self._run_np(x)
@@ -1057,7 +1365,9 @@ class OnnxModel:
         for s, e in chunks:
             part = x[s:e]
             if self.fixed_batch is not None and e - s < self.fixed_batch:
-                pad = np.zeros((self.fixed_batch - (e - s), *self.sample_shape), dtype=self.dtype)
+                pad = np.zeros(
+                    (self.fixed_batch - (e - s), *self.onnx_sample_shape), dtype=self.dtype
+                )
                 part = np.concatenate([part, pad])
             y = self._run_np(np.ascontiguousarray(part))[: e - s]
             if out is None:
@@ -1075,10 +1385,12 @@ class OnnxModel:
                 "(refinv.backend.to_numpy)"
             )
         n = x.shape[0]
-        out = cp.empty((n, *self.output_sample_shape), dtype=self.dtype)
+        out = cp.empty((n, *self._out_shape), dtype=self.dtype)  # type: ignore[misc]
         for s, e in self._chunks(n):
             part = cp.ascontiguousarray(x[s:e])
             o = out[s:e]
+            if self.batch_axis_restored:  # the graph writes (m * D, 1): a view of the same rows
+                o = o.reshape((e - s) * self._restore_k, 1)
             io = self.session.io_binding()
             io.bind_input(
                 self.input_name,
@@ -1107,14 +1419,19 @@ class OnnxModel:
         return out
 
     def __call__(self, x: Any) -> Any:
-        """Run the network on a batch ``(batch, *sample_shape)``; same array type out."""
+        """Run the network on a batch ``(batch, *sample_shape)``; same array type out.
+
+        ``sample_shape`` is refinv's layout (``(C, H, W)`` for image models, also channels-last
+        and flat ones given an image shape): the batch is transposed (NHWC) or flattened
+        (flat) to the graph's input here, and an output shaped like the input comes back in
+        refinv's layout."""
         if (
             type(x) is np.ndarray
             and x.dtype == self.dtype
             and x.shape[1:] == self.sample_shape
             and x.flags.c_contiguous
-        ):
-            return self._forward_numpy(x)  # fast path: the solvers' inner loop on NumPy
+        ):  # fast path: the solvers' inner loop on NumPy
+            return self._from_native(self._forward_numpy(self._to_native(x)))
         xp = namespace(x)
         if tuple(x.shape[1:]) != self.sample_shape or x.ndim != len(self.sample_shape) + 1:
             raise ShapeError(
@@ -1130,16 +1447,16 @@ class OnnxModel:
             )
         if is_numpy(x):
             xin = x if x.dtype == self.dtype else x.astype(self.dtype)
-            y = self._forward_numpy(np.ascontiguousarray(xin))
+            y = self._from_native(self._forward_numpy(self._to_native(np.ascontiguousarray(xin))))
             return y if y.dtype == in_dtype else y.astype(in_dtype)
         if is_cupy(x):
             xin = x if x.dtype == self.dtype else x.astype(self.dtype)
-            y = self._forward_cupy(xin)
+            y = self._from_native(self._forward_cupy(self._to_native(xin)))
             return y if y.dtype == in_dtype else y.astype(in_dtype)
         # any other CPU array-API library: through DLPack to NumPy and back
         host = to_numpy(x)
         if host.dtype != self.dtype:
             host = host.astype(self.dtype)
-        y = self._forward_numpy(np.ascontiguousarray(host))
+        y = self._from_native(self._forward_numpy(self._to_native(np.ascontiguousarray(host))))
         out = xp.asarray(y)
         return out if out.dtype == in_dtype else xp.astype(out, in_dtype)

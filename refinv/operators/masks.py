@@ -186,7 +186,13 @@ def erase(
 def _check_pshape(pshape: tuple[int, ...], family: str, need_2d: bool = True) -> tuple[int, ...]:
     pshape = tuple(int(d) for d in pshape)
     if need_2d and len(pshape) != 2:
-        raise ShapeError(f"{family} masks need 2-D pixels (H, W), got pixel shape {pshape}")
+        hint = ""
+        if len(pshape) == 1:
+            hint = (
+                "; for a flat model (N, D) give the image shape of its samples: "
+                "OnnxModel(..., image_shape=(C, H, W)) or --image-shape CxHxW (or data (N, C, H, W))"
+            )
+        raise ShapeError(f"{family} masks need 2-D pixels (H, W), got pixel shape {pshape}{hint}")
     return pshape
 
 

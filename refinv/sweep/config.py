@@ -23,6 +23,8 @@ Format (full example and field reference in docs/sweep.md)::
     path = "models/onnx/digits8_lrelu_6x320.onnx"
     dataset = "digits8"
     label = "digits8_lrelu"     # optional, default: the file's stem
+    layout = "NHWC"             # optional: NCHW, NHWC or flat (default: detected)
+    image_shape = "1x28x28"     # optional, flat models (default: from the data's images)
 
 Relative paths are resolved against the folder of the config file.
 :func:`load_config` raises :class:`~refinv.errors.ConfigError` for anything
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -88,6 +91,8 @@ class ModelEntry:
     sha256: str = ""
     sample_shape: tuple[int, ...] = ()
     sizes: dict = field(default_factory=dict, compare=False)  # split -> number of images
+    layout: str | None = None  # OnnxModel(layout=...); None: detected
+    image_shape: tuple[int, ...] | None = None  # flat models; filled from the data if not given
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,7 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     models: list[ModelEntry] = []
     for i, m in enumerate(models_raw):
         m = _type(m, (dict,), f"models[{i}]")
-        _unknown(m, {"path", "dataset", "label"}, f"models[{i}]")
+        _unknown(m, {"path", "dataset", "label", "layout", "image_shape"}, f"models[{i}]")
         if "path" not in m:
             raise ConfigError(f"models[{i}]: expected a 'path' to an ONNX autoencoder")
         path = _resolve(_type(m["path"], (str,), f"models[{i}].path"), base, f"models[{i}].path")
@@ -256,7 +261,17 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
                 f"models[{i}].dataset: expected one of {sorted(datasets)}, got {ds!r}"
             )
         label = str(m.get("label") or Path(path).stem)
-        models.append(ModelEntry(label=label, path=path, dataset=ds))
+        layout = m.get("layout")
+        if layout is not None:
+            layout = _type(layout, (str,), f"models[{i}].layout")
+        shape = m.get("image_shape")
+        if shape is not None:
+            from ..onnx.model import parse_image_shape
+
+            shape = parse_image_shape(shape, f"models[{i}].image_shape")
+        models.append(
+            ModelEntry(label=label, path=path, dataset=ds, layout=layout, image_shape=shape)
+        )
     labels = [m.label for m in models]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"[[models]]: labels must be unique, got {labels} (set 'label')")
@@ -282,13 +297,25 @@ def _check_model(
     m: ModelEntry, ds: Dataset, masks: list[MaskSpec], threads: int | None, provider: str
 ) -> ModelEntry:
     """Open the model, check it is an autoencoder, each split matches its shape, masks fit."""
-    from ..io import load_images
+    from ..io import flat_rows_ok, load_images
     from ..onnx import OnnxModel
     from ..operators.masks import pixel_shape
 
     what = f"model {m.label!r}"
     try:
-        f = OnnxModel(m.path, provider=provider, intra_op_threads=threads)
+        f = OnnxModel(
+            m.path,
+            provider=provider,
+            intra_op_threads=threads,
+            layout=m.layout,
+            image_shape=m.image_shape,
+        )
+        if f.layout == "flat" and f.image_shape is None:  # the image shape of the data
+            from ..cli.recover import data_sample_shape
+
+            shape = data_sample_shape(ds.split(ds.splits[0])[0], ds.split(ds.splits[0])[1])
+            if shape is not None and len(shape) in (2, 3) and math.prod(shape) == f.sample_shape[0]:
+                f.set_image_shape(shape)
     except RefinvError as exc:
         raise ConfigError(f"{what}: {exc}") from exc
     if not f.is_autoencoder:
@@ -300,7 +327,7 @@ def _check_model(
     for split in ds.splits:
         path, key = ds.split(split)
         try:
-            x = load_images(path, key, sample_shape=f.sample_shape)
+            x = load_images(path, key, sample_shape=f.sample_shape, rows_ok=flat_rows_ok(f))
         except RefinvError as exc:
             raise ConfigError(
                 f"{what} with dataset {ds.name!r} ({split}): the data does not fit the model: {exc}"
@@ -323,6 +350,8 @@ def _check_model(
         sha256=f.sha256,
         sample_shape=tuple(f.sample_shape),
         sizes=sizes,
+        layout=f.layout,
+        image_shape=f.image_shape if f.layout == "flat" else None,
     )
 
 

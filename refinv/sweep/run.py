@@ -64,6 +64,8 @@ class Task:
     threads: int | None
     provider: str
     batch_size: int | None
+    layout: str | None = None
+    image_shape: tuple[int, ...] | None = None
 
 
 def _task_id(d: dict) -> str:
@@ -72,6 +74,8 @@ def _task_id(d: dict) -> str:
     ident.update(
         start=d["start"], stop=d["stop"], seed=d["seed"], noise=d["noise_std"], solver=d["solver"]
     )
+    if d.get("image_shape") is not None:  # (absent otherwise: earlier task ids stay valid)
+        ident["image_shape"] = list(d["image_shape"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -104,6 +108,8 @@ def make_tasks(cfg: SweepConfig) -> list[Task]:
                             threads=cfg.threads,
                             provider=cfg.provider,
                             batch_size=cfg.batch_size,
+                            layout=m.layout,
+                            image_shape=m.image_shape,
                         )
                         tasks.append(Task(task_id=_task_id(d), **d))
     return tasks
@@ -114,15 +120,27 @@ _MODELS: dict[tuple, Any] = {}
 _DATA: dict[tuple, np.ndarray] = {}
 
 
-def _model(path: str, threads: int | None, provider: str, batch_size: int | None):
-    key = (path, threads, provider, batch_size)
+def _model(
+    path: str,
+    threads: int | None,
+    provider: str,
+    batch_size: int | None,
+    layout: str | None = None,
+    image_shape: tuple[int, ...] | None = None,
+):
+    key = (path, threads, provider, batch_size, layout, image_shape)
     if key not in _MODELS:
         from ..onnx import OnnxModel
 
         if len(_MODELS) >= 4:  # bounded memory; tasks of one model tend to run together
             _MODELS.clear()
         _MODELS[key] = OnnxModel(
-            path, provider=provider, batch_size=batch_size, intra_op_threads=threads
+            path,
+            provider=provider,
+            batch_size=batch_size,
+            intra_op_threads=threads,
+            layout=layout,
+            image_shape=image_shape,
         )
     return _MODELS[key]
 
@@ -157,7 +175,10 @@ def run_task(task: Task) -> dict:
     from ..operators.masks import parse_mask, pixel_shape
     from ..solvers.recovery import initial_mask
 
-    f = _model(task.model_path, task.threads, task.provider, task.batch_size)
+    f = _model(
+        task.model_path, task.threads, task.provider, task.batch_size, task.layout,
+        task.image_shape,
+    )  # fmt: skip
     x_all = _images(task.data_path, task.data_key, f, task.n)
     spec = parse_mask(task.mask)
     y_all, mask_all = degrade(x_all, spec, seed=task.seed, noise_std=task.noise_std)
@@ -238,7 +259,7 @@ def _checkpoint_entries(cfg: SweepConfig, store: Store) -> None:
             store.add_checkpoint({"label": m.label, "sha256": m.sha256})  # sha check only
             continue
         ds = cfg.datasets[m.dataset]
-        f = _model(m.path, cfg.threads, cfg.provider, cfg.batch_size)
+        f = _model(m.path, cfg.threads, cfg.provider, cfg.batch_size, m.layout, m.image_shape)
         xs = {s: _images(*ds.split(s), f, m.sizes[s]) for s in ds.splits}
         ck = checkpoint_entry(m.label, f, xs["train"], xs.get("test"))
         ck["model"] = Path(m.path).name

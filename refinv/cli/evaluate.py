@@ -81,11 +81,11 @@ def _split_images(spec: str, f, default_key: str):
     import numpy as np
 
     from ..evaluation.chunked import NpzImages
-    from ..io import parse_data_spec
+    from ..io import flat_rows_ok, parse_data_spec
 
     path, key = parse_data_spec(spec, default_key)
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype)
+    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
 
 
 def run(args: argparse.Namespace) -> int:

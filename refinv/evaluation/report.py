@@ -558,6 +558,7 @@ def _checkpoint_entry_chunked(label: str, f: Any, splits: list, chunk: int) -> d
         "sha256": getattr(f, "sha256", None),
         "train_loss": losses["train"],
         "test_loss": losses.get("test"),
+        "layout": layout_entry(f),
     }
 
 

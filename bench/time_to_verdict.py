@@ -190,6 +190,11 @@ def main(argv=None) -> None:
         "--commands", default="evaluate,audit",
         help="comma-separated refinv commands timed, interleaved (default evaluate,audit)",
     )  # fmt: skip
+    ap.add_argument(
+        "--from-partial", default=None, metavar="PATH",
+        help="summarize the rounds of a --partial file instead of running (a run cut short; "
+        "repeats = the rounds it holds)",
+    )  # fmt: skip
     ap.add_argument("--load", default="", help="what else ran on the machine (recorded)")
     args = parse(ap, argv)
     variants = dict(v.split("=", 1) for v in (args.variant or ["default="]))
@@ -202,14 +207,27 @@ def main(argv=None) -> None:
         f"{sn} {c} {k}": [] for c in cmds for sn in srcs for k in variants
     }
     load_start = os.getloadavg()
-    for i in range(args.repeats):
+    if args.from_partial:
+        part = json.loads(Path(args.from_partial).read_text())
+        runs = {k: v for k, v in part["runs"].items() if k in runs}
+        args.repeats = min(len(v) for v in runs.values())
+        runs = {k: v[: args.repeats] for k, v in runs.items()}
+        load_start = part.get("loadavg_at_start", load_start)
+    for i in range(0 if args.from_partial else args.repeats):
         for c in cmds:
             for sn, src in srcs.items():
                 for name, extra in variants.items():
                     runs[f"{sn} {c} {name}"].append(run_once(src, c, extra))
         if args.partial:
             Path(args.partial).write_text(
-                json.dumps({"rounds": i + 1, "loadavg": os.getloadavg(), "runs": runs})
+                json.dumps(
+                    {
+                        "rounds": i + 1,
+                        "loadavg": os.getloadavg(),
+                        "loadavg_at_start": load_start,
+                        "runs": runs,
+                    }
+                )  # fmt: skip
             )
     out = {}
     for key, rs in runs.items():
@@ -228,7 +246,7 @@ def main(argv=None) -> None:
                 r["accurate_rate"] == rs[0]["accurate_rate"] for r in rs
             ),
         }
-    loadavg = os.getloadavg()
+    loadavg = part["loadavg"] if args.from_partial else os.getloadavg()
     doc = record(
         "time_to_verdict",
         args,

@@ -130,6 +130,7 @@ def _esc(text: str) -> str:
 _OWN_PAGES = {
     "index",
     "models",
+    "models_from_any_trainer",
     "gpu",
     "cli",
     "sweep",

@@ -4,7 +4,9 @@ Every result file refinv writes goes through :func:`atomic_write_bytes`
 (temp file in the same folder, fsync, ``os.replace``), so an interrupted run
 never leaves a half-written file behind. A run killed mid-write leaves its
 hidden temp file ``.NAME.PID-XXXX.tmp``; the next write of ``NAME`` removes
-the temp files of processes that no longer run.
+the temp files of processes that no longer run. A written file gets the mode a
+plain ``open(path, "w")`` would give it: an existing file's mode is kept, a new
+file gets ``0o666 & ~umask`` (``tempfile.mkstemp`` alone would make it 0600).
 
 Reading is bounded: :func:`load_npz` refuses an ``.npz`` whose arrays would
 take more than ``max_bytes`` once decompressed (default 1 GiB, or the
@@ -38,6 +40,7 @@ __all__ = [
     "load_images_for",
     "parse_data_spec",
     "check_writable",
+    "new_file_mode",
     "npz_max_bytes",
     "NPZ_MAX_BYTES",
     "NPZ_MAX_BYTES_ENV",
@@ -127,11 +130,40 @@ def _remove_stale_tmp(path: Path) -> None:
             pass  # another process removed or replaced it meanwhile
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc``)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str | os.PathLike) -> int:
+    """The permission bits ``open(path, "w")`` would leave ``path`` with: its current mode
+    if it is an existing regular file, else ``0o666 & ~umask``."""
+    import stat
+
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
 
     An unwritable path (a directory, a read-only folder, a full disk) raises
-    :class:`~refinv.errors.ConfigError`; the temp file is removed on every error.
+    :class:`~refinv.errors.ConfigError`; the temp file is removed on every error. The
+    file's mode is :func:`new_file_mode` (what a plain ``open`` would give it).
     """
     path = Path(path)
     check_writable(path, probe=False)  # the temp file below is the probe
@@ -145,6 +177,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), new_file_mode(path))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

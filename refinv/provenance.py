@@ -20,7 +20,9 @@ from pathlib import Path
 __all__ = ["DEPENDENCIES", "environment", "file_sha256", "provenance"]
 
 # distributions whose versions decide a result (core dependencies first)
-DEPENDENCIES = ("numpy", "scipy", "array-api-compat", "onnx", "onnxruntime", "onnxruntime-gpu")
+DEPENDENCIES = (
+    "numpy", "scipy", "array-api-compat", "onnx", "onnxruntime", "onnxruntime-gpu", "tqdm",
+)  # fmt: skip
 
 
 def file_sha256(path: str | os.PathLike) -> str:

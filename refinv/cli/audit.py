@@ -14,8 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from ..operators.masks import MASK_GRAMMAR
 from .evaluate import _split_list, open_checkpoints
 from .recover import add_solver_args, load_split, progress_flag, solver_options
 
@@ -37,9 +37,9 @@ def register(sub) -> None:
     p.add_argument("--train", required=True, metavar="DATA.npz:train", help="training images")
     p.add_argument("--test", required=True, metavar="DATA.npz:test", help="held-out images")
     p.add_argument(
-        "--masks", default="random:0.5,center:9,rows:2",
+        "--masks", "--mask", dest="masks", default="random:0.5,center:9,rows:2",
         help="comma-separated mask specs; the first one is the headline's (default "
-        "random:0.5,center:9,rows:2)",
+        "random:0.5,center:9,rows:2; --mask is the same option)",
     )  # fmt: skip
     p.add_argument(
         "--methods", default="blind,known,ae-iterations",
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..audit import audit, require_audit_dependencies
     from ..evaluation.report import METHODS, format_table
     from ..io import parse_data_spec
+    from ._output import cli_argv
 
     started = time.time()
     require_audit_dependencies()
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         files=files,
         data_specs=(args.train, args.test),
         started=started,
+        argv=cli_argv(args),
     )
     v = doc["verdict"]
     print(v["headline"])

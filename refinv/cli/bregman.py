@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
-from ..io import atomic_save_npz, atomic_write_json, load_npz
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(sub) -> None:
@@ -65,17 +66,24 @@ def register(sub) -> None:
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     from ..evaluation.metrics import psnr
 
     return np.asarray(psnr(np.asarray(x, np.float64), np.asarray(ref, np.float64)))
 
 
 def run(args) -> int:
+    import numpy as np
+
+    from .. import __version__
+    from ..io import atomic_save_npz, load_npz
     from ..onnx import OnnxModel
     from ..onnx.graph import read_chain
     from ..operators.activations import Clip, ReLU
     from ..regularizers.tv import tv
-    from ..solvers.bregman import invert_chain, layers_from_chain
+    from ..solvers.bregman import default_max_iter, invert_chain, layers_from_chain
+    from ._output import write_json
 
     if not args.alpha > 0:
         raise ConfigError(f"--alpha: expected a positive number, got {args.alpha}")
@@ -134,7 +142,17 @@ def run(args) -> int:
     seconds = time.perf_counter() - t0
     x = np.asarray(res.x, dtype=np.float64)
     n_it = int(res.iterations.max())
+    settings = {
+        "method": args.method, "alpha": args.alpha, "tv": args.tv, "p": 2 if args.tv == "iso" else 1,
+        "steps": args.steps, "delta": delta, "tau_d": args.tau_d,
+        "max_iter": args.max_iter or default_max_iter(args.method, len(layers)),
+        "inner_iter": args.inner_iter, "tol": args.tol, "noise": args.noise,
+        "add_noise": bool(args.add_noise), "seed": args.seed, "limit": args.limit,
+        "float32": bool(args.float32), "key": args.key, "truth_key": args.truth_key,
+    }  # fmt: skip
     out = {
+        "tool": "refinv",
+        "refinv_version": __version__,
         "command": "bregman",
         "model": str(args.model),
         "codes": str(args.codes),
@@ -149,6 +167,7 @@ def run(args) -> int:
         "steps": args.steps,
         "seconds": seconds,
         "seconds_per_iteration": seconds / max(n_it, 1),
+        "settings": settings,
         "solver": res.summary(),
         "per_sample": {
             "norm": np.linalg.norm(x.reshape(len(x), -1), axis=1).tolist(),
@@ -167,7 +186,8 @@ def run(args) -> int:
         if args.decoder:
             out["per_sample"]["psnr_decoder"] = _psnr(rows[1][1], x_true).tolist()
             out["mean_psnr_decoder"] = float(np.mean(out["per_sample"]["psnr_decoder"]))
-    atomic_write_json(args.json, out)
+    files = {"model": args.model, "codes": args.codes, "decoder": args.decoder}
+    write_json(args.json, out, "bregman", args, files)
     if args.out:
         atomic_save_npz(args.out, x=x)
     if args.figures:
@@ -181,17 +201,25 @@ def run(args) -> int:
     return 0
 
 
-def _figure(folder: Path, x_true, rows, n_show: int = 8) -> None:
-    import matplotlib
+def _figure(folder: Path, x_true, rows, n_show: int = 8) -> Path:
+    """``folder/bregman_inversion.png``, rendered in memory on a matplotlib ``Figure`` (no
+    pyplot, no backend switch) and written atomically (:func:`refinv.io.atomic_write_bytes`)."""
+    import io
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import numpy as np
 
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+
+    from ..io import atomic_write_bytes
+
     if x_true is not None:
         rows = [("ground truth", x_true), *rows]
     k = min(n_show, rows[0][1].shape[0])
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.2 * k, 1.3 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.2 * k, 1.3 * len(rows)))
+    axes = fig.subplots(len(rows), k, squeeze=False)
     for r, (name, imgs) in enumerate(rows):
         for c in range(k):
             img = imgs[c]
@@ -203,5 +231,6 @@ def _figure(folder: Path, x_true, rows, n_show: int = 8) -> None:
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "bregman_inversion.png", dpi=120)
-    plt.close(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return atomic_write_bytes(folder / "bregman_inversion.png", buf.getvalue())

@@ -104,7 +104,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import format_table, memorization_report
-    from ..io import atomic_write_json, load_images
+    from ..io import load_images
+    from ._output import write_json
     from .evaluate import _split_list
 
     t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "accurate_recoveries_per_second": n_acc / max(sec_train, 1e-12),
     }
     if args.json:
-        atomic_write_json(args.json, doc)
+        write_json(args.json, doc, "report", args, {"model": model_path, "data": data_path})
     print(f"model: {model_path}  data: {data_path}  mask: {args.mask} (seed {args.seed})")
     print(format_table(doc))
     tm = doc["timing"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from ..operators.masks import MASK_GRAMMAR
 from .recover import add_solver_args, open_model, progress_flag, solver_options
 
 __all__ = ["register", "run"]
@@ -54,7 +54,10 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
     p.add_argument("--train", required=True, metavar="DATA.npz:train", help="training images")
     p.add_argument("--test", default=None, metavar="DATA.npz:test", help="held-out images")
-    p.add_argument("--masks", default="random:0.5", help="comma-separated mask specs")
+    p.add_argument(
+        "--masks", "--mask", dest="masks", default="random:0.5",
+        help="comma-separated mask specs (--mask is the same option)",
+    )  # fmt: skip
     p.add_argument(
         "--methods", default="blind,known,ae-iterations",
         help="comma-separated subset of blind,known,ae-iterations (default: all three)",
@@ -90,7 +93,8 @@ def _split_images(spec: str, f, default_key: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import METHODS, format_loss_table, format_table, memorization_report
-    from ..io import atomic_write_json
+    from ..io import parse_data_spec
+    from ._output import write_json
 
     methods = _split_list(args.methods, "--methods")
     for m in methods:
@@ -125,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
     doc["settings"]["train"] = args.train
     doc["settings"]["test"] = args.test
     if args.json:
-        atomic_write_json(args.json, doc)
+        files = {"model": args.model, "train": parse_data_spec(args.train, "train")[0],
+                 "test": parse_data_spec(args.test, "test")[0] if args.test else None}  # fmt: skip
+        for i, p in enumerate(args.checkpoints, 1):
+            files[f"checkpoint_{i}"] = p
+        write_json(args.json, doc, "report", args, files)
     print(format_table(doc))
     if len(models) > 1:
         print()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import NonFiniteError, UnsupportedGraphError
-from ..io import atomic_write_json
 
 _PLAIN = ("relu", "leaky_relu", "prelu", "identity", "tanh", "sigmoid", "plu")
 
@@ -148,10 +147,22 @@ def applicable_methods(chain) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .. import __version__
     from ..evaluation.diagnostics import diagnose, parameter_ties
     from ..onnx.graph import read_chain
 
-    report: dict = {"model": str(args.model)}
+    report: dict = {
+        "tool": "refinv",
+        "refinv_version": __version__,
+        "command": "inspect",
+        "model": str(args.model),
+        "settings": {
+            "samples": args.samples, "seed": args.seed, "latents": args.latents,
+            "diagnostics": not args.no_diagnostics, "prox": args.prox,
+            "prox_n": args.prox_n, "prox_eps": args.prox_eps, "sym_tol": args.sym_tol,
+            "eig_tol": args.eig_tol,
+        },
+    }  # fmt: skip
     report["layout"] = layout_section(args)
     try:
         chain = read_chain(args.model)
@@ -162,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         if args.prox:
             report["prox"] = prox_section(args)
         if args.json:
-            atomic_write_json(args.json, report)
+            _write(args, report)
         return 0
     methods = applicable_methods(chain)
     tied = parameter_ties(chain)
@@ -246,5 +257,17 @@ def run(args: argparse.Namespace) -> int:
     if args.prox:
         report["prox"] = prox_section(args)
     if args.json:
-        atomic_write_json(args.json, report)
+        _write(args, report)
     return 0
+
+
+def _write(args: argparse.Namespace, report: dict) -> None:
+    from ..io import parse_data_spec
+    from ._output import write_json
+
+    files = {"model": args.model}
+    if args.latents:
+        files["latents"] = parse_data_spec(args.latents)[0]
+    if args.prox:
+        files["prox_data"] = parse_data_spec(args.prox, "train")[0]
+    write_json(args.json, report, "inspect", args, files)

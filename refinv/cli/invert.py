@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import time
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
-from ..io import atomic_save_npz, atomic_write_json, load_npz
 
 METHODS = ("plugin", "gd", "lbp", "latent-pursuit", "oracle")
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(sub) -> None:
@@ -66,6 +67,8 @@ def register(sub) -> None:
 
 
 def _snr_db(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     num = np.linalg.norm(ref.reshape(len(ref), -1), axis=1)
     den = np.linalg.norm((est - ref).reshape(len(ref), -1), axis=1)
     with np.errstate(divide="ignore"):
@@ -74,6 +77,8 @@ def _snr_db(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def _mask_for(args, arrays, y: np.ndarray) -> np.ndarray | None:
     """The observation mask as a 0/1 array of ``y``'s shape (or None)."""
+    import numpy as np
+
     from ..operators.masks import expand_mask, parse_mask, pixel_shape
 
     n, shape = y.shape[0], tuple(y.shape[1:])
@@ -100,9 +105,14 @@ def _mask_for(args, arrays, y: np.ndarray) -> np.ndarray | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import __version__
+    from ..io import atomic_save_npz, load_npz
     from ..onnx.graph import read_chain
     from ..solvers.generators import gradient_descent, plugin
     from ..solvers.layered import latent_pursuit, layered_basis_pursuit, oracle
+    from ._output import effective_kwargs, write_json
 
     chain = read_chain(args.model)
     arrays = load_npz(args.data)
@@ -133,56 +143,44 @@ def run(args: argparse.Namespace) -> int:
     if args.tol is not None:
         kw["tol"] = args.tol
     m = args.method
-    t0 = time.perf_counter()
     if m == "plugin":
         step = args.step or "norm"
         try:
             step = float(step)
         except ValueError:
             pass
-        res = plugin(chain, y, step=step, mask=mask, restarts=args.restarts, rng=args.seed, **kw)
+        fn = plugin
+        call = dict(step=step, mask=mask, restarts=args.restarts, rng=args.seed, **kw)
     elif m == "gd":
-        res = gradient_descent(
-            chain,
-            y,
-            step=None if args.step is None else float(args.step),
-            mask=mask,
-            restarts=args.restarts,
-            rng=args.seed,
-            momentum=args.momentum,
-            backtracking=args.backtracking,
-            **kw,
-        )
+        fn = gradient_descent
+        call = dict(step=None if args.step is None else float(args.step), mask=mask,
+                    restarts=args.restarts, rng=args.seed, momentum=args.momentum,
+                    backtracking=args.backtracking, **kw)  # fmt: skip
     elif m == "lbp":
-        res = layered_basis_pursuit(
-            chain,
-            y,
-            lam=1e-5 if args.lam is None else args.lam,
-            mask=mask,
-            debias_result=not args.no_debias,
-            **kw,
-        )
+        fn = layered_basis_pursuit
+        call = dict(lam=1e-5 if args.lam is None else args.lam, mask=mask,
+                    debias_result=not args.no_debias, **kw)  # fmt: skip
     elif m == "latent-pursuit":
-        res = latent_pursuit(
-            chain,
-            y,
-            lam=0.0 if args.lam is None else args.lam,
-            rho=args.rho,
-            gamma=args.gamma,
-            mask=mask,
-            debias_result=not args.no_debias,
-            **kw,
-        )
+        fn = latent_pursuit
+        call = dict(lam=0.0 if args.lam is None else args.lam, rho=args.rho, gamma=args.gamma,
+                    mask=mask, debias_result=not args.no_debias, **kw)  # fmt: skip
     else:
         if z is None:
             raise ConfigError("--method oracle needs the true latents: an array 'z' in DATA.npz")
-        res = oracle(chain, y, z_true=z, mask=mask)
+        fn, call = oracle, dict(z_true=z, mask=mask)
+    settings = {"method": m, "seed": args.seed, "limit": args.limit, "float32": args.float32,
+                **effective_kwargs(fn, call, skip=("mask", "x0", "z_true", "hidden", "rng"))}  # fmt: skip
+    t0 = time.perf_counter()
+    res = fn(chain, y, **call)
     seconds = time.perf_counter() - t0
     zh = np.asarray(res.x)
     g = np.asarray(chain.forward(zh))
     resid = (g - y) if mask is None else (g - y) * mask
     meas = np.linalg.norm(resid.reshape(n, -1), axis=1)
     out = {
+        "tool": "refinv",
+        "refinv_version": __version__,
+        "command": "invert",
         "model": str(args.model),
         "data": str(args.data),
         "method": m,
@@ -191,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "n": n,
         "seconds": seconds,
         "seconds_per_inversion": seconds / max(n, 1),
+        "settings": settings,
         "solver": res.summary(),
         "measurement_error": meas.tolist(),
     }
@@ -220,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"measurement error median {np.median(meas):.3g}")
     if args.json:
-        atomic_write_json(args.json, out)
+        write_json(args.json, out, "invert", args, {"model": args.model, "data": args.data})
     if args.save:
         atomic_save_npz(args.save, z_hat=zh)
     return 0

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .._constants import MASK_GRAMMAR, RECOVERY_DEFAULTS
 from ..errors import ConfigError
-from ..operators.masks import MASK_GRAMMAR, parse_mask
 
 __all__ = [
     "register",
@@ -27,10 +26,13 @@ __all__ = [
     "load_split",
 ]
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
     """Solver and runtime options shared by recover / evaluate / demo."""
-    from ..solvers.recovery import DEFAULTS
+    DEFAULTS = RECOVERY_DEFAULTS
 
     g = p.add_argument_group("solver options")
     g.add_argument(
@@ -65,8 +67,7 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
         help="std of Gaussian noise added to the degraded images (default 0; known-mask "
         "re-insertion is off when > 0)",
     )  # fmt: skip
-    r = add_runtime_args(p)
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_args(p)  # -q/--quiet (no progress bar): refinv.cli adds it to every command
 
 
 def add_runtime_args(p: argparse.ArgumentParser):
@@ -105,12 +106,15 @@ def solver_options(args: argparse.Namespace) -> dict:
         "clip": True if args.clip else None,
     }
     if str(args.mask_init or "").lower().startswith("file:"):
+        from ..operators.masks import parse_mask
+
         parse_mask(args.mask_init)  # a missing file or key fails now, before any model runs
     return {k: v for k, v in opts.items() if v is not None}
 
 
 def progress_flag(args: argparse.Namespace) -> bool | None:
-    """``False`` with ``--quiet``; otherwise ``None`` (on only when stderr is a TTY)."""
+    """``False`` with ``-q/--quiet`` (before or after the command); otherwise ``None`` (on
+    only when stderr is a TTY)."""
     return False if getattr(args, "quiet", False) else None
 
 
@@ -118,6 +122,8 @@ def data_sample_shape(spec: str | Path, default_key: str = "train") -> tuple[int
     """The sample shape of the array ``DATA.npz[:key]`` from its header (nothing loaded), or
     ``None`` when it cannot be read (loading it later gives the error)."""
     import zipfile
+
+    import numpy as np
 
     from ..io import parse_data_spec
 
@@ -138,6 +144,8 @@ def open_model(path: str | Path, args: argparse.Namespace, data: str | Path | No
     ``--image-shape``); a flat model without ``--image-shape`` takes the image shape of the
     data ``DATA.npz[:key]`` when its images are ``(N, C, H, W)`` or ``(N, H, W)``."""
     import logging
+
+    import numpy as np
 
     from ..onnx import OnnxModel
 
@@ -206,10 +214,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..evaluation.chunked import NpzImages, NpzStreamWriter, evaluate_split_chunked, mean_loss
     from ..evaluation.report import format_table, layout_entry, new_document
-    from ..io import atomic_write_json, flat_rows_ok, parse_data_spec
-    from ..operators.masks import pixel_shape
+    from ..io import flat_rows_ok, parse_data_spec
+    from ..operators.masks import parse_mask, pixel_shape
+    from ._output import write_json
 
     spec = parse_mask(args.mask)
     data_spec = args.data if args.key is None else f"{parse_data_spec(args.data)[0]}:{args.key}"
@@ -290,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     if writer is not None:
         writer.close()
     if args.json:
-        atomic_write_json(args.json, doc)
+        write_json(args.json, doc, "report", args, {"model": args.model, "data": path})
     print(format_table(doc))
     print(
         f"{entry['n']} images, {entry['seconds']:.2f} s "

@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..evaluation.report import figure_rate_vs_loss, format_loss_table, format_table
-    from ..io import atomic_write_json
     from ..sweep import Store, report_from_db
+    from ._output import write_json
 
     if args.figures:
         try:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
     doc = report_from_db(args.db)
     if args.json:
-        atomic_write_json(args.json, doc)
+        write_json(args.json, doc, "report", args, {"database": args.db})
     if not doc["runs"]:
         print(f"{args.db}: no completed tasks yet")
     else:

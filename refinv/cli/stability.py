@@ -22,11 +22,9 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
+from .._constants import MASK_GRAMMAR
+from .._constants import STABILITY_METHODS as METHODS
 from ..errors import ConfigError
-from ..evaluation.stability import METHODS, pnp_admm_stability, resolve_method
-from ..operators.masks import MASK_GRAMMAR, parse_mask
 from .recover import add_runtime_args, load_split, open_model
 
 __all__ = ["register", "run"]
@@ -77,9 +75,14 @@ def _rhos(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .. import __version__
     from ..evaluation.report import degrade
-    from ..io import atomic_write_json, parse_data_spec
+    from ..evaluation.stability import pnp_admm_stability, resolve_method
+    from ..io import parse_data_spec
+    from ..operators.masks import parse_mask
+    from ._output import write_json
 
     spec = parse_mask(args.mask)
     rhos = _rhos(args.rho)
@@ -122,10 +125,20 @@ def run(args: argparse.Namespace) -> int:
         "eps": args.eps,
         "method": method,
         "seconds": time.perf_counter() - t0,
+        "settings": {
+            "rho": rhos,
+            "eps": args.eps,
+            "method": method,
+            "max_dim": args.max_dim,
+            "mask": spec.text,
+            "seed": args.seed,
+            "n": n,
+        },  # fmt: skip
         "results": rows,
     }
     if args.json:
-        atomic_write_json(args.json, doc)
+        data_path = parse_data_spec(args.data)[0]
+        write_json(args.json, doc, "stability", args, {"model": args.model, "data": data_path})
     print(f"model: {Path(args.model).name}  data: {doc['data']}  mask: {spec.text} (seed "
           f"{args.seed}), first {n} images, {method} eigensolver")  # fmt: skip
     print(f"{'rho':>8}  {'median radius':>13}  {'min':>7}  {'max':>7}  {'radius < 1':>10}")

@@ -39,11 +39,41 @@ def register(sub) -> None:
         help="first copy the complete tasks of a damaged store into --db (a new file), then "
         "compute the rest",
     )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this sweep: the same config, its database (no --salvage:
+    the salvaged store is the database now), the same executor options."""
+    import shlex
+    from pathlib import Path
+
+    db = args.db or str(Path(args.config).with_suffix(".sqlite"))
+    words = ["refinv", "sweep", args.config, "--db", db]
+    if args.workers != 1:
+        words += ["--workers", str(args.workers)]
+    if args.scheduler:
+        words += ["--scheduler", args.scheduler]
+    if getattr(args, "quiet", 0):
+        words.append("-q")
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; finished tasks are stored
+        print(
+            f"refinv sweep: interrupted; the completed tasks are saved, resume with: "
+            f"{resume_command(args)}",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..sweep import Store, run_sweep
@@ -59,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         args.db,
         workers=args.workers,
         scheduler=args.scheduler,
-        progress=False if args.quiet else None,
+        progress=False if getattr(args, "quiet", 0) else None,
     )
     print(summary)
     if summary.failed:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DivergenceWarning, NonFiniteError, ShapeError
-from ..io import check_images_header
+from ..io import check_images_header, new_file_mode
 from ..operators.masks import MaskSpec, erase, pixel_shape
 
 __all__ = [
@@ -174,6 +174,7 @@ class NpzStreamWriter:
                         shutil.copyfileobj(src, dst, 1 << 20)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            os.chmod(tmp, new_file_mode(self.path))  # as a plain open() of the output would
             os.replace(tmp, self.path)
             return self.path
         finally:

@@ -21,6 +21,8 @@ JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
       "settings": {"seed": int, "noise_std": float, "masks": [str],
                    "methods": [str], "solver": {method: {option: value}}},
+      # solver: every option each method ran with, defaults included
+      # (:func:`effective_options`)
       "checkpoints": [{"label", "model", "sha256", "train_loss", "test_loss",
                        "layout": {"layout", "layout_source", "onnx_sample_shape",
                                   "sample_shape", "image_shape", "batch_axis_restored"}|null}],
@@ -65,6 +67,7 @@ __all__ = [
     "recovery_metrics",
     "run_method",
     "method_options",
+    "effective_options",
     "run_entry",
     "sample_lists",
     "memorization_report",
@@ -160,6 +163,36 @@ def method_options(method: str, solver: dict) -> dict:
 
         outer = int(out.get("max_iter") or DEFAULTS["max_iter"])
         out["max_iter"] = outer * int(solver.get("inner_iter") or DEFAULTS["inner_iter"])
+    return out
+
+
+# solver keywords that are not settings of a run (callbacks, seeds derived from the run's
+# seed, output switches): left out of the effective options
+_NOT_SETTINGS = frozenset({"rng", "callback", "record_history", "progress"})
+
+
+def effective_options(method: str, solver: dict | None = None, *, noisy: bool = False) -> dict:
+    """Every option ``method`` runs with: the solver's own defaults (read from its signature,
+    so they cannot drift from it) overlaid with :func:`method_options` of ``solver``, and
+    ``reinsert`` as :func:`run_method` sets it (off when ``noisy``). ``clip`` ``None`` is
+    reported as ``False`` (no clipping). This is ``settings.solver[method]`` of the report.
+    """
+    import inspect
+
+    from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
+
+    fn = {"blind": blind_recovery, "known": known_mask_recovery, "ae-iterations": ae_iterations}
+    if method not in fn:
+        raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    given = method_options(method, dict(solver or {}))
+    if method == "known":
+        given.setdefault("reinsert", not noisy)
+    out = {}
+    for name, p in inspect.signature(fn[method]).parameters.items():
+        if p.kind is p.KEYWORD_ONLY and name not in _NOT_SETTINGS:
+            out[name] = given.get(name, p.default)
+    if out.get("clip") is None:
+        out["clip"] = False
     return out
 
 
@@ -296,7 +329,10 @@ def new_document(
             "noise_std": float(noise_std),
             "masks": [s.text for s in masks],
             "methods": list(methods),
-            "solver": {m: _jsonable(method_options(m, solver)) for m in methods},
+            "solver": {
+                m: _jsonable(effective_options(m, solver, noisy=float(noise_std) > 0))
+                for m in methods
+            },
         },
         "checkpoints": [],
         "runs": [],

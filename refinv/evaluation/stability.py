@@ -62,7 +62,7 @@ from ..errors import ConfigError, ShapeError
 from ..operators.masks import expand_mask
 
 log = logging.getLogger(__name__)
-METHODS = ("auto", "dense", "arnoldi")
+from .._constants import STABILITY_METHODS as METHODS  # noqa: E402  (refinv --help reads it)
 
 __all__ = [
     "METHODS",

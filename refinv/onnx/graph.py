@@ -48,7 +48,9 @@ class Layer:
     ``kind`` is "dense" (``weight`` of shape (out, in), acting on the flattened
     sample), "conv" or "conv_transpose" (``weight`` in ONNX layout, with
     ``strides``, ``pads`` (ONNX order: begins then ends), ``dilations``,
-    ``group``, ``output_padding``). ``in_shape``/``out_shape`` are sample
+    ``group``, ``output_padding``), or "resize" (nearest-neighbour upsampling by the
+    integer factors ``strides``, an empty ``weight``: ONNX ``Resize``, see
+    :class:`refinv.operators.NearestUpsample2d`). ``in_shape``/``out_shape`` are sample
     shapes (no batch axis). ``bias`` may be ``None``.
     """
 
@@ -247,9 +249,10 @@ def dense_chain(
     return LayerChain(layers, (layers[0].weight.shape[1],), (layers[-1].weight.shape[0],))
 
 
-def read_chain(source: Any) -> LayerChain:
+def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
     """Read the layer chain of a feed-forward ONNX model (path, bytes, ModelProto
-    or :class:`~refinv.onnx.OnnxModel`). Implemented in ``_chain_reader``."""
+    or :class:`~refinv.onnx.OnnxModel`; ``layout="NHWC"``, or an NHWC ``OnnxModel``, reads
+    a channels-last model in channels-first coordinates). Implemented in ``_chain_reader``."""
     from ._chain_reader import read_chain as _read
 
-    return _read(source)
+    return _read(source, layout=layout)

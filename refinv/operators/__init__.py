@@ -9,6 +9,7 @@ from .linear import (
     Dense,
     Gradient2d,
     LinearOperator,
+    NearestUpsample2d,
     from_layer,
     operator_norm,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Dense",
     "Gradient2d",
     "LinearOperator",
+    "NearestUpsample2d",
     "from_layer",
     "operator_norm",
 ]

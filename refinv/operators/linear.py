@@ -12,6 +12,9 @@ weights of a :class:`refinv.onnx.graph.Layer` and a ``like`` array).
 * :class:`ConvTranspose2d` - ONNX ``ConvTranspose`` (weight
   ``(C, M/group, kH, kW)``): exactly the adjoint of the ``Conv2d`` with the
   same weight, taking ``output_padding`` into account.
+* :class:`NearestUpsample2d` - ONNX ``Resize`` (mode nearest) by integer factors: each
+  pixel repeated ``fH x fW`` times (PyTorch's ``nn.Upsample(mode="nearest")``); the
+  adjoint sums each ``fH x fW`` block.
 * :class:`Gradient2d` - forward differences over the last two axes, zero at
   the last row/column (Wang and Benning, 2023, Section 4.1); ``div = -grad^T``.
 * :func:`operator_norm` - ``||A||_2`` by power iteration on ``A^T A``.
@@ -40,6 +43,7 @@ __all__ = [
     "Dense",
     "Conv2d",
     "ConvTranspose2d",
+    "NearestUpsample2d",
     "Gradient2d",
     "operator_norm",
     "from_layer",
@@ -350,6 +354,47 @@ class ConvTranspose2d(LinearOperator):
         return self._conv.forward(y)
 
 
+class NearestUpsample2d(LinearOperator):
+    """Nearest-neighbour upsampling of the last two axes by integer ``factors``.
+
+    ``(batch, C, H, W) -> (batch, C, fH*H, fW*W)`` with ``out[..., i, j] =
+    x[..., i // fH, j // fW]``: ONNX ``Resize`` in mode nearest whenever its coordinate
+    mode reads pixel ``o // f`` (asymmetric/floor, as PyTorch exports
+    ``nn.Upsample(mode="nearest")``; half_pixel with rounding). The adjoint sums every
+    ``fH x fW`` block, so ``A^T A = fH fW I`` and ``||A||_2 = sqrt(fH fW)``.
+    """
+
+    def __init__(self, in_shape, factors):
+        in_shape = tuple(int(a) for a in in_shape)
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise ShapeError(
+                f"NearestUpsample2d: expected in_shape (C, H, W) of positive sizes, got {in_shape}"
+            )
+        factors = tuple(int(f) for f in factors)
+        if len(factors) != 2 or min(factors) < 1:
+            raise ShapeError(
+                f"NearestUpsample2d: expected two positive integer factors, got {factors}"
+            )
+        self.factors = factors
+        self.in_shape = in_shape
+        c, h, w = in_shape
+        self.out_shape = (c, h * factors[0], w * factors[1])
+
+    def forward(self, x: Any) -> Any:
+        xp = namespace(x)
+        _check_in(x, self.in_shape, "NearestUpsample2d.forward")
+        n, (c, h, w), (fh, fw) = x.shape[0], self.in_shape, self.factors
+        z = xp.broadcast_to(xp.reshape(x, (n, c, h, 1, w, 1)), (n, c, h, fh, w, fw))
+        return xp.reshape(z, (n, *self.out_shape))
+
+    def adjoint(self, y: Any) -> Any:
+        xp = namespace(y)
+        _check_in(y, self.out_shape, "NearestUpsample2d.adjoint")
+        n, (c, h, w), (fh, fw) = y.shape[0], self.in_shape, self.factors
+        z = xp.reshape(y, (n, c, h, fh, w, fw))
+        return xp.sum(xp.sum(z, axis=5), axis=3)
+
+
 class Gradient2d(LinearOperator):
     """Forward differences over the last two axes, zero at the last row/column.
 
@@ -491,7 +536,15 @@ def from_layer(layer: Any, *, like: Any = None) -> LinearOperator:
                 f"declares {tuple(layer.out_shape)}"
             )
         return op
+    if kind == "resize":
+        op = NearestUpsample2d(layer.in_shape, layer.strides)
+        if tuple(layer.out_shape) and tuple(op.out_shape) != tuple(layer.out_shape):
+            raise ShapeError(
+                f"layer {layer.name!r}: upsampling {tuple(layer.in_shape)} by {op.factors} gives "
+                f"{op.out_shape}, the graph declares {tuple(layer.out_shape)}"
+            )
+        return op
     raise UnsupportedGraphError(
-        f"layer {layer.name!r}: kind {kind!r} has no linear operator (expected dense, conv or "
-        "conv_transpose)"
+        f"layer {layer.name!r}: kind {kind!r} has no linear operator (expected dense, conv, "
+        "conv_transpose or resize)"
     )

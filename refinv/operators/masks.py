@@ -77,10 +77,7 @@ __all__ = [
     "MASK_GRAMMAR",
 ]
 
-MASK_GRAMMAR = (
-    "random:P | blocks:NxS | blocks:NxSHxSW | center:S | half:top|bottom|left|right | "
-    "rows:K | cols:K | grid:K | file:PATH.npz[:KEY] | ones"
-)
+from .._constants import MASK_GRAMMAR  # noqa: E402  (defined without imports: refinv --help)
 
 
 def pixel_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:

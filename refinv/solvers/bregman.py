@@ -496,6 +496,12 @@ def layers_from_chain(chain: Any, *, like: Any) -> list[BregmanLayer]:
     return out
 
 
+def default_max_iter(method: str, n_layers: int) -> int:
+    """The iterations :func:`invert_chain` runs when ``max_iter`` is None: 10000 for one
+    layer (PDHG, Landweber), 1500 coordinate-descent sweeps for several."""
+    return 10_000 if method == "landweber" or n_layers == 1 else 1_500
+
+
 def invert_chain(
     y: Any,
     chain: Any,
@@ -532,7 +538,7 @@ def invert_chain(
             delta=delta,
             tau_d=tau_d,
             x_shape=x_shape,
-            max_iter=max_iter or 10_000,
+            max_iter=max_iter or default_max_iter(method, len(layers)),
             progress=progress,
         )
     if method != "pdhg":
@@ -544,7 +550,7 @@ def invert_chain(
             alpha=alpha,
             p=p,
             x_shape=x_shape,
-            max_iter=max_iter or 10_000,
+            max_iter=max_iter or default_max_iter(method, len(layers)),
             tol=tol,
             steps=steps,
             progress=progress,
@@ -557,7 +563,7 @@ def invert_chain(
         x_shape=x_shape,
         inner_iter=inner_iter,
         steps=steps,
-        max_iter=max_iter or 1_500,
+        max_iter=max_iter or default_max_iter(method, len(layers)),
         tol=tol,
         progress=progress,
     )

@@ -72,14 +72,7 @@ __all__ = [
     "DEFAULTS",
 ]
 
-DEFAULTS = dict(
-    max_iter=100,
-    tol=1e-6,
-    rho=0.5,
-    inner_iter=10,
-    mask_init="ones",
-    tau=0.0,
-)
+from .._constants import RECOVERY_DEFAULTS as DEFAULTS  # noqa: E402  (refinv --help reads it)
 
 Model = Callable[[Any], Any]
 

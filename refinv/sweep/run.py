@@ -273,6 +273,12 @@ def _watch_parent(parent: int) -> None:
     nobody will store.
     """
 
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it (stops the sweep, says
+    # how to resume) and ends the workers; a worker's own KeyboardInterrupt traceback is noise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def watch() -> None:
         while True:
             time.sleep(0.5)
@@ -306,6 +312,10 @@ def _iter_local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict | 
                 yield t, fut.result(), ""
             except Exception as exc:
                 yield t, None, f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:  # Ctrl-C: end the running tasks too (their results are lost)
+        for p in list((getattr(ex, "_processes", None) or {}).values()):
+            p.terminate()
+        raise
     finally:  # on an interruption, drop the queued tasks instead of waiting for them
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -412,13 +422,17 @@ def run_sweep(
                     store.write_task(task, out, __version__)
                     n_done += 1
                     n_div = int(sum(bool(v) for v in out["diverged"]))
-                    if n_div:  # the worker's solver warning is silenced: one line, here
-                        log.warning(
-                            "checkpoint %s, mask %s, method %s, split %s [%d:%d]: %d of %d "
-                            "samples diverged and were stopped (MSE null in the database)",
-                            task.checkpoint, task.mask, task.method, task.split,
-                            task.start, task.stop, n_div, len(out["diverged"]),
-                        )  # fmt: skip
+                    if n_div:  # the worker's solver warning is silenced: one message, here
+                        blowup = task.solver.get("blowup") or 1e6
+                        warnings.warn(
+                            f"checkpoint {task.checkpoint}, mask {task.mask}, method "
+                            f"{task.method}, split {task.split} [{task.start}:{task.stop}]: "
+                            f"{n_div} of {len(out['diverged'])} samples diverged (NaN/Inf or "
+                            f"|x| > {blowup:g}) and were stopped (MSE null in the database); "
+                            "the others continued",
+                            DivergenceWarning,
+                            stacklevel=2,
+                        )
                 else:
                     store.write_failure(task, err, __version__)
                     n_failed += 1

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,17 @@ def _recover_hint(path: Path) -> str:
     )
 
 
+def _create(path: Path) -> None:
+    """Create a missing database file with the mode of a plain ``open()`` (``0o666 &
+    ~umask``; SQLite's own is 0644 & ~umask), which its -wal and -shm files then copy."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # unwritable folder and the like: sqlite3.connect says so below
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -126,6 +138,7 @@ class Store:
             raise ConfigError(f"{self.path}: expected a results database file, got a directory")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create(self.path)
         try:
             uri = self.path.resolve().as_uri() + "?mode=ro" if readonly else str(self.path)
             self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None, timeout=30.0)

@@ -1,4 +1,4 @@
-"""Peak memory of ``refinv recover`` vs the number of images (flat when chunked).
+"""Peak memory of ``refinv recover`` (or ``refinv evaluate``) vs the number of images.
 
 Data: the 100 shipped faces25 training images (1x25x25 float32) tiled to N
 images (``--sizes``, default 20,000 and 200,000), written once per size to
@@ -13,6 +13,16 @@ path, the solver's full state, the cheapest settings), and its peak resident
 set size is read from ``os.wait4`` (``ru_maxrss`` of that child only).
 ``--src DIR`` runs another checkout of refinv (``PYTHONPATH``) to measure
 the code before a change; ``--with-out`` also measures with ``--out``.
+
+``--command evaluate`` measures ``refinv evaluate`` instead, on the shipped
+digits8 MLP (1x8x8) with its 100 training and 100 held-out images each tiled
+to N::
+
+    refinv evaluate models/onnx/digits8_lrelu_6x320.onnx --train DATA.npz:train \\
+        --test DATA.npz:test --masks random:0.5 --methods blind,known,ae-iterations \\
+        --max-iter 1 --inner-iter 1 --threads 1 --quiet [--json OUT.json]
+
+(``--with-out`` adds ``--json``: the report holds per-image lists, O(N) by design).
 
 Usage::
 
@@ -37,40 +47,56 @@ from common import MODELS, ROOT, fmt, parser, publish, record, summary
 
 MODEL = MODELS / "onnx" / "faces25_lrelu_6x256.onnx"
 FACES = MODELS / "data" / "faces25.npz"
+DIGITS_MODEL = MODELS / "onnx" / "digits8_lrelu_6x320.onnx"
+DIGITS = MODELS / "data" / "digits8.npz"
 
 
-def make_data(folder: Path, n: int) -> Path:
+def make_data(folder: Path, n: int, source: Path = FACES) -> Path:
     """The tiled data set, written by a child process: Linux folds a parent's peak RSS into
     the ``ru_maxrss`` of every child it starts afterwards (at ``exec``), so this process
-    must stay small."""
-    p = folder / f"faces25_x{n}.npz"
+    must stay small. Every array of ``source`` (train, test) is tiled to ``n`` images."""
+    p = folder / f"{source.stem}_x{n}.npz"
     if not p.is_file():
         code = (
             "import sys, numpy as np\n"
-            "b = np.load(sys.argv[1])['train']; n = int(sys.argv[3])\n"
-            "np.savez(sys.argv[2], train=np.tile(b, (-(-n // len(b)), 1, 1, 1))[:n])\n"
+            "z = np.load(sys.argv[1]); n = int(sys.argv[3])\n"
+            "t = lambda b: np.tile(b, (-(-n // len(b)),) + (1,) * (b.ndim - 1))[:n]\n"
+            "np.savez(sys.argv[2], **{k: t(z[k]) for k in z.files if z[k].ndim > 1})\n"
         )
-        subprocess.run([sys.executable, "-c", code, str(FACES), str(p), str(n)], check=True)
+        subprocess.run([sys.executable, "-c", code, str(source), str(p), str(n)], check=True)
     return p
 
 
-def peak_rss(src: Path, data: Path, out: Path | None) -> tuple[float, float]:
-    """(peak RSS MiB, wall s) of one ``refinv recover`` process."""
-    cmd = [
-        sys.executable, "-m", "refinv", "recover", str(MODEL), str(data), "--method", "blind",
-        "--max-iter", "1", "--inner-iter", "1", "--threads", "1", "--quiet",
-    ]  # fmt: skip
-    if out is not None:
-        cmd += ["--out", str(out)]
+def peak_rss(src: Path, data: Path, out: Path | None, command: str = "recover", model=None):
+    """(peak RSS MiB, wall s) of one ``refinv recover`` (or ``evaluate``) process."""
+    if command == "evaluate":
+        cmd = [
+            sys.executable, "-m", "refinv", "evaluate", str(model or DIGITS_MODEL),
+            "--train", f"{data}:train", "--test", f"{data}:test", "--masks", "random:0.5",
+            "--methods", "blind,known,ae-iterations", "--max-iter", "1", "--inner-iter", "1",
+            "--threads", "1", "--quiet",
+        ]  # fmt: skip
+        if out is not None:
+            cmd += ["--json", str(out)]
+    else:
+        cmd = [
+            sys.executable, "-m", "refinv", "recover", str(MODEL), str(data), "--method",
+            "blind", "--max-iter", "1", "--inner-iter", "1", "--threads", "1", "--quiet",
+        ]  # fmt: skip
+        if out is not None:
+            cmd += ["--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(src))
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd: not the checkout, whose refinv/ would shadow PYTHONPATH for `python -m`
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=data.parent
+    )
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     err = p.stderr.read().decode() if p.stderr else ""
     if p.returncode != 0:
-        raise SystemExit(f"refinv recover failed ({p.returncode}): {err[-2000:]}")
+        raise SystemExit(f"refinv {command} failed ({p.returncode}): {err[-2000:]}")
     return ru.ru_maxrss / 1024.0, wall  # Linux: KiB
 
 
@@ -85,6 +111,11 @@ def main(argv=None) -> None:
     ap.add_argument("--label", default="after", help="name of this measurement")
     ap.add_argument("--with-out", action="store_true", help="also measure with --out")
     ap.add_argument("--load", default="", help="what else ran on the machine (recorded)")
+    ap.add_argument("--command", default="recover", choices=["recover", "evaluate"])
+    ap.add_argument(
+        "--dataset", default="digits8", choices=["digits8", "faces25"],
+        help="evaluate: model and images (faces25: its 6x256 MLP, 1x25x25 images)",
+    )  # fmt: skip
     ap.set_defaults(repeats=1)
     args = ap.parse_args(argv)
     if args.repeats < 1:
@@ -94,14 +125,17 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        datas = {n: make_data(folder, n) for n in sizes}
+        source = DIGITS if args.command == "evaluate" and args.dataset == "digits8" else FACES
+        datas = {n: make_data(folder, n, source) for n in sizes}
         variants = [False, True] if args.with_out else [False]
         res: dict[tuple, list] = {(n, o): [] for n in sizes for o in variants}
         for _ in range(args.repeats):
             for n in sizes:
                 for o in variants:
-                    out = folder / "out.npz" if o else None
-                    res[(n, o)].append(peak_rss(src, datas[n], out))
+                    out = folder / ("out.json" if args.command == "evaluate" else "out.npz")
+                    out = out if o else None
+                    model = DIGITS_MODEL if args.dataset == "digits8" else MODEL
+                    res[(n, o)].append(peak_rss(src, datas[n], out, args.command, model))
                     if out is not None:
                         out.unlink()
         for (n, o), vals in res.items():
@@ -109,13 +143,20 @@ def main(argv=None) -> None:
                 {
                     "n_images": n,
                     "with_out": o,
-                    "input_mib": n * 625 * 4 / 2**20,
+                    "input_mib": n
+                    * 4
+                    / 2**20
+                    * (
+                        (128 if args.dataset == "digits8" else 1250)
+                        if args.command == "evaluate"
+                        else 625
+                    ),
                     "peak_rss_mib": summary([v[0] for v in vals]),
                     "wall_s": summary([v[1] for v in vals]),
                 }
             )
     ratios = {}
-    for o in {r["with_out"] for r in rows}:
+    for o in sorted({r["with_out"] for r in rows}):
         rs = sorted((r for r in rows if r["with_out"] == o), key=lambda r: r["n_images"])
         if len(rs) >= 2:
             ratios["with_out" if o else "no_out"] = (
@@ -127,26 +168,44 @@ def main(argv=None) -> None:
         label=args.label,
         src=str(src),
         machine_load=args.load,
-        command="refinv recover MODEL DATA.npz --method blind --max-iter 1 --inner-iter 1 "
-        "--threads 1 --quiet [--out OUT.npz]",
+        command=(
+            f"refinv evaluate {args.dataset.upper()}_MODEL --train DATA.npz:train --test DATA.npz:test --masks "
+            "random:0.5 --methods blind,known,ae-iterations --max-iter 1 --inner-iter 1 "
+            "--threads 1 --quiet [--json OUT.json]"
+            if args.command == "evaluate"
+            else "refinv recover MODEL DATA.npz --method blind --max-iter 1 --inner-iter 1 "
+            "--threads 1 --quiet [--out OUT.npz]"
+        ),
+        refinv_command=args.command,
+        dataset=args.dataset if args.command == "evaluate" else "faces25",
         rows=rows,
         largest_over_smallest=ratios,
         parent_peak_rss_mib=own_peak_mib(),
     )
-    publish(doc, f"memory_{args.label}", render, args)
+    name = "memory" if args.command == "recover" else "memory_evaluate"
+    publish(doc, f"{name}_{args.label}", render, args)
 
 
 def render(doc: dict) -> str:
+    cmd = doc.get("refinv_command", "recover")
+    data = (
+        f"{doc.get('dataset', 'faces25')} (training and held-out)"
+        if cmd == "evaluate"
+        else "faces25"
+    )
+    flag = "--json" if cmd == "evaluate" else "--out"
     lines = [
-        f"### Peak memory of `refinv recover`: {doc['label']}",
+        f"### Peak memory of `refinv {cmd}`: {doc['label']}",
         "",
         f"Command: `python bench/memory.py --repeats {doc['repeats']} --label {doc['label']}"
-        f"{' --with-out' if any(r['with_out'] for r in doc['rows']) else ''}` ({doc['date']}); "
-        f"each run a fresh `{doc['command']}` on faces25 images tiled to N; peak RSS from "
+        f"{' --with-out' if any(r['with_out'] for r in doc['rows']) else ''}"
+        f"{' --command evaluate --dataset ' + doc.get('dataset', '') if cmd == 'evaluate' else ''}"
+        f"` ({doc['date']}); "
+        f"each run a fresh `{doc['command']}` on {data} images tiled to N; peak RSS from "
         "`os.wait4` (median [min, max] MiB). Other load: "
         f"{doc['machine_load'] or 'not recorded'}.",
         "",
-        "| images | --out | input MiB | peak RSS MiB | wall s |",
+        f"| images | {flag} | input MiB | peak RSS MiB | wall s |",
         "|---|---|---|---|---|",
     ]
     for r in doc["rows"]:

@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     ap.add_argument("--label", default="run", help="load / idle (recorded, names the section)")
     ap.add_argument("--load", default="", help="what else ran on the machine (recorded)")
     args = parse(ap, argv)
+    load_start = os.getloadavg()
     cases = {}
     for case, (mpath, dpath, n, opts) in CASES.items():
         models = {}
@@ -115,6 +116,7 @@ def main(argv=None) -> None:
         args,
         label=args.label,
         machine_load=args.load,
+        loadavg_at_start=load_start,
         loadavg_at_end=os.getloadavg(),
         cases=cases,
     )
@@ -126,8 +128,9 @@ def render(doc: dict) -> str:
         f"### onnxruntime threads: {doc['label']}",
         "",
         f"Command: `python bench/threads.py --repeats {doc['repeats']} --label {doc['label']}` "
-        f"({doc['date']}); other load: {doc['machine_load'] or 'not recorded'} (load average "
-        f"at the end {doc['loadavg_at_end'][0]:.2f}). Ratios to 1 thread are paired per repeat.",
+        f"({doc['date']}); other load: {doc['machine_load'] or 'not recorded'} (1-minute load "
+        f"average {(doc.get('loadavg_at_start') or doc['loadavg_at_end'])[0]:.2f} at the start, "
+        f"{doc['loadavg_at_end'][0]:.2f} at the end). Ratios to 1 thread are paired per repeat.",
         "",
         "| case | setting | wall s | CPU s | wall / 1 thread | CPU / 1 thread |",
         "|---|---|---|---|---|---|",

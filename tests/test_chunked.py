@@ -181,3 +181,77 @@ def test_chunked_run_warns_once_naming_the_run():
     assert msgs == [msgs[0]] and msgs[0].startswith(
         "checkpoint ck, mask random:0.5, method ae-iterations, split test: 7 of 7"
     )
+
+
+# ------------------------------------------------------------ refinv evaluate in chunks
+def _per_image(doc: dict) -> list:
+    keys = ("accurate_rate", "approximate_rate", "mean_psnr", "median_psnr", "converged_rate",
+            "n_diverged", "erased_fraction", "mask_error", "mse", "psnr", "iterations",
+            "converged", "diverged", "residual")  # fmt: skip
+    return [
+        (r["checkpoint"], r["mask"], r["method"], r["split"], *(r[k] for k in keys))
+        for r in doc["runs"]
+    ]
+
+
+def test_report_in_chunks_is_the_one_batch_report():
+    from refinv.evaluation.report import memorization_report
+
+    f = Shrink()
+    rng = np.random.default_rng(7)
+    tr = rng.random((11, 1, 5, 6)).astype(np.float32)
+    te = rng.random((9, 1, 5, 6)).astype(np.float32)
+    kw = dict(masks=["random:0.4", "center:3"], methods=["blind", "known", "ae-iterations"],
+              seed=4, solver={"max_iter": 6, "mask_init": "bernoulli"})  # fmt: skip
+    whole = memorization_report([("m", f)], tr, te, **kw)
+    for chunk in (1, 4, 100):
+        part = memorization_report([("m", f)], tr, te, chunk=chunk, **kw)
+        assert _per_image(part) == _per_image(whole), chunk
+        for a, b in zip(part["checkpoints"], whole["checkpoints"], strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)
+            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-12)
+    with pytest.raises(ConfigError, match="chunk"):
+        memorization_report([("m", f)], tr, None, chunk=0, **kw)
+
+
+def test_evaluate_cli_chunk_size_does_not_change_the_report(tmp_path, capsys):
+    """The shipped digits8 MLP through onnxruntime, 20 + 20 images: chunks of 7 images give
+    the per-image numbers of the one-batch run and of the library's unchunked report; the
+    figures show the same images."""
+    from refinv.evaluation.report import memorization_report
+    from refinv.onnx import OnnxModel
+
+    model = MODELS / "onnx" / "digits8_lrelu_6x320.onnx"
+    src = MODELS / "data" / "digits8.npz"
+    f = OnnxModel(model)
+    tr, te = (load_images(src, k, sample_shape=f.sample_shape)[:20] for k in ("train", "test"))
+    data = tmp_path / "d.npz"
+    np.savez(data, train=tr, test=te)
+    args = ["evaluate", str(model), "--train", f"{data}:train", "--test", f"{data}:test",
+            "--masks", "random:0.5", "--methods", "blind,known,ae-iterations",
+            "--max-iter", "4", "--inner-iter", "2", "--quiet"]  # fmt: skip
+    docs, figs = {}, {}
+    for chunk in ("7", "100000"):
+        out = tmp_path / chunk
+        rc = main([*args, "--chunk", chunk, "--json", str(out / "r.json"),
+                   "--figures", str(out / "fig")])  # fmt: skip
+        assert rc == 0
+        docs[chunk] = json.loads((out / "r.json").read_text())
+        figs[chunk] = {p.name: p.read_bytes() for p in (out / "fig").glob("*.png")}
+    capsys.readouterr()
+    assert _per_image(docs["7"]) == _per_image(docs["100000"])
+    assert len(docs["7"]["runs"]) == 6 and docs["7"]["runs"][0]["n"] == 20
+    assert figs["7"] == figs["100000"] and len(figs["7"]) == 6  # the same first 6 images
+    lib = memorization_report(
+        [("digits8_lrelu_6x320", f)], tr, te, masks=["random:0.5"],
+        methods=["blind", "known", "ae-iterations"], solver={"max_iter": 4, "inner_iter": 2},
+    )  # fmt: skip
+    assert _per_image(lib) == _per_image(docs["100000"])
+    assert lib["checkpoints"][0]["train_loss"] == docs["100000"]["checkpoints"][0]["train_loss"]
+
+
+def test_evaluate_cli_refuses_bad_chunk(tmp_path, capsys):
+    data = MODELS / "data" / "digits8.npz"
+    rc = main(["evaluate", str(MODELS / "onnx" / "digits8_lrelu_6x320.onnx"),
+               "--train", f"{data}:train", "--chunk", "0", "--quiet"])  # fmt: skip
+    assert rc == 2 and "--chunk: expected a positive integer, got 0" in capsys.readouterr().err

@@ -210,3 +210,27 @@ def test_divergence_is_one_warning_and_no_log_line(caplog):
         "the others continued"
     ]
     assert not [r for r in caplog.records if r.levelno >= 30]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_fast_paths_are_bitwise_the_array_api_path(dtype):
+    """relative_change and the blow-up check take a NumPy shortcut (no namespace lookups);
+    it must give the bits of the generic array-API code (run here on array-api-strict)."""
+    from refinv.solvers._loop import _per_sample_maxabs
+
+    rng = np.random.default_rng(0)
+    new = rng.standard_normal((7, 3, 5, 4)) * 10.0 ** rng.integers(-8, 8, (7, 1, 1, 1))
+    old = new + rng.standard_normal(new.shape) * 1e-3
+    new, old = new.astype(dtype), old.astype(dtype)
+    old[3] = 0.0  # the eps floor of the denominator
+    fast = relative_change(np, new, old)
+    slow = relative_change(xps, xps.asarray(new), xps.asarray(old))
+    assert type(fast) is np.ndarray and fast.dtype == dtype
+    assert np.asarray(slow).tobytes() == fast.tobytes()
+    assert (
+        relative_change(np, new, old, eps=0.5).tobytes()
+        == np.asarray(relative_change(xps, xps.asarray(new), xps.asarray(old), eps=0.5)).tobytes()
+    )
+    m = _per_sample_maxabs(new)
+    assert m.tobytes() == np.asarray(_per_sample_maxabs(xps.asarray(new))).tobytes()
+    assert np.array_equal(m, np.abs(new).reshape(7, -1).max(axis=1))

@@ -549,3 +549,25 @@ def test_residual_is_the_change_relative_to_the_old_iterate():
     assert r.residual[0] == 1.0
     r = ae_iterations(lambda a: 2.0 * a, y, max_iter=3, tol=1.0)  # 1 < 1 is false
     assert r.iterations[0] == 3 and not r.converged[0]
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (6, 1, 4, 5), (6, 20)])
+def test_blind_mask_steps_are_mask_step(shape):
+    """The blind solver computes eq. 20's right side once per batch instead of per step; its
+    masks must be those of mask_step on the same iterates (channels summed for 4-D)."""
+    rng = np.random.default_rng(1)
+    y = rng.random(shape).astype(np.float32)
+    y[:, ..., :2] = 0.0  # pixels where the tie rule matters
+
+    def f(a):
+        return (0.3 + 0.5 * a).astype(a.dtype)
+
+    steps = []
+
+    def cb(k, state, res):
+        steps.append((state.x.copy(), state.h.copy(), state.y.copy()))
+
+    r = blind_recovery(f, y, max_iter=5, inner_iter=2, tol=0.0, tau=0.01, callback=cb)
+    assert len(steps) == 5 and r.iterations.tolist() == [5] * 6
+    for x, h, yy in steps:
+        assert np.array_equal(h, mask_step(yy, x, 0.01))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from .recover import add_solver_args, load_split, open_model, progress_flag, solver_options
+from .recover import add_solver_args, open_model, progress_flag, solver_options
 
 __all__ = ["register", "run"]
 
@@ -70,8 +70,25 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, Bernoulli init")
     p.add_argument("--json", default=None, help="write the JSON report here")
     p.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures here")
+    p.add_argument(
+        "--chunk", type=int, default=1024,
+        help="images solved at a time (default 1024; memory stays flat in the number of "
+        "images, results do not depend on it)",
+    )  # fmt: skip
     add_solver_args(p)
     p.set_defaults(func=run)
+
+
+def _split_images(spec: str, f, default_key: str):
+    """``DATA.npz[:key]`` read chunk by chunk for the model ``f`` (the checks of load_split)."""
+    import numpy as np
+
+    from ..evaluation.chunked import NpzImages
+    from ..io import flat_rows_ok, parse_data_spec
+
+    path, key = parse_data_spec(spec, default_key)
+    dtype = np.float64 if f.dtype == np.float64 else np.float32
+    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError as exc:
             raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+    if args.chunk < 1:
+        raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     models = open_checkpoints(args)
     f0 = models[0][1]
-    train, _ = load_split(args.train, f0, "train")
-    test = load_split(args.test, f0, "test")[0] if args.test else None
+    train = _split_images(args.train, f0, "train")
+    test = _split_images(args.test, f0, "test") if args.test else None
     doc = memorization_report(
         models,
         train,
@@ -105,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_flag(args),
         figures_dir=args.figures,
         command="evaluate",
+        chunk=args.chunk,
     )
     doc["settings"]["train"] = args.train
     doc["settings"]["test"] = args.test

@@ -451,6 +451,7 @@ def memorization_report(
     figures_dir: str | Path | None = None,
     command: str = "evaluate",
     n_figure: int = 6,
+    chunk: int | None = None,
 ) -> dict:
     """Sweep checkpoints x masks x methods on the training and held-out images.
 
@@ -472,6 +473,13 @@ def memorization_report(
         ``max_iter * inner_iter`` iterations (equal number of calls of ``f``).
     progress : show the solvers' progress bars (None: when stderr is a TTY).
     figures_dir : if given, write PNG figures there (needs matplotlib).
+    chunk : solve (and measure the losses on) ``chunk`` images at a time
+        (:func:`~refinv.evaluation.chunked.evaluate_split_chunked`): memory stays flat
+        in the number of images; the same per-image results (per-sample stopping makes
+        the chunks independent; the masks, noise and Bernoulli initial masks continue
+        one stream). ``train``/``test`` may then also be
+        :class:`~refinv.evaluation.chunked.NpzImages` (read chunk by chunk). None: one
+        batch per split.
 
     Returns
     -------
@@ -486,22 +494,52 @@ def memorization_report(
             raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {m!r}")
     specs = [ms if isinstance(ms, MaskSpec) else parse_mask(ms) for ms in masks]
     solver = dict(solver or {})
-    splits = [("train", np.asarray(train))]
+    from .chunked import NpzImages
+
+    def images(a):
+        return a if isinstance(a, NpzImages) else np.asarray(a)
+
+    splits = [("train", images(train))]
     if test is not None:
-        splits.append(("test", np.asarray(test)))
-    pshape = pixel_shape(tuple(splits[0][1].shape[1:]))
+        splits.append(("test", images(test)))
+    chunked = chunk is not None or any(isinstance(x, NpzImages) for _, x in splits)
+    if chunked and chunk is None:
+        from .chunked import DEFAULT_CHUNK as chunk
+    if chunked and (int(chunk) != chunk or chunk < 1):
+        raise ConfigError(f"chunk: expected a positive integer, got {chunk}")
+    first = splits[0][1]
+    pshape = pixel_shape(
+        tuple(first.sample_shape) if isinstance(first, NpzImages) else tuple(first.shape[1:])
+    )
     doc = new_document(
         command=command, seed=seed, noise_std=noise_std, masks=specs, methods=methods, solver=solver
     )
     fig_data: list[dict] = []
     for label, f in models:
-        ck = checkpoint_entry(
-            str(label), f, splits[0][1], splits[1][1] if test is not None else None
-        )
+        if chunked:
+            ck = _checkpoint_entry_chunked(str(label), f, splits, int(chunk))
+        else:
+            ck = checkpoint_entry(
+                str(label), f, splits[0][1], splits[1][1] if test is not None else None
+            )
         doc["checkpoints"].append(ck)
         for spec in specs:
             for split, x in splits:
                 for method in methods:
+                    if chunked:
+                        k = n_figure if figures_dir is not None else 0
+                        entry, fig = _evaluate_split_chunked(
+                            f, x, spec, method, chunk=int(chunk), label=str(label),
+                            train_loss=ck["train_loss"], split=split, seed=seed,
+                            noise_std=noise_std, solver=solver, progress=progress, n_keep=k,
+                        )  # fmt: skip
+                        doc["runs"].append(entry)
+                        if figures_dir is not None:
+                            fig_data.append(
+                                dict(checkpoint=str(label), mask=spec.text, method=method,
+                                     split=split, **fig)
+                            )  # fmt: skip
+                        continue
                     entry, res, y, mask = evaluate_split(
                         f,
                         x,
@@ -543,6 +581,56 @@ def memorization_report(
         if len(doc["checkpoints"]) > 1:
             figure_rate_vs_loss(doc, out / "rate_vs_train_loss.png")
     return doc
+
+
+def _checkpoint_entry_chunked(label: str, f: Any, splits: list, chunk: int) -> dict:
+    """:func:`checkpoint_entry` with the losses measured ``chunk`` images at a time."""
+    from .chunked import mean_loss
+
+    losses = {split: mean_loss(f, x, chunk) for split, x in splits}
+    return {
+        "label": str(label),
+        "model": str(getattr(f, "label", label)),
+        "sha256": getattr(f, "sha256", None),
+        "train_loss": losses["train"],
+        "test_loss": losses.get("test"),
+        "layout": layout_entry(f),
+    }
+
+
+def _evaluate_split_chunked(
+    f: Any, x: Any, spec: MaskSpec, method: str, *, n_keep: int, **kw: Any
+) -> tuple[dict, dict]:
+    """``evaluate_split_chunked``'s run entry and the first ``n_keep`` images of the run (for
+    the figures: ``x, y, xhat, h_true, h_est, mse``), collected across chunks."""
+    from .chunked import evaluate_split_chunked
+
+    keep: dict[str, list] = {k: [] for k in ("x", "y", "xhat", "h_true", "h_est", "mse")}
+    got = [0]
+
+    def collect(start, xc, y, mask, res, met):
+        need = min(n_keep - got[0], int(xc.shape[0]))
+        if need <= 0:
+            return
+        keep["x"].append(np.array(xc[:need]))
+        keep["y"].append(np.array(np.asarray(y)[:need]))
+        keep["xhat"].append(np.array(np.asarray(res.x)[:need]))
+        keep["h_true"].append(np.array(np.asarray(mask)[:need]))
+        if method == "blind":
+            h = np.asarray(res.state.h)[:need]
+            keep["h_est"].append(np.array(h.reshape(need, *pixel_shape(tuple(xc.shape[1:])))))
+        keep["mse"].extend(None if np.isnan(v) else float(v) for v in met["mse"][:need])
+        got[0] += need
+
+    with progress_label(f"{kw.get('label', 'model')} {spec.text} {kw.get('split', 'train')}"):
+        entry = evaluate_split_chunked(
+            f, x, spec, method, on_chunk=collect if n_keep > 0 else None, **kw
+        )
+    fig = {}
+    if n_keep > 0:
+        fig = {k: np.concatenate(v) if v else None for k, v in keep.items() if k != "mse"}
+        fig["mse"] = keep["mse"]
+    return entry, fig
 
 
 def _slug(s: str) -> str:

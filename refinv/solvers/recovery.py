@@ -269,6 +269,16 @@ def _pnp_admm(
     """Outer loop of eqs. (6)-(7): K PnP-ADMM iterations, then (blind) the mask step."""
     xp = namespace(y, h0)
     lo_hi = clip
+    rhs_of: list = [None, None]  # (y, the right side of eq. 20 for y): y changes only when
+    # samples leave the batch, so sum_c y_c^2 + tau is computed once per batch, not per step
+
+    def mask_rhs(y_: Any) -> Any:
+        if rhs_of[0] is not y_:
+            r = y_**2
+            if y_.ndim == 4:
+                r = xp.sum(r, axis=1, keepdims=True)
+            rhs_of[0], rhs_of[1] = y_, r + tau
+        return rhs_of[1]
 
     def prox(a: Any) -> Any:  # the autoencoder replaces the prox of s_f, eq. (13) -> (16)
         z = f(a)
@@ -289,8 +299,11 @@ def _pnp_admm(
         x = z  # x^t = z^K (eq. 6)
         if reinsert:
             x = h * y_ + (1 - h) * z  # eq. (31): re-insert the observed pixels
-        if estimate_mask:
-            h = mask_step(y_, x, tau)  # eq. (20), H^t from x^t (eq. 7)
+        if estimate_mask:  # eq. (20), H^t from x^t (eq. 7): mask_step(y_, x, tau)
+            lhs = (y_ - x) ** 2
+            if x.ndim == 4:
+                lhs = xp.sum(lhs, axis=1, keepdims=True)
+            h = xp.astype(lhs <= mask_rhs(y_), x.dtype)
         return RecoveryState(x, z, u, h, y_), relative_change(xp, x, s.x)
 
     state = RecoveryState(x=y, z=y, u=xp.zeros_like(y), h=h0, y=y)

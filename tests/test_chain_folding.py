@@ -269,8 +269,10 @@ def test_transpose_a_convolution_cannot_absorb_is_refused_naming_it():
         oh.make_node("Conv", ["t", "W0"], ["y"], pads=[1, 1, 1, 1]),
     ]
     m = _model(nodes, {"W0": _conv_w(rng, 2, 3)}, [5, 5, 3], [2, 5, 5])
+    # (read in channels-first coordinates, the layout OnnxModel detects, it cancels: see
+    # test_channels_last_conv_input_read_from_the_path; in the graph's own it cannot)
     with pytest.raises(UnsupportedGraphError, match=r"nhwc_in \(op Transpose\).*Conv"):
-        read_chain(m)
+        read_chain(m, layout="graph")
     nodes = [
         oh.make_node("Conv", ["x", "W0"], ["a"], pads=[1, 1, 1, 1]),
         oh.make_node("Transpose", ["a"], ["y"], perm=[0, 2, 3, 1], name="nhwc_out"),
@@ -285,6 +287,24 @@ def test_transpose_a_convolution_cannot_absorb_is_refused_naming_it():
     m = _model(nodes, {"W": _dense(rng, 3, 3)}, [3], [3])
     with pytest.raises(UnsupportedGraphError, match=r"batch_swap \(op Transpose\).*batch"):
         read_chain(m)
+
+
+def test_channels_last_conv_input_read_from_the_path():
+    """A leading Transpose perm [0, 3, 1, 2] in front of a convolution (what tf2onnx writes):
+    read from the graph alone, the chain takes refinv's (N, C, H, W) like OnnxModel, and the
+    Transpose cancels."""
+    rng = np.random.default_rng(8)
+    nodes = [
+        oh.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2], name="nhwc_in"),
+        oh.make_node("Conv", ["t", "W0"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    m = _model(nodes, {"W0": _conv_w(rng, 2, 3)}, [5, 5, 3], [2, 5, 5])
+    chain = read_chain(m)
+    assert chain.in_shape == (3, 5, 5)
+    x = rng.standard_normal((2, 3, 5, 5))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = s.run(None, {"x": _f32(x.transpose(0, 2, 3, 1))})[0]
+    np.testing.assert_allclose(chain.forward(x), want, rtol=2e-5, atol=2e-5)
 
 
 def test_sub_constant_minus_data_is_folded():
@@ -361,4 +381,6 @@ def test_channels_last_dense_model_read_in_channels_first_coordinates():
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     want = s.run(None, {"x": _f32(x.transpose(0, 2, 3, 1))})[0].transpose(0, 3, 1, 2)
     np.testing.assert_allclose(chain.forward(x), want, rtol=2e-5, atol=2e-5)
-    assert read_chain(m).in_shape == (4, 4, 3)  # without a layout: the graph's coordinates
+    # without a layout: the one OnnxModel detects from the graph (declared (4, 4, 3): NHWC)
+    assert read_chain(m).in_shape == (3, 4, 4)
+    np.testing.assert_allclose(read_chain(m).forward(x), want, rtol=2e-5, atol=2e-5)

@@ -30,14 +30,9 @@ KINDS = {
     "conv_ae": ["conv", "conv", "resize", "conv", "resize", "conv"],
     "conv_ae_rgb": ["conv", "conv", "resize", "conv", "resize", "conv"],
 }
-# channels-last convolutions on 3 channels read from the path (the graph's coordinates):
-# the exporters transpose the input to NCHW in front of the first convolution, which a
-# chain of convolutions cannot absorb (read from an OnnxModel they read, see the last test)
-REFUSED = {
-    n: r"node \S+ \(op Transpose\).*convolution"
-    for n, e in FIXTURES.items()
-    if e["weights"] == "conv_ae_rgb" and e["layout"] == "NHWC"
-}
+# refused fixtures (none since read_chain detects the layout as OnnxModel does: the
+# channels-last convolutions' leading Transpose to NCHW then cancels)
+REFUSED: dict[str, str] = {}  # every fixture reads as a chain (channels-last ones included)
 # skl2onnx's MLPRegressor ends in Reshape(-1, 1): (batch * D, 1) from onnxruntime, which
 # OnnxModel's batch-axis probe restores to (batch, D)
 BATCH_AXIS = {n for n, e in FIXTURES.items() if n.startswith("skl2onnx_")}
@@ -113,6 +108,15 @@ def test_fixture_reads_as_a_chain_equal_to_onnxruntime(name):
         return
     chain = read_chain(FIX / name)
     assert [lay.kind for lay in chain] == KINDS[e["weights"]]
+    if e["layout"] == "NHWC":
+        # read from the path alone, a channels-last graph is read in the coordinates
+        # OnnxModel detects for it: (N, C, H, W) in and out
+        f = OnnxModel(FIX / name)
+        assert chain.in_shape == tuple(f.sample_shape)
+        x = np.random.default_rng(1).uniform(0, 1, (4, *f.sample_shape)).astype(np.float32)
+        got = chain.forward(x.astype(np.float64))
+        np.testing.assert_allclose(got.reshape(f(x).shape), f(x), rtol=1e-5, atol=1e-5)
+        return
     x = _input(name, n=4, seed=1)
     want = _ort(name, x)
     got = chain.forward(x.astype(np.float64))

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     report["layout"] = layout_section(args)
     try:
-        chain = read_chain(args.model)
+        chain = read_chain(args.model, layout=getattr(args, "layout", None))
     except UnsupportedGraphError as exc:
         report.update(chain=None, error=str(exc), methods={})
         print(f"{args.model}: not a plain layer chain: {exc}")

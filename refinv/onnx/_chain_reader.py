@@ -39,7 +39,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import OnnxModelError, RefinvError, ResourceLimitError, UnsupportedGraphError
+from ..errors import (
+    ConfigError,
+    OnnxModelError,
+    RefinvError,
+    ResourceLimitError,
+    UnsupportedGraphError,
+)
 from .graph import Activation, Layer, LayerChain
 from .model import (
     DEFAULT_MEMORY_LIMIT,
@@ -430,12 +436,14 @@ def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
     ----------
     source : path, bytes, onnx.ModelProto or OnnxModel
         The model (loaded safely through :func:`refinv.onnx.model.load_onnx`).
-    layout : {"NHWC"}, optional
+    layout : {"NHWC", "NCHW", "flat", "graph"}, optional
         Read a channels-last model in refinv's channels-first coordinates: the chain
         takes and returns ``(N, C, H, W)`` like :class:`~refinv.onnx.OnnxModel`, the
         input/output transposes being absorbed (a leading ``Transpose`` to NCHW cancels,
         a dense layer takes the permutation into its columns). Default: the layout of an
-        ``OnnxModel`` source, else the graph's own coordinates.
+        ``OnnxModel`` source, else the layout that ``OnnxModel`` would detect from the graph
+        (so a chain read from a path and the model agree); where the graph does not decide
+        it (an ambiguous input), and with ``"graph"``, the graph's own coordinates.
 
     Returns
     -------
@@ -457,6 +465,13 @@ def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
     else:
         model, label, _ = load_onnx(source)
     layout = layout if layout is not None else getattr(source, "layout", None)
+    if layout is None:
+        layout = _graph_layout(model, label)
+    elif layout not in ("NHWC", "NCHW", "flat", "NHW", "graph"):
+        raise ConfigError(
+            f"layout: expected NHWC, NCHW, flat or 'graph' (the graph's own coordinates), "
+            f"got {layout!r}"
+        )
     try:
         return _read_chain(model, label, nhwc=layout == "NHWC")
     except RefinvError:
@@ -465,6 +480,28 @@ def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
         raise UnsupportedGraphError(
             f"{label}: cannot read the layer chain: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _graph_layout(model: onnx.ModelProto, label: str) -> str | None:
+    """The input layout :class:`~refinv.onnx.OnnxModel` would detect for this graph
+    (:func:`refinv.onnx.model.detect_layout`), so that a chain read from a path uses the same
+    (N, C, H, W) coordinates as the model; ``None`` where the graph does not decide it (an
+    ambiguous or non-image input: the chain then keeps the graph's own coordinates)."""
+    from .model import detect_layout
+
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in inits]
+    if len(inputs) != 1:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    if not all(d.HasField("dim_value") for d in dims):
+        return None
+    try:
+        found, _ = detect_layout(graph, inputs[0].name, tuple(d.dim_value for d in dims), label)
+    except RefinvError:
+        return None
+    return found
 
 
 def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> LayerChain:

@@ -179,6 +179,9 @@ def test_report_matches_refinv_evaluate(tmp_path):
     assert set(doc) == set(ref) and doc["schema_version"] == 1 and doc["command"] == "sweep"
     assert doc["checkpoints"][0]["sha256"] == f.sha256
     assert doc["checkpoints"][0]["train_loss"] == ref["checkpoints"][0]["train_loss"]
+    # the model's layout record survives the store (meta "layout:LABEL")
+    assert doc["checkpoints"][0]["layout"] == ref["checkpoints"][0]["layout"]
+    assert doc["checkpoints"][0]["layout"]["layout"] == "NCHW"
     assert len(doc["runs"]) == len(ref["runs"]) == 4
     for run, want in zip(doc["runs"], ref["runs"], strict=True):
         assert set(run) == set(want)
@@ -195,6 +198,21 @@ def test_report_matches_refinv_evaluate(tmp_path):
     import json
 
     assert json.loads((tmp_path / "r.json").read_text())["runs"] == doc["runs"]
+
+
+def test_a_store_without_layout_records_reports_layout_null(tmp_path):
+    """Stores written before layouts existed have no meta "layout:LABEL": they still read,
+    and their report says layout null (it does not invent one)."""
+    import sqlite3
+
+    cfg = _config(tmp_path, masks=("random:0.5",), methods=("blind",), shard=10)
+    db = tmp_path / "old.sqlite"
+    run_sweep(cfg, db, progress=False)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("DELETE FROM meta WHERE key LIKE 'layout:%'").rowcount == 1
+    doc = report_from_db(db)
+    assert doc["checkpoints"][0]["layout"] is None
+    assert len(doc["runs"]) == 2
 
 
 def load_model():

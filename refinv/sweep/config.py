@@ -93,6 +93,9 @@ class ModelEntry:
     sizes: dict = field(default_factory=dict, compare=False)  # split -> number of images
     layout: str | None = None  # OnnxModel(layout=...); None: detected
     image_shape: tuple[int, ...] | None = None  # flat models; filled from the data if not given
+    # how the layout was decided when the config was validated (detected from the graph, or
+    # given): the workers then load with the resolved ``layout=``
+    layout_source: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,7 @@ def _check_model(
         sizes=sizes,
         layout=f.layout,
         image_shape=f.image_shape if f.layout == "flat" else None,
+        layout_source=f.layout_source,
     )
 
 

@@ -274,6 +274,8 @@ def _checkpoint_entries(cfg: SweepConfig, store: Store) -> None:
         xs = {s: _images(*ds.split(s), f, m.sizes[s]) for s in ds.splits}
         ck = checkpoint_entry(m.label, f, xs["train"], xs.get("test"))
         ck["model"] = Path(m.path).name
+        if ck.get("layout") and m.layout_source:  # as decided at validation, not "given"
+            ck["layout"]["layout_source"] = m.layout_source
         store.add_checkpoint(ck)
 
 

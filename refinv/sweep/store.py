@@ -5,7 +5,9 @@ Tables (full description in docs/sweep.md):
 ``meta(key, value)``
     ``schema_version``, ``settings`` (JSON: seed, noise_std, shard_size,
     solver), ``fingerprint`` (hash of the settings), ``masks``/``methods``
-    (JSON lists, the order of the report), ``created_utc``.
+    (JSON lists, the order of the report), ``created_utc``; ``layout:LABEL`` (JSON: the
+    input layout record of checkpoint LABEL, ``OnnxModel.layout_info()``; absent in stores
+    written before layouts, whose reports then give ``layout: null``).
 ``checkpoints(label, position, model, sha256, train_loss, test_loss)``
     One row per model of the config.
 ``tasks``
@@ -50,6 +52,8 @@ __all__ = ["Store", "STORE_SCHEMA_VERSION"]
 log = logging.getLogger(__name__)
 
 STORE_SCHEMA_VERSION = 1
+#: meta key prefix of a checkpoint's layout record (``OnnxModel.layout_info()``), JSON
+LAYOUT_KEY = "layout:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -381,13 +385,26 @@ class Store:
                     entry["test_loss"],
                 ),
             )
+            if entry.get("layout") is not None:  # the model's layout record, in meta (no
+                # column: stores written before layouts existed read unchanged)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (LAYOUT_KEY + entry["label"], json.dumps(entry["layout"])),
+                )
 
     def checkpoints(self) -> list[dict]:
         rows = self.conn.execute(
             "SELECT label, model, sha256, train_loss, test_loss FROM checkpoints ORDER BY position"
         ).fetchall()
         keys = ("label", "model", "sha256", "train_loss", "test_loss")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        meta = self.meta()
+        out = []
+        for r in rows:
+            ck = dict(zip(keys, r, strict=True))
+            layout = meta.get(LAYOUT_KEY + ck["label"])
+            ck["layout"] = layout if isinstance(layout, dict) else None
+            out.append(ck)
+        return out
 
     # ------------------------------------------------------------ tasks
     def done_tasks(self) -> set[str]:

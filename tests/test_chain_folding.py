@@ -6,30 +6,16 @@ against onnxruntime on random inputs; what it cannot fold is refused naming the 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
+from _graphs import graph_model as _model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 from onnx import helper as oh
 
 from refinv.errors import UnsupportedGraphError
 from refinv.onnx.graph import read_chain
-
-
-def _model(nodes, inits, in_shape, out_shape, opset=17):
-    g = oh.make_graph(
-        nodes,
-        "g",
-        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
-        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape])],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
-    )
-    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
 
 
 def _f32(a):

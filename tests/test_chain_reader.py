@@ -6,37 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
+from _graphs import graph_model as _model
+from _graphs import ort_run as _ort
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 from refinv.errors import UnsupportedGraphError
 from refinv.onnx.graph import dense_chain, read_chain
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-
-
-def _model(nodes, inits, in_shape, out_shape, dtype=TensorProto.FLOAT):
-    g = oh.make_graph(
-        nodes,
-        "g",
-        [oh.make_tensor_value_info("x", dtype, ["N", *in_shape])],
-        [oh.make_tensor_value_info("y", dtype, ["N", *out_shape])],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
-    )
-    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
-
-
-def _ort(m, x):
-    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {"x": x})[0]
 
 
 def build_mlp(rng, widths, acts, trans_b, bias, bn, matmul_add=False):

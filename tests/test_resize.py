@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import array_api_strict
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
+from _graphs import graph_model as _model
+from _graphs import ort_run as _ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 from refinv.errors import ShapeError, UnsupportedGraphError
 from refinv.onnx.graph import read_chain
 from refinv.operators import NearestUpsample2d
 from refinv.operators.linear import operator_norm
-
-
-def _model(nodes, inits, in_shape, out_shape, opset=17):
-    g = oh.make_graph(
-        nodes,
-        "g",
-        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
-        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape])],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
-    )
-    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
-
-
-def _ort(m, x):
-    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {"x": x})[0]
 
 
 @settings(max_examples=30, deadline=None)

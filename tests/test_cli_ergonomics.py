@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _sweeps import done_tasks as _done_tasks
 from test_recovery import onnx_ae, projection
 
 from refinv.cli import build_parser, main, verbosity
@@ -110,15 +110,6 @@ def test_evaluate_accepts_mask_as_masks(files, tmp_path):
 
 
 # ------------------------------------------------------------------ Ctrl-C in a sweep
-def _done_tasks(db: Path) -> int:
-    try:
-        con = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM tasks WHERE status = 'done'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def test_ctrl_c_in_a_sweep_is_one_resume_line_and_exit_130(files, tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _sweeps import done_tasks as _done
 
 from refinv.errors import ConfigError, RefinvError
 from refinv.sweep import Store, load_config, make_tasks, run_sweep, run_task
@@ -69,17 +70,6 @@ label = "d8"
 def _rows(db: Path) -> list[tuple]:
     with Store(db, readonly=True) as s:
         return [tuple(r[k] for k in ROW_KEYS) for r in s.results()]
-
-
-def _done(db: Path) -> int:
-    try:
-        con = sqlite3.connect(db, timeout=1)
-        try:
-            return con.execute("SELECT count(*) FROM tasks WHERE status='done'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _file_mask(tmp: Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _sweeps import done_tasks as _done
 from test_sweep import MODEL, _config, _rows, _table, pytestmark  # noqa: F401
 
 from refinv.cli import main
@@ -145,17 +146,6 @@ def _sweep_proc(cfg: Path, db: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-
-
-def _done(db: Path) -> int:
-    try:
-        con = sqlite3.connect(db, timeout=1)
-        try:
-            return con.execute("SELECT count(*) FROM tasks WHERE status='done'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 @pytest.mark.slow

@@ -664,6 +664,19 @@ def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> Layer
             w = w * s[None, :]
         return w, bias
 
+    def reorder(new_idx: np.ndarray, new_shape: tuple[int, ...], lbl: str) -> None:
+        """The data are now ``x[new_idx]`` of shape ``new_shape`` (a layout Transpose, an
+        Expand or Tile): nothing pending if that is the identity, else absorbed by the last
+        dense layer's rows where it can, else pending for the next dense layer (named)."""
+        b.actual = new_shape
+        if np.array_equal(new_idx, np.arange(new_idx.size)):
+            b.idx = None
+            b.follow()
+        elif b.idx is None and gather_last_dense(new_idx, new_shape):
+            b.shape = new_shape
+        else:
+            b.idx, b.idx_node = new_idx, lbl
+
     def gather_last_dense(idx: np.ndarray, new_shape: tuple[int, ...]) -> bool:
         """Push a gather (permutation, replication) back into the rows of the last dense
         layer (through its elementwise activation); True if done."""
@@ -751,14 +764,7 @@ def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> Layer
                     )
                 cur = b.idx if b.idx is not None else np.arange(_prod(b.actual))
                 new_idx = cur.reshape(b.actual).transpose([p - 1 for p in perm[1:]]).reshape(-1)
-                b.actual = new_shape
-                if np.array_equal(new_idx, np.arange(new_idx.size)):
-                    b.idx = None
-                    b.follow()
-                elif b.idx is None and gather_last_dense(new_idx, new_shape):
-                    b.shape = new_shape
-                else:
-                    b.idx, b.idx_node = new_idx, lbl
+                reorder(new_idx, new_shape, lbl)
             elif op in ("Expand", "Tile"):
                 cur_v = values[current]
                 reps = np.asarray(values[node.input[1]]).reshape(-1) if op == "Tile" else None
@@ -776,14 +782,7 @@ def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> Layer
                     new_idx = np.tile(cur, [int(r) for r in reps[1:]]).reshape(-1)
                 else:
                     new_idx = np.broadcast_to(cur, new_shape).reshape(-1)
-                b.actual = new_shape
-                if np.array_equal(new_idx, np.arange(new_idx.size)):
-                    b.idx = None
-                    b.follow()
-                elif b.idx is None and gather_last_dense(new_idx, new_shape):
-                    b.shape = new_shape
-                else:
-                    b.idx, b.idx_node = new_idx, lbl
+                reorder(new_idx, new_shape, lbl)
             elif (
                 op == "Reshape"
                 and out == g.output[0].name

@@ -11,6 +11,7 @@ import array_api_strict as xps
 import numpy as np
 import onnx
 import pytest
+from _doubles import CountingModel
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -504,18 +505,6 @@ def test_mask_step_ties_are_observed():
     y4[0, :, 0, 1] = [0.5, 0.0, 0.25]
     x4[0, :, 0, 1] = [1.0, 0.0, 0.5]  # sum (y - x)^2 = 0.3125 = sum y^2
     np.testing.assert_array_equal(mask_step(y4, x4), np.ones((1, 1, 1, 2)))
-
-
-class CountingModel:
-    """Counts the calls of ``f``; states its shapes so the solvers do not probe it."""
-
-    def __init__(self, f, shape):
-        self.f, self.calls = f, 0
-        self.sample_shape = self.output_sample_shape = shape
-
-    def __call__(self, a):
-        self.calls += 1
-        return self.f(a)
 
 
 def test_baseline_and_blind_make_the_same_number_of_calls():

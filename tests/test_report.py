@@ -8,6 +8,7 @@ import math
 import array_api_strict as xps
 import numpy as np
 import pytest
+from _doubles import CountingModel
 from test_recovery import np_linear, projection
 
 import refinv.evaluation.report as report_mod
@@ -270,18 +271,6 @@ def test_known_mask_reinsertion_only_without_noise(memorizer):
     _, clean, *_ = evaluate_split(f, train, spec, "known", solver={"max_iter": 2})
     _, noisy, *_ = evaluate_split(f, train, spec, "known", noise_std=0.01, solver={"max_iter": 2})
     assert clean.info["reinsert"] is True and noisy.info["reinsert"] is False
-
-
-class CountingModel:
-    """Counts calls of a linear model; states its shapes so the solvers do not probe it."""
-
-    def __init__(self, f, shape):
-        self.f, self.calls = f, 0
-        self.sample_shape = self.output_sample_shape = shape
-
-    def __call__(self, a):
-        self.calls += 1
-        return self.f(a)
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,17 @@ def model_jacobian(f: Any, x: Any, *, eps: float = 1e-3) -> np.ndarray:
     return out
 
 
+def _damping(J: np.ndarray, h: np.ndarray, rho: float) -> np.ndarray:
+    """``D = rho / (h + rho)`` of the linearized step (module docstring), after checking
+    ``J`` (n, n), ``h`` (n,) and ``rho > 0``."""
+    n = J.shape[0]
+    if J.shape != (n, n) or np.shape(h) != (n,):
+        raise ShapeError(f"expected J (n, n) and h (n,), got {J.shape} and {np.shape(h)}")
+    if not rho > 0:
+        raise ConfigError(f"rho: expected a positive number, got {rho}")
+    return rho / (np.asarray(h, dtype=np.float64) + rho)
+
+
 def pnp_admm_iteration_matrix(J: np.ndarray, h: np.ndarray, rho: float) -> np.ndarray:
     """The ``2n x 2n`` linearization ``M`` of one inner PnP-ADMM step (module docstring).
 
@@ -107,11 +118,7 @@ def pnp_admm_iteration_matrix(J: np.ndarray, h: np.ndarray, rho: float) -> np.nd
     ``(n,)`` 0/1 mask (1 = observed); state ordering ``(dz, du)``.
     """
     n = J.shape[0]
-    if J.shape != (n, n) or np.shape(h) != (n,):
-        raise ShapeError(f"expected J (n, n) and h (n,), got {J.shape} and {np.shape(h)}")
-    if not rho > 0:
-        raise ConfigError(f"rho: expected a positive number, got {rho}")
-    d = rho / (np.asarray(h, dtype=np.float64) + rho)
+    d = _damping(J, h, rho)
     return _linearized_step(lambda s: J @ s, d, np.eye(2 * n))  # the step on each unit vector
 
 
@@ -254,11 +261,7 @@ def pnp_admm_radius(J: np.ndarray, h: np.ndarray, rho: float) -> float:
     ``n x n`` matrix ``(I - D) + (2 D - I) J`` that has its non-zero eigenvalues
     (module docstring)."""
     n = J.shape[0]
-    if J.shape != (n, n) or np.shape(h) != (n,):
-        raise ShapeError(f"expected J (n, n) and h (n,), got {J.shape} and {np.shape(h)}")
-    if not rho > 0:
-        raise ConfigError(f"rho: expected a positive number, got {rho}")
-    d = rho / (np.asarray(h, dtype=np.float64) + rho)
+    d = _damping(J, h, rho)
     N = (2.0 * d - 1.0)[:, None] * np.asarray(J, dtype=np.float64)
     N[np.diag_indices(n)] += 1.0 - d
     return float(np.abs(np.linalg.eigvals(N)).max())

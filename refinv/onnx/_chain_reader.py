@@ -52,6 +52,7 @@ from .model import (
     DEFAULT_TIME_LIMIT,
     _limit,
     _prod,
+    detect_layout,
     load_onnx,
     open_session,
     run_session,
@@ -465,15 +466,13 @@ def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
     else:
         model, label, _ = load_onnx(source)
     layout = layout if layout is not None else getattr(source, "layout", None)
-    if layout is None:
-        layout = _graph_layout(model, label)
-    elif layout not in ("NHWC", "NCHW", "flat", "NHW", "graph"):
+    if layout is not None and layout not in ("NHWC", "NCHW", "flat", "NHW", "graph"):
         raise ConfigError(
             f"layout: expected NHWC, NCHW, flat or 'graph' (the graph's own coordinates), "
             f"got {layout!r}"
         )
     try:
-        return _read_chain(model, label, nhwc=layout == "NHWC")
+        return _read_chain(model, label, layout)
     except RefinvError:
         raise
     except Exception as exc:  # a malformed graph the walk did not anticipate
@@ -482,29 +481,22 @@ def read_chain(source: Any, *, layout: str | None = None) -> LayerChain:
         ) from exc
 
 
-def _graph_layout(model: onnx.ModelProto, label: str) -> str | None:
+def _graph_layout(graph: onnx.GraphProto, in_vi: onnx.ValueInfoProto, label: str) -> str | None:
     """The input layout :class:`~refinv.onnx.OnnxModel` would detect for this graph
     (:func:`refinv.onnx.model.detect_layout`), so that a chain read from a path uses the same
     (N, C, H, W) coordinates as the model; ``None`` where the graph does not decide it (an
     ambiguous or non-image input: the chain then keeps the graph's own coordinates)."""
-    from .model import detect_layout
-
-    graph = model.graph
-    inits = {t.name for t in graph.initializer}
-    inputs = [v for v in graph.input if v.name not in inits]
-    if len(inputs) != 1:
-        return None
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    dims = in_vi.type.tensor_type.shape.dim[1:]
     if not all(d.HasField("dim_value") for d in dims):
         return None
     try:
-        found, _ = detect_layout(graph, inputs[0].name, tuple(d.dim_value for d in dims), label)
+        found, _ = detect_layout(graph, in_vi.name, tuple(d.dim_value for d in dims), label)
     except RefinvError:
         return None
     return found
 
 
-def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> LayerChain:
+def _read_chain(model: onnx.ModelProto, label: str, layout: str | None = None) -> LayerChain:
     g = model.graph
     try:
         inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -517,6 +509,7 @@ def _read_chain(model: onnx.ModelProto, label: str, nhwc: bool = False) -> Layer
             f"{len(g.output)} outputs"
         )
     in_vi = inputs[0]
+    nhwc = (layout if layout is not None else _graph_layout(g, in_vi, label)) == "NHWC"
     elem = in_vi.type.tensor_type.elem_type
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
     if not in_vi.type.HasField("tensor_type") or elem not in floats:

@@ -50,7 +50,7 @@ from _common import (
     torch_setup,
     update_manifest,
 )
-from train_mlp import SLOPE, build, refit_last, set_last
+from train_mlp import SLOPE, build, refit_finish, refit_last, set_interpolated_last, set_last
 
 SEED = 42
 THRESHOLDS = (1e-3, 1e-4, 1e-5, 1e-6)
@@ -252,12 +252,7 @@ def register(torch, a, model, Xtr, Xte, st, run):
         train_wall_clock_note="wall clock on the shared 2-core machine (one torch thread)",
     )
     if refit is not None:
-        rec["finish"] = (
-            "after Adam, the LAST Linear layer was refit in closed form: float64 minimum-norm "
-            "least squares of the training residual on the last hidden layer's features (with a "
-            f"bias column), added to the Adam weights; not gradient training. Condition number of "
-            f"those features: {refit['cond']:.3g}"
-        )
+        rec["finish"] = refit_finish(refit["cond"])
     final_state = copy.deepcopy(model.state_dict())
     if a.regime == "perfect":
         for thr in THRESHOLDS:
@@ -277,9 +272,7 @@ def register(torch, a, model, Xtr, Xte, st, run):
                 )
             elif refit is not None and adam_mse >= thr:
                 model.load_state_dict(final_state)
-                s = math.sqrt(0.9 * thr / adam_mse)
-                set_last(torch, model, refit["W1"] + s * (refit["W0"] - refit["W1"]),
-                         refit["b1"] + s * (refit["b0"] - refit["b1"]))  # fmt: skip
+                s = set_interpolated_last(torch, model, refit, thr, adam_mse)
                 crec.update(
                     adam_steps=int(st["step"]) + 1,
                     interpolated=True,

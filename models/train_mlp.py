@@ -178,6 +178,30 @@ def set_last(torch, model, W, b):
         model.net[-1].bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32)))
 
 
+def refit_finish(cond: float) -> str:
+    """The manifest's ``finish`` text of a last-layer refit (``cond``: the features' condition
+    number)."""
+    return (
+        "after Adam, the LAST Linear layer was refit in closed form: float64 minimum-norm "
+        "least squares of the training residual on the last hidden layer's features (with a "
+        "bias column), added to the Adam weights; not gradient training. Condition number of "
+        f"those features: {cond:.3g}"
+    )
+
+
+def set_interpolated_last(torch, model, refit: dict, threshold: float, adam_mse: float) -> float:
+    """Last layer ``W = W_refit + s (W_adam - W_refit)`` with ``s = sqrt(0.9 threshold /
+    adam_mse)``, so the train MSE (~ s^2 x Adam's) is just below ``threshold``; returns s."""
+    s = math.sqrt(0.9 * threshold / adam_mse)
+    set_last(
+        torch,
+        model,
+        refit["W1"] + s * (refit["W0"] - refit["W1"]),
+        refit["b1"] + s * (refit["b0"] - refit["b1"]),
+    )
+    return s
+
+
 def train_one(name, spec, max_seconds=None):
     torch = torch_setup(SEED)
     Xtr, Xte = load(spec["data"])
@@ -287,12 +311,7 @@ def train_one(name, spec, max_seconds=None):
         checkpoints=[],
     )
     if refit is not None:
-        rec["finish"] = (
-            "after Adam, the LAST Linear layer was refit in closed form: float64 minimum-norm "
-            "least squares of the training residual on the last hidden layer's features (with a "
-            "bias column), added to the Adam weights; not gradient training. Condition number of "
-            f"those features: {refit['cond']:.3g}"
-        )
+        rec["finish"] = refit_finish(refit["cond"])
     print(
         f"{name}: final ORT train mse {mse:.3e} test {mse_te:.3e} attractors {frac:.2f}",
         file=log,
@@ -318,13 +337,7 @@ def train_one(name, spec, max_seconds=None):
                 )
             elif refit is not None and adam_mse >= th:
                 model.load_state_dict(final_state)
-                s = math.sqrt(0.9 * th / adam_mse)
-                set_last(
-                    torch,
-                    model,
-                    refit["W1"] + s * (refit["W0"] - refit["W1"]),
-                    refit["b1"] + s * (refit["b0"] - refit["b1"]),
-                )
+                s = set_interpolated_last(torch, model, refit, th, adam_mse)
                 crec.update(
                     adam_steps=adam_steps,
                     interpolated=True,

@@ -199,9 +199,9 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch):
     assert (s.done, s.failed) == (4, 0)
     assert _rows(shipped) == _rows(ref)
 
-    real = sweep_run._sha256_file  # the parent believes the model has other content
+    real = sweep_run.file_sha256  # the parent believes the model has other content
     monkeypatch.setattr(
-        sweep_run, "_sha256_file", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
+        sweep_run, "file_sha256", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
     )
     db = tmp_path / "refused.sqlite"
     with pytest.raises(ConfigError, match=r"--send-files.*other content"):

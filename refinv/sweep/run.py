@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DivergenceWarning
+from ..provenance import file_sha256
 from .config import SweepConfig, load_config
 from .store import Store
 
@@ -334,14 +335,6 @@ def _iter_local(tasks: list[Task], workers: int) -> Iterator[tuple[Task, dict | 
 
 
 # ------------------------------------------------------------------ files on Dask workers
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _mask_file(mask_text: str) -> str | None:
     """The npz path of a ``file:`` mask spec (``file:PATH`` or ``file:PATH:KEY``), else None."""
     if not mask_text.lower().startswith("file:"):
@@ -379,7 +372,7 @@ def _worker_check(files: dict[str, str], version: str) -> dict:
     for path, sha in files.items():
         if not os.path.isfile(path):
             problems.append(f"no file {path}")
-        elif _sha256_file(path) != sha:
+        elif file_sha256(path) != sha:
             problems.append(f"{path} has other content (SHA-256 differs from the parent's copy)")
     return {"pid": os.getpid(), "problems": problems}
 
@@ -395,7 +388,7 @@ def _materialize(sha: str, data: bytes, name: str) -> str:
 
     folder = Path(tempfile.gettempdir()) / f"refinv-sweep-files-{os.getuid()}"
     local = folder / f"{sha[:24]}-{Path(name).name}"
-    if not (local.is_file() and _sha256_file(local) == sha):
+    if not (local.is_file() and file_sha256(local) == sha):
         if hashlib.sha256(data).hexdigest() != sha:
             raise ConfigError(f"{name}: the bytes the worker received do not match their SHA-256")
         folder.mkdir(parents=True, exist_ok=True)
@@ -485,7 +478,7 @@ def _iter_dask(
                 f"--scheduler {scheduler}: no Dask worker joined within {_WORKER_WAIT_S}s"
             ) from exc
         paths = _task_files(tasks)
-        shas = {p: _sha256_file(p) for p in paths}
+        shas = {p: file_sha256(p) for p in paths}
         try:
             checks = client.run(
                 _worker_check, {} if send_files else shas, __version__, on_error="return"

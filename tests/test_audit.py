@@ -21,10 +21,10 @@ pytest.importorskip("matplotlib")
 
 import refinv  # noqa: E402
 import refinv.audit.core as core  # noqa: E402
-from refinv.audit.control import biharmonic_inpaint  # noqa: E402
 from refinv.audit.membership import roc_summary, tpr_at_fpr  # noqa: E402
 from refinv.cli import main  # noqa: E402
 from refinv.errors import ConfigError  # noqa: E402
+from refinv.evaluation.control import biharmonic_inpaint  # noqa: E402
 
 SHAPE = (1, 6, 7)
 FAST = ["--max-iter", "60", "--bootstrap", "50", "--stability-n", "3", "--quiet"]

@@ -230,9 +230,9 @@ def audit(
         that is written to ``out/report.json``.
     """
     from .._progress import Progress
+    from ..evaluation.control import CONTROL_METHOD, biharmonic_inpaint
     from ..provenance import provenance
     from ._deps import require_audit_dependencies
-    from .control import CONTROL_METHOD, biharmonic_inpaint
     from .membership import roc_summary
 
     require_audit_dependencies()

@@ -188,7 +188,10 @@ ALL = ["demo", "recover", "evaluate", "audit", "stability", "inspect", "invert",
 def test_every_command_json_validates_with_provenance(documents, name):
     doc, roles, argv = documents[name]
     validate(doc)  # the kind its "schema" names
-    assert doc["schema"].removeprefix("refinv.") in KINDS and doc["schema_version"] == 1
+    kind = doc["schema"].removeprefix("refinv.")
+    # the report (recover, evaluate, demo, sweep's report) is at version 2: per-sample
+    # stop_reason, tol "auto" and patience in settings.solver
+    assert kind in KINDS and doc["schema_version"] == (2 if kind == "report" else 1)
     prov = doc["provenance"]
     assert prov["argv"] == ["refinv", *argv]
     env = prov["environment"]
@@ -214,8 +217,8 @@ def test_default_solver_settings_are_recorded_with_their_values(documents, name)
         assert opts == effective_options(method, given, noisy=noisy)
     if "blind" in solver:  # the defaults docs/cli.md lists, present although not given
         b = solver["blind"]
-        assert (b["rho"], b["tol"], b["mask_init"], b["tau"], b["clip"]) == (
-            0.5, 1e-6, "ones", 0.0, False)  # fmt: skip
+        assert (b["rho"], b["tol"], b["patience"], b["mask_init"], b["tau"], b["clip"]) == (
+            0.5, "auto", 20, "ones", 0.0, False)  # fmt: skip
     if "known" in solver:
         assert solver["known"]["rho"] == 0.5 and solver["known"]["reinsert"] is True
 

@@ -49,8 +49,15 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
         help=f"ADMM penalty, 1/2-fidelity convention (default {DEFAULTS['rho']})",
     )  # fmt: skip
     g.add_argument(
-        "--tol", type=float, default=None,
-        help=f"per-sample stop on the relative change of x (default {DEFAULTS['tol']:g})",
+        "--tol", type=_tol, default=None,
+        help="per-sample stop: 'auto' (default: the relative change of x has reached the "
+        "floating-point floor, docs/theory/recovery.md) or a number (relative change < TOL; "
+        "0: run every iteration)",
+    )  # fmt: skip
+    g.add_argument(
+        "--patience", type=int, default=None,
+        help="stop a sample as stalled after this many checks without progress of its data "
+        f"misfit (default {DEFAULTS['patience']}; 0: never)",
     )  # fmt: skip
     g.add_argument(
         "--mask-init", default=None,
@@ -94,6 +101,16 @@ def add_runtime_args(p: argparse.ArgumentParser):
     return r
 
 
+def _tol(text: str) -> float | str:
+    """``--tol``: ``auto`` or a number."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
 def solver_options(args: argparse.Namespace) -> dict:
     """The solver dict for :func:`refinv.evaluation.report.memorization_report`."""
     opts = {
@@ -101,6 +118,7 @@ def solver_options(args: argparse.Namespace) -> dict:
         "inner_iter": args.inner_iter,
         "rho": args.rho,
         "tol": args.tol,
+        "patience": getattr(args, "patience", None),
         "mask_init": args.mask_init,
         "tau": args.tau,
         "clip": True if args.clip else None,

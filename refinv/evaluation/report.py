@@ -12,10 +12,10 @@ Reproducibility: for a given ``seed`` the masks of a split are drawn from
 memorization); the blind solver's Bernoulli initial mask uses
 ``default_rng([seed, 1])`` and noise ``default_rng([seed, 2])``.
 
-JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
+JSON schema (``SCHEMA_VERSION = 2``, stable; documented in docs/cli.md)::
 
     {
-      "schema_version": 1, "tool": "refinv", "refinv_version": str,
+      "schema_version": 2, "tool": "refinv", "refinv_version": str,
       "command": str, "created_utc": str,
       "thresholds": {"accurate_mse": 1e-7, "approximate_mse": 5e-4,
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
@@ -34,7 +34,9 @@ JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
           "n_diverged": int, "seconds": float, "onnx_seconds": float|null,
           "erased_fraction": float, "mask_error": float|null,
           "mse": [float], "psnr": [float], "iterations": [int],
-          "converged": [bool], "diverged": [bool], "residual": [float|null]
+          "converged": [bool], "diverged": [bool], "residual": [float|null],
+          "stop_reason": [str]   # per sample (version 2): converged, stalled,
+                                 # diverged, max_iter or callback
       }]
     }
 
@@ -85,7 +87,7 @@ __all__ = [
 
 log = logging.getLogger("refinv.evaluation.report")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METHODS = ("blind", "known", "ae-iterations")
 
 
@@ -154,7 +156,7 @@ def method_options(method: str, solver: dict) -> dict:
         "blind": {"max_iter", "tol", "rho", "inner_iter", "mask_init", "tau", "clip", "blowup"},
         "known": {"max_iter", "tol", "rho", "inner_iter", "clip", "blowup", "reinsert"},
         "ae-iterations": {"max_iter", "tol", "clip", "blowup"},
-    }[method]
+    }[method] | {"patience"}  # every method stops by the same rule
     out = {k: v for k, v in solver.items() if k in allowed and v is not None}
     if method == "ae-iterations" and ("max_iter" in out or solver.get("inner_iter") is not None):
         # equal cost: the baseline gets as many calls of f as blind's outer x inner (each
@@ -228,6 +230,7 @@ def _run_entry(
         converged=res.converged,
         diverged=res.diverged,
         residual=res.residual,
+        stop_reason=res.stop_reason,
         erased_fraction=float(1.0 - np.mean(mask)) if n else 0.0,
         mask_error=mask_error,
         seconds=seconds,
@@ -252,11 +255,13 @@ def run_entry(
     mask_error: float | None,
     seconds: float,
     onnx_seconds: float | None,
+    stop_reason: Any = None,
 ) -> dict:
     """One element of the report's ``runs`` from per-sample values (schema in docs/cli.md).
 
     ``mse`` may hold NaN (diverged samples; written as ``null``), ``residual``
     non-finite values (``null``). Rates count a NaN MSE as not recovered.
+    ``stop_reason`` (the solver's per-sample reasons) is written when given.
     """
     m = np.asarray(mse, dtype=np.float64)
     p = np.asarray(psnr, dtype=np.float64)
@@ -280,6 +285,7 @@ def run_entry(
         "erased_fraction": float(erased_fraction),
         "mask_error": mask_error,
         **sample_lists(m, p, iterations, converged, diverged, residual),
+        **({} if stop_reason is None else {"stop_reason": [str(v) for v in stop_reason]}),
     }
 
 

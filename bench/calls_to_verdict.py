@@ -170,7 +170,14 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", default=None, help="keep the JSON reports in this folder")
     ap.add_argument("--reuse", action="store_true", help="read reports already in --keep")
     ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
+    ap.add_argument(
+        "--only", choices=["before", "after"], default=None,
+        help="run one side only into --keep (no comparison printed); a later run with --reuse "
+        "reads it",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.only and not args.keep:
+        ap.error("--only needs --keep")
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="calls_to_verdict_"))
     for side in ("before", "after"):
         (keep / side).mkdir(parents=True, exist_ok=True)
@@ -199,6 +206,8 @@ def main(argv=None) -> None:
                 ("before", base_dir, base_dir / "models"),
                 ("after", ROOT, MODELS),
             ):
+                if args.only and side != args.only:
+                    continue
                 out = keep / side / f"{name}.json"
                 meta = out.with_suffix(".cpu.json")
                 if args.reuse and out.is_file() and meta.is_file():
@@ -206,6 +215,9 @@ def main(argv=None) -> None:
                 else:
                     got[side] = evaluate(src, mdir, name, rec, out)
                     meta.write_text(json.dumps({k: got[side][k] for k in ("cpu_s", "wall_s")}))
+            if args.only:
+                print(f"{name}: {args.only} done", file=sys.stderr, flush=True)
+                continue
             row = {
                 "model": name,
                 "kind": "conv" if "conv" in name else "fc",
@@ -228,6 +240,8 @@ def main(argv=None) -> None:
             check=False, capture_output=True,
         )  # fmt: skip
         shutil.rmtree(base_dir.parent, ignore_errors=True)
+    if args.only:
+        return
     tb = sum(r["calls_before"] for r in rows)
     ta = sum(r["calls_after"] for r in rows)
     doc = {

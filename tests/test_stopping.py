@@ -167,16 +167,23 @@ def test_a_slow_steady_contraction_is_never_given_up():
 
 def test_a_limit_that_does_not_fit_the_data_is_stalled():
     """The iterate converges (change shrinking by 0.9 per check) but the misfit stays at
-    0.3: once the window is full and the distance to the limit, delta q/(1-q), is below
-    half the misfit, the limit cannot fit the data: stalled, long before convergence."""
+    0.3: once the window is full and the distance to the limit, delta q/(1-q), is below a
+    tenth of the misfit, the limit cannot fit the data: stalled, long before convergence.
+    With a numeric tol the rule lets it converge (the user asked for that precision)."""
     s0 = Geo(np.ones((1, 1)), np.zeros(1), np.full(1, 0.9), np.full(1, 0.3), np.ones(1))
     eps = float(np.finfo(np.float32).eps)
     W = 20
     res = run_loop(geo_step, s0, max_iter=2000, tol=0.0, rule=FloorRule(1, eps, patience=W))
     assert res.stop_reason == ["stalled"]
-    # first t >= W with 0.9^t * 0.9 / 0.1 <= 0.15
-    want = max(W, math.ceil(math.log(0.15 / 9) / math.log(0.9)))
+    # first t >= W with 0.9^t * 0.9 / 0.1 <= 0.1 * 0.3
+    want = max(W, math.ceil(math.log(0.03 / 9) / math.log(0.9)))
     assert int(res.iterations[0]) == want
+    rule = FloorRule(1, eps, patience=W, tol=1e-6)
+    res = run_loop(geo_step, s0, max_iter=2000, tol=0.0, rule=rule)
+    assert res.stop_reason == ["converged"]
+    assert int(res.iterations[0]) == math.ceil(math.log(1e-6) / math.log(0.9)) + (
+        0.9 ** math.ceil(math.log(1e-6) / math.log(0.9)) >= 1e-6
+    )
 
 
 # ------------------------------------------------------------------ the recovery solvers

@@ -179,7 +179,7 @@ def _concat_states(parts: list[NamedTuple], order: np.ndarray) -> NamedTuple:
 
 def _per_sample_maxabs(x: Any) -> Any:
     if type(x) is np.ndarray:  # NumPy fast path (the same reduction, no namespace lookup)
-        return np.max(np.abs(x.reshape(x.shape[0], -1)), axis=1)
+        return np.abs(x.reshape(x.shape[0], -1)).max(axis=1)
     xp = namespace(x)
     flat = xp.reshape(x, (x.shape[0], -1))
     return xp.max(xp.abs(flat), axis=1)
@@ -258,7 +258,7 @@ def run_loop(
     cur = state
     bar = Progress(total=max_iter, desc=method or "solve", enabled=progress)
 
-    def finish(mask: np.ndarray, why: str | None) -> None:
+    def finish(mask: np.ndarray, why: str | None, k: int) -> None:
         nonlocal cur, active
         if not mask.any():
             return
@@ -266,6 +266,7 @@ def run_loop(
         keep_idx = np.flatnonzero(~mask)
         parts.append(take_batch(cur, done_idx) if keep_idx.size else cur)
         order_parts.append(active[done_idx])
+        iterations[active[done_idx]] = k  # the samples ran k steps (set once, when they stop)
         if why is not None:
             for i in active[done_idx]:
                 reason[i] = why
@@ -276,9 +277,7 @@ def run_loop(
     try:
         for k in range(1, max_iter + 1):
             cur, res = step(cur)
-            iterations[active] = k
-            last = k == max_iter
-            if k % check_every and not last:
+            if k % check_every and k != max_iter:
                 continue
             chk = res if isinstance(res, Check) else None
             if chk is not None:
@@ -324,14 +323,14 @@ def run_loop(
                 rest = ~done
                 for i in active[rest]:
                     reason[i] = StopReason.CALLBACK
-                finish(np.ones(active.size, dtype=bool), None)
+                finish(np.ones(active.size, dtype=bool), None, k)
                 break
-            finish(done, None)
+            finish(done, None, k)
             bar.update(k)
             if active.size == 0:
                 break
         if active.size:
-            finish(np.ones(active.size, dtype=bool), None)
+            finish(np.ones(active.size, dtype=bool), None, k)
     finally:
         bar.close()
 
@@ -362,6 +361,9 @@ def run_loop(
     )
 
 
+_EPS: dict = {}  # NumPy dtype -> its eps as a 0-d array (relative_change's fast path)
+
+
 def relative_change(xp: Any, new: Any, old: Any, eps: float | None = None) -> Any:
     """Per-sample ``||new - old|| / max(||old||, eps)`` over all non-batch axes."""
     b = new.shape[0]
@@ -370,10 +372,14 @@ def relative_change(xp: Any, new: Any, old: Any, eps: float | None = None) -> An
         # array is sqrt(add.reduce(x * x)) along the axis; tested): no namespace lookups
         d = (new - old).reshape(b, -1)
         o = old.reshape(b, -1)
-        e = np.finfo(new.dtype).eps if eps is None else eps
+        e = _EPS.get(new.dtype) if eps is None else None
+        if e is None:
+            e = np.asarray(np.finfo(new.dtype).eps if eps is None else eps, dtype=new.dtype)
+            if eps is None:
+                _EPS[new.dtype] = e
         num = np.sqrt(np.add.reduce(d * d, axis=1))
         den = np.sqrt(np.add.reduce(o * o, axis=1))
-        return num / np.maximum(den, np.asarray(e, dtype=new.dtype))
+        return num / np.maximum(den, e)
     d = xp.reshape(new - old, (b, -1))
     o = xp.reshape(old, (b, -1))
     if eps is None:

@@ -2,56 +2,56 @@
 
 :class:`FloorRule` is the stopping rule of the recovery solvers (``tol="auto"``,
 :mod:`refinv.solvers.recovery`); :func:`~refinv.solvers.run_loop` calls its
-:meth:`FloorRule.update` at every check with the still-running samples. It
-looks at two per-sample sequences the step function reports
-(:class:`~refinv.solvers.Check`):
+:meth:`FloorRule.update` at every check with the samples still running, which it
+identifies by their index in the original batch (stopped samples leave the batch).
+Per sample it reads what the step reports (:class:`~refinv.solvers.Check`):
 
-* the relative change of the iterate over the last step,
-  ``delta_t = ||x^t - x^{t-1}|| / ||x^{t-1}||``;
-* a data misfit, ``mu_t = ||r(x^t)|| / ||x^t||`` (the residual of the data
-  fit the solver minimizes; :mod:`refinv.solvers.recovery` says which), and
+* ``delta_t = ||x^t - x^{t-1}|| / ||x^{t-1}||``, the relative change of the iterate over
+  the last step;
+* ``mu_t = ||r(x^t)|| / ||y||``, a data misfit (the residual of the fit the solver
+  minimizes; :mod:`refinv.solvers.recovery` says which), ``s_t = ||x^t|| / ||y||``, and
   whether a discrete part of the state (the blind solver's mask) moved.
 
-With ``eps`` the machine epsilon of the iterate's dtype (1.19e-7 for
-float32, 2.22e-16 for float64), ``tau = c * eps`` (``c = 1024`` by
-default: 1.22e-4 in float32, 2.27e-13 in float64) is the *floor bound*:
-the float32 floors measured on the shipped autoencoders, the level at which
-``delta_t`` stops decreasing once the iterate has converged, are 5 to 150
-``eps`` (``docs/theory/recovery.md``). ``s`` is the number of steps between
-two checks (1 for the PnP-ADMM solvers, where a step is an outer iteration;
-``check_every`` for the AE iterations, where ``delta_t`` is the change of the
-last call only), so rates are per step. A sample stops at check ``t``:
+``eps`` is the machine epsilon of the iterate's dtype (1.19e-7 in float32, 2.22e-16 in
+float64) and ``tau = c eps`` (``c = 1024``: 1.22e-4 in float32, 2.27e-13 in float64) the
+*floor bound*: above the level at which ``delta_t`` stops decreasing once the iteration
+has converged (measured on the shipped autoencoders: docs/theory/recovery.md). ``s`` is
+the number of steps between two checks (1 for the PnP-ADMM solvers, whose step is an
+outer iteration; ``check_every`` for the AE iterations, where ``delta_t`` is the change
+of the last call only). ``W`` is ``patience`` and ``g(v)`` the least-squares slope of
+``log v`` over the last ``W`` checks (per check); ``rho = 0.99``. A sample stops at
+check ``t``:
 
-**converged** (contraction estimate) when ``delta_t <= tau`` and
+**converged** (the contraction estimate) when ``delta_t <= tau`` and
 
-    ``e_t = delta_t * r_t / (1 - r_t) <= tau``,
-    ``r_t = max(delta_t / delta_{t-1}, delta_{t-1} / delta_{t-2}) ** (1/s) < 1``;
+    ``e_t = delta_t r_t / (1 - r_t) <= tau``,
+    ``r_t = max(delta_t / delta_{t-1}, delta_{t-1} / delta_{t-2}) ** (1/s) < 1``:
 
-``e_t`` bounds ``||x^t - x^*|| / ||x^t||`` for an iteration that contracts
-with factor ``r_t`` per step towards its limit ``x^*`` (the a posteriori
-bound of the contraction mapping theorem, ``||x^t - x^*|| <= r/(1-r)
-||x^t - x^{t-1}||``); the rate is the worse of the last two measured, and
-an exact fixed point (``delta_t = 0``) stops at once;
+for an iteration that contracts with factor ``r`` per step towards its limit ``x*``,
+``||x^t - x*|| <= r / (1 - r) ||x^t - x^{t-1}||`` (the a posteriori bound of the
+contraction mapping theorem), so ``e_t`` estimates ``||x^t - x*|| / ||x^{t-1}||`` with
+the worse of the last two measured rates; an exact fixed point (``delta_t = 0``) stops
+at once;
 
-**converged** (at the floor) when, over the last ``W = patience`` checks,
-the changes stopped decreasing, ``g_delta >= log(rho)`` (``g`` the
-least-squares slope of ``log delta`` against the step number, ``rho = 0.99``),
-at a floor no higher than the bound: ``median(delta) <= tau``;
+**converged** (at the floor) when ``g(delta) >= log rho`` (the changes no longer
+decrease) and the median of the window's ``delta`` is ``<= tau``: the iterate has
+reached the rounding floor of its iteration;
 
-**stalled** (a failure: it will not converge to a fit of the data) when,
-over the last ``W`` checks, the misfit stopped decreasing,
-``g_mu >= log(rho)``, far above the floor (``mu_t > tau``), the discrete
-state did not move, and either the iterate stopped progressing too
-(``g_delta >= log(rho)``: it wanders, oscillates or creeps) or its limit
-cannot fit the data better: ``e_t' <= mu_t / 2`` with
-``e_t' = delta_t * q / (1 - q)``, ``q = exp(g_delta)`` the window's rate
-(the misfit is 1-Lipschitz in ``x``, so the limit's misfit is at least
-``mu_t - e_t' >= mu_t / 2``).
+**stalled** (a failure) when ``g(mu) >= log rho`` (the misfit no longer decreases),
+``mu_t > tau`` (far above the floor), the discrete state did not move in the window,
+and either ``g(delta) >= log rho`` (the iterate wanders, oscillates or creeps: no
+progress at all) or, with ``tol="auto"``, ``e'_t s_t <= 0.1 mu_t`` where
+``e'_t = delta_t q / (1 - q)`` with the window's rate ``q = exp(g(delta) / s)``: the
+misfit is 1-Lipschitz in ``x`` (relative to ``||y||``), so the limit's misfit is at
+least ``mu_t - e'_t s_t >= 0.9 mu_t``; the iteration converges to a point that does
+not fit the data.
 
-Divergence (NaN/Inf, ``max |x| > blowup``) is the loop's own test and comes
-first. ``patience=None`` disables both window tests (only the contraction
-estimate stops a sample). A fixed threshold (``tol`` a number) replaces the
-contraction and floor tests by ``delta_t < tol``; the stall test stays.
+Divergence (NaN/Inf, ``max |x| > blowup``) is the loop's own test and comes first.
+``patience=None`` (or 0) disables the window tests (only the contraction estimate stops
+a sample). A fixed threshold (``tol`` a number) replaces both convergence tests by
+``delta_t < tol`` and keeps the "no progress at all" stall test.
+``search_patience`` (off by default) also stops a sample whose discrete state keeps
+moving when the misfit has made no progress over that many checks.
 """
 
 from __future__ import annotations
@@ -60,14 +60,19 @@ import math
 
 import numpy as np
 
-__all__ = ["FloorRule", "FLOOR_C", "PROGRESS_RATE", "DEFAULT_PATIENCE"]
+from .._constants import RECOVERY_DEFAULTS
+
+__all__ = ["FloorRule", "FLOOR_C", "PROGRESS_RATE", "DEFAULT_PATIENCE", "LIMIT_FRACTION"]
 
 #: the floor bound in units of the dtype's machine epsilon
 FLOOR_C = 1024.0
 #: a sequence "progresses" when it decreases faster than this factor per step
 PROGRESS_RATE = 0.99
 #: checks without progress before a sample counts as stalled (or at its floor)
-DEFAULT_PATIENCE = 20
+DEFAULT_PATIENCE = RECOVERY_DEFAULTS["patience"]
+#: a converging sample is stalled when its remaining distance is below this fraction of its
+#: misfit: the limit keeps at least (1 - LIMIT_FRACTION) of the misfit
+LIMIT_FRACTION = 0.1
 
 _TINY = 1e-300
 
@@ -110,41 +115,47 @@ class FloorRule:
     ) -> None:
         self.eps = float(eps)
         self.tau = float(c) * self.eps
+        self.log_tau = math.log(self.tau)
         self.tol = None if tol is None else float(tol)
         self.W = int(patience or 0)
         self.W2 = int(search_patience or 0) if self.W else 0
         self.every = int(every)
         self.log_rate = math.log(rate)  # per check
-        self.L = max(self.W, self.W2, 3)
-        self.ld = np.zeros((n, self.L))  # log delta, ring buffer per sample
-        self.lm = np.zeros((n, self.L))  # log misfit
-        self.mv = np.zeros((n, self.L), dtype=bool)  # the discrete state moved
+        self.L = max(self.W, self.W2, 1)
+        self.buf = np.zeros((n, self.L, 2))  # (log delta, log misfit), ring buffer per sample
+        self.d1 = np.full(n, np.nan)  # delta at the previous check
+        self.d2 = np.full(n, np.nan)  # ... and at the one before
+        self.moved = np.full(n, -(2**62), dtype=np.int64)  # last check the state moved
         self.count = np.zeros(n, dtype=np.int64)  # checks seen per sample
         self.estimate = np.full(n, np.inf)  # last e_t (the contraction estimate)
         self._slope = {w: self._weights(w) for w in (self.W, self.W2) if w}
 
     def _weights(self, w: int) -> np.ndarray:
-        """Least-squares slope weights over ``w`` checks (oldest first), per check."""
+        """Least-squares slope weights over ``w`` checks (oldest first), per check, for
+        both columns of the buffer at once: shape ``(w, 1)``."""
         t = np.arange(w, dtype=np.float64) - (w - 1) / 2.0
-        return t / np.dot(t, t)
+        return (t / np.dot(t, t))[:, None]
 
-    def _window(self, idx: np.ndarray, c: np.ndarray, w: int):
-        """The last ``w`` checks of the samples ``idx`` (``c`` their previous counts), oldest
-        first: ``(log delta, log misfit, moved)`` arrays of shape ``(len(idx), w)``."""
+    def _window(self, idx: np.ndarray, c: np.ndarray, w: int) -> np.ndarray:
+        """The last ``w`` checks of the samples ``idx`` (``c`` their counts before this
+        check), oldest first: shape ``(len(idx), w, 2)``."""
         cols = (c[:, None] - (w - 1) + np.arange(w)) % self.L
-        rows = idx[:, None]
-        return self.ld[rows, cols], self.lm[rows, cols], self.mv[rows, cols]
+        return self.buf[idx[:, None], cols]
 
-    def _stalled(self, wd, wm, d, scale, w):
-        """No progress of the misfit over the window, far above the floor, and the iterate
-        wanders or its limit keeps the misfit (the module docstring's test)."""
-        g_d = wd @ self._slope[w]
-        g_m = wm @ self._slope[w]
-        mu = np.exp(wm[:, -1])
-        q = np.exp(g_d / self.every)  # the window's rate per step
-        far = np.where(q < 1.0, d * q / (1.0 - q), np.inf) * scale
+    def _stalled(self, win, d, scale, w):
+        """``(stalled, changes flat)``: no progress of the misfit over the window, far above
+        the floor, and the iterate wanders or its limit keeps the misfit (module docstring)."""
+        g = (win * self._slope[w]).sum(axis=1)  # slopes of log delta and log misfit
+        g_d, g_m = g[:, 0], g[:, 1]
+        mu = np.exp(win[:, -1, 1])
         flat_d = g_d >= self.log_rate
-        return (g_m >= self.log_rate) & (mu > self.tau) & (flat_d | (far <= mu / 2.0)), flat_d
+        stuck = flat_d
+        if self.tol is None:  # the limit keeps the misfit: e' sigma <= 0.1 mu
+            q = np.exp(g_d / self.every)  # the window's rate per step
+            with np.errstate(divide="ignore", invalid="ignore"):
+                far = np.where(q < 1.0, d * q / (1.0 - q), np.inf) * scale
+            stuck = flat_d | (far <= LIMIT_FRACTION * mu)
+        return (g_m >= self.log_rate) & (mu > self.tau) & stuck, flat_d
 
     def update(
         self,
@@ -159,41 +170,50 @@ class FloorRule:
         ``change``, ``misfit``, ``moving``, ``scale``: :class:`~refinv.solvers.Check`'s
         fields for these samples (host arrays; ``scale`` None: 1)."""
         d = np.asarray(change, dtype=np.float64)
-        sc = np.ones_like(d) if scale is None else np.asarray(scale, dtype=np.float64)
         c = self.count[idx]
+        self.count[idx] = c + 1
         pos = c % self.L
+        self.buf[idx, pos, 0] = np.log(np.maximum(d, _TINY))
+        if misfit is not None:
+            self.buf[idx, pos, 1] = np.log(np.maximum(np.asarray(misfit, np.float64), _TINY))
+        if moving is not None:
+            mv = np.asarray(moving, bool)
+            self.moved[idx[mv]] = c[mv]
+        # the contraction estimate: the worse of the last two rates, per step
+        d1, d2 = self.d1[idx], self.d2[idx]
+        self.d2[idx], self.d1[idx] = d1, d
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            self.ld[idx, pos] = np.log(np.maximum(d, _TINY))
-            if misfit is not None:
-                self.lm[idx, pos] = np.log(np.maximum(np.asarray(misfit, np.float64), _TINY))
-            self.mv[idx, pos] = False if moving is None else np.asarray(moving, bool)
-            self.count[idx] = c + 1
-            # the contraction estimate: the worse of the last two rates, per step
-            d1 = np.exp(self.ld[idx, (c - 1) % self.L])
-            d2 = np.exp(self.ld[idx, (c - 2) % self.L])
-            r = np.maximum(d / d1, d1 / d2) ** (1.0 / self.every)
-            est = np.where((c >= 2) & (r < 1.0), d * r / (1.0 - r), np.inf)
-            est = np.where(d == 0, 0.0, est)
-            self.estimate[idx] = est
-            if self.tol is None:
-                conv = (d == 0) | ((c >= 2) & (d <= self.tau) & (est <= self.tau))
-            else:
-                conv = d < self.tol
-            stall = np.zeros(d.shape, dtype=bool)
-            if self.W:
-                rows = np.flatnonzero(c + 1 >= self.W)
-                if rows.size:
-                    wd, wm, mv = self._window(idx[rows], c[rows], self.W)
-                    stuck, flat_d = self._stalled(wd, wm, d[rows], sc[rows], self.W)
-                    if self.tol is None:  # at the floor: the changes stopped decreasing
-                        conv[rows] |= flat_d & (np.median(wd, axis=1) <= math.log(self.tau))
-                    if misfit is not None:
-                        searching = mv.any(axis=1)
-                        stall[rows] = stuck & ~searching
-                        if self.W2:  # a search without progress, after search_patience
-                            long = rows[searching & (c[rows] + 1 >= self.W2)]
-                            if long.size:
-                                wd2, wm2, _ = self._window(idx[long], c[long], self.W2)
-                                stall[long] = self._stalled(wd2, wm2, d[long], sc[long], self.W2)[0]
+            r = np.maximum(d / d1, d1 / d2) ** (1.0 / self.every)  # NaN until 3 checks
+            est = np.where(r < 1.0, d * r / (1.0 - r), np.inf)
+        est[d == 0] = 0.0
+        self.estimate[idx] = est
+        if self.tol is None:
+            conv = (d <= self.tau) & (est <= self.tau)
+        else:
+            conv = d < self.tol
+        stall = np.zeros(d.shape, dtype=bool)
+        if self.W:
+            rows = np.flatnonzero(c + 1 >= self.W)
+            if rows.size:
+                ii, cc = idx[rows], c[rows]
+                win = self._window(ii, cc, self.W)
+                stuck, flat_d = self._stalled(win, d[rows], self._scale(scale, rows), self.W)
+                if self.tol is None:  # at the floor: flat, at least half the window <= tau
+                    low = (win[:, :, 0] <= self.log_tau).sum(axis=1) * 2 >= self.W
+                    conv[rows] |= flat_d & low
+                if misfit is not None:
+                    searching = cc - self.moved[ii] < self.W
+                    stall[rows] = stuck & ~searching
+                    if self.W2:  # a search without progress, after search_patience
+                        sel = searching & (cc + 1 >= self.W2)
+                        if sel.any():
+                            long = rows[sel]
+                            win2 = self._window(idx[long], c[long], self.W2)
+                            sc2 = self._scale(scale, long)
+                            stall[long] = self._stalled(win2, d[long], sc2, self.W2)[0]
         stall &= ~conv
         return conv, stall
+
+    @staticmethod
+    def _scale(scale: np.ndarray | None, rows: np.ndarray) -> np.ndarray | float:
+        return 1.0 if scale is None else np.asarray(scale, dtype=np.float64)[rows]

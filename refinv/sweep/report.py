@@ -75,7 +75,7 @@ class _Named:
 
 def _entry(checkpoint, train_loss, method, mask, split, rs, seconds, onnx_seconds) -> dict:
     """One ``runs`` element from the stored rows, as ``refinv evaluate`` builds it."""
-    from ..evaluation.report import run_entry
+    from ..evaluation.runs import run_entry
 
     me = [r["mask_error"] for r in rs]
     return run_entry(

@@ -63,6 +63,11 @@ def report_from_db(db: str | Path) -> dict:
         c, mask, method, split = key
         sec, ort = seconds.get(key, (0.0, None))
         doc["runs"].append(_entry(c, loss.get(c), method, mask, split, rs, sec, ort))
+    from ..provenance import provenance
+
+    # as memorization_report: the schema name first, the provenance block (the database) last
+    doc = {"schema": "refinv.report", **doc}
+    doc["provenance"] = provenance({"database": str(db)})
     return doc
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -71,13 +72,13 @@ def masks_for(rec: dict) -> str:
     return f"random:0.5,center:{CENTER[side]},rows:2"
 
 
-def evaluate(src: Path, models: Path, name: str, rec: dict, out: Path) -> dict:
+def evaluate(src: Path, models: Path, name: str, rec: dict, out: Path, extra=()) -> dict:
     """One ``refinv evaluate`` process on checkout ``src``; returns its report and CPU time."""
     data = models / rec["dataset"].split()[0]
     cmd = [
         sys.executable, "-m", "refinv", "evaluate", str(models / "onnx" / f"{name}.onnx"),
         "--train", f"{data}:train", "--test", f"{data}:test", "--masks", masks_for(rec),
-        "--methods", "blind,known,ae-iterations", "--json", str(out), "--quiet",
+        "--methods", "blind,known,ae-iterations", "--json", str(out), "--quiet", *extra,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(src), REFINV_NO_PROGRESS="1")
     t0 = time.perf_counter()
@@ -169,6 +170,12 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default=None, help="comma-separated model names (default: all)")
     ap.add_argument("--keep", default=None, help="keep the JSON reports in this folder")
     ap.add_argument("--reuse", action="store_true", help="read reports already in --keep")
+    ap.add_argument(
+        "--after-args", default="", metavar="ARGS",
+        help="extra refinv evaluate options of the 'after' side (e.g. '--search-patience 20'); "
+        "its reports go to --keep/after-LABEL with --label",
+    )  # fmt: skip
+    ap.add_argument("--label", default="", help="names the 'after' variant (--after-args)")
     ap.add_argument("--markdown", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument(
         "--only", choices=["before", "after"], default=None,
@@ -179,8 +186,10 @@ def main(argv=None) -> None:
     if args.only and not args.keep:
         ap.error("--only needs --keep")
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="calls_to_verdict_"))
-    for side in ("before", "after"):
+    after_dir = "after" + (f"-{args.label}" if args.label else "")
+    for side in ("before", after_dir):
         (keep / side).mkdir(parents=True, exist_ok=True)
+    extra = shlex.split(args.after_args)
     base_dir = Path(tempfile.mkdtemp(prefix="refinv_base_")) / "src"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_dir), args.base],
@@ -208,12 +217,14 @@ def main(argv=None) -> None:
             ):
                 if args.only and side != args.only:
                     continue
-                out = keep / side / f"{name}.json"
+                out = keep / (after_dir if side == "after" else side) / f"{name}.json"
                 meta = out.with_suffix(".cpu.json")
                 if args.reuse and out.is_file() and meta.is_file():
                     got[side] = {"doc": json.loads(out.read_text()), **json.loads(meta.read_text())}
                 else:
-                    got[side] = evaluate(src, mdir, name, rec, out)
+                    got[side] = evaluate(
+                        src, mdir, name, rec, out, extra if side == "after" else ()
+                    )
                     meta.write_text(json.dumps({k: got[side][k] for k in ("cpu_s", "wall_s")}))
             if args.only:
                 print(f"{name}: {args.only} done", file=sys.stderr, flush=True)
@@ -249,13 +260,16 @@ def main(argv=None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "base": base_rev,
         "head": head_rev,
+        "after_args": args.after_args,
+        "label": args.label,
         "rows": rows,
         "total": {"calls_before": tb, "calls_after": ta, "ratio": ta / tb if tb else None},
         "environment": environment(),
     }
     emit(doc)
     if args.markdown:
-        update_markdown("calls_to_verdict", render(doc))
+        section = "calls_to_verdict" + (f"_{args.label}" if args.label else "")
+        update_markdown(section, render(doc))
 
 
 def _pct(v: float) -> str:
@@ -264,10 +278,14 @@ def _pct(v: float) -> str:
 
 def render(doc: dict) -> str:
     lines = [
-        "## Calls to a verdict: network calls of `refinv evaluate`, before and after",
+        "## Calls to a verdict: network calls of `refinv evaluate`, before and after"
+        + (f" ({doc['label']})" if doc["label"] else ""),
         "",
-        f"Command: `python bench/calls_to_verdict.py --markdown` ({doc['date']}); before = "
-        f"{doc['base']}, after = {doc['head']}. Every shipped perfect-fit autoencoder "
+        "Command: `python bench/calls_to_verdict.py --markdown"
+        + (f" --label {doc['label']} --after-args '{doc['after_args']}'" if doc["label"] else "")
+        + f"` ({doc['date']}); before = {doc['base']}, after = {doc['head']}"
+        + (f" with `{doc['after_args']}`" if doc["after_args"] else "")
+        + ". Every shipped perfect-fit autoencoder "
         "(train MSE < 1e-10 in the manifest), its training and held-out images, `refinv "
         "evaluate` with the defaults, 3 masks (`random:0.5,center:S,rows:2`, S = 9 / 6 / 3 "
         "for 25-28 / 16 / 8 pixels) x 3 methods x 2 splits. Sample-calls = images through "

@@ -381,3 +381,31 @@ def test_compaction_gives_each_image_what_it_gets_alone(seed, n, method):
         for a, b in zip(one.state, full.state, strict=True):
             if a is not None:
                 assert np.array_equal(a[0], b[i])
+
+
+class Search(NamedTuple):
+    x: Any
+    k: Any
+
+
+def search_step(s: Search):
+    """Changes and misfit flat far above the floor, the discrete state moving every step
+    (a blind search that never finds anything)."""
+    n = s.x.shape[0]
+    return Search(s.x, s.k + 1), Check(np.full(n, 0.05), np.full(n, 0.3), np.ones(n, bool))
+
+
+def test_search_patience_stops_a_search_that_makes_no_progress():
+    """A sample whose discrete state keeps moving is searching: `patience` never gives up
+    on it (the budget runs out); `search_patience` does, after that many checks."""
+    eps = float(np.finfo(np.float32).eps)
+    s0 = Search(np.ones((2, 1)), np.zeros(2))
+    res = run_loop(search_step, s0, max_iter=60, tol=0.0, rule=FloorRule(2, eps, patience=5))
+    assert res.stop_reason == ["max_iter"] * 2
+    rule = FloorRule(2, eps, patience=5, search_patience=12)
+    res = run_loop(search_step, s0, max_iter=60, tol=0.0, rule=rule)
+    assert res.stop_reason == ["stalled"] * 2 and res.iterations.tolist() == [12, 12]
+    y = np.ones((1, 1, 2, 2))
+    with pytest.raises(ConfigError, match="search_patience"):
+        blind_recovery(lambda a: a, y, search_patience=-2)
+    assert blind_recovery(lambda a: a, y, search_patience=4).info["search_patience"] == 4

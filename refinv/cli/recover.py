@@ -60,6 +60,11 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
         f"misfit (default {DEFAULTS['patience']}; 0: never)",
     )  # fmt: skip
     g.add_argument(
+        "--search-patience", type=int, default=None,
+        help="blind: also stop a sample whose mask still moves after this many outer "
+        "iterations without progress (default: never; fewer calls, but a late find is lost)",
+    )  # fmt: skip
+    g.add_argument(
         "--mask-init", default=None,
         help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero, or "
         f"file:PATH.npz[:KEY] (a 0/1 array (H, W) or (N, H, W)) (default {DEFAULTS['mask_init']})",
@@ -119,6 +124,7 @@ def solver_options(args: argparse.Namespace) -> dict:
         "rho": args.rho,
         "tol": args.tol,
         "patience": getattr(args, "patience", None),
+        "search_patience": getattr(args, "search_patience", None),
         "mask_init": args.mask_init,
         "tau": args.tau,
         "clip": True if args.clip else None,

@@ -91,7 +91,17 @@ def run_method(
 def method_options(method: str, solver: dict) -> dict:
     """Keep only the options a method accepts (blind: all; known: no mask_init/tau; ae: few)."""
     allowed = {
-        "blind": {"max_iter", "tol", "rho", "inner_iter", "mask_init", "tau", "clip", "blowup"},
+        "blind": {
+            "max_iter",
+            "tol",
+            "rho",
+            "inner_iter",
+            "mask_init",
+            "tau",
+            "clip",
+            "blowup",
+            "search_patience",
+        },  # fmt: skip
         "known": {"max_iter", "tol", "rho", "inner_iter", "clip", "blowup", "reinsert"},
         "ae-iterations": {"max_iter", "tol", "clip", "blowup"},
     }[method] | {"patience"}  # every method stops by the same rule

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (pins BLAS threads through the environment)
+import numpy as np
 from common import MODELS, ROOT, emit, environment, update_markdown
 
 BASE = "6b1aae2"
@@ -117,6 +118,24 @@ def tally(doc: dict) -> dict:
     return runs
 
 
+def kind_of_change(c: dict) -> str:
+    """``better``: stopped as converged in a better class than the full budget left it (the
+    old rule ran on and the iterate drifted off); ``threshold``: both MSEs within a factor 4
+    of the class boundary crossed (an image on a non-converging orbit whose class at the
+    budget's end is a draw); ``lost``: a worse class by more than that (a late find the new
+    rule gave up on)."""
+    rank = CLASS_NAMES.index
+    mb = np.inf if c["mse_before"] is None else c["mse_before"]
+    ma = np.inf if c["mse_after"] is None else c["mse_after"]
+    if rank(c["after"]) > rank(c["before"]) and c["stop_reason_after"] == "converged":
+        return "better"
+    lo, hi = sorted((rank(c["before"]), rank(c["after"])))
+    bound = (APPROXIMATE, ACCURATE)[hi - 1] if lo + 1 == hi else None
+    if bound is not None and bound / 4 <= min(mb, ma) and max(mb, ma) <= 4 * bound:
+        return "threshold"
+    return "lost" if rank(c["after"]) < rank(c["before"]) else "better"
+
+
 def compare(before: dict, after: dict) -> dict:
     b, a = tally(before), tally(after)
     changes, per_method = [], {}
@@ -137,6 +156,7 @@ def compare(before: dict, after: dict) -> dict:
                         "stop_reason_after": (ra["stop_reason"] or [None] * (i + 1))[i],
                     }
                 )  # fmt: skip
+                changes[-1]["kind"] = kind_of_change(changes[-1])
     counts = {
         side: [sum(c == k for r in runs.values() for c in r["classes"]) for k in (2, 1, 0)]
         for side, runs in (("before", b), ("after", a))
@@ -159,6 +179,9 @@ def compare(before: dict, after: dict) -> dict:
             zip(("accurate", "approximate", "not"), counts["after"], strict=True)
         ),
         "classes_unchanged": not changes,
+        "changes_by_kind": {
+            k: sum(c["kind"] == k for c in changes) for k in ("better", "threshold", "lost")
+        },
         "changes": changes,
         "stop_reasons_after": reasons,
     }
@@ -303,7 +326,13 @@ def render(doc: dict) -> str:
             for m in ("blind", "known", "ae-iterations")
         )
         cb = r["classes_before"]
-        unchanged = "yes" if r["classes_unchanged"] else f"**{len(r['changes'])} changed**"
+        k = r["changes_by_kind"]
+        unchanged = (
+            "yes"
+            if r["classes_unchanged"]
+            else f"{len(r['changes'])} changed ({k['better']} better, {k['threshold']} at a "
+            f"threshold, {k['lost']} lost)"
+        )
         lines.append(
             f"| `{r['model']}` | {r['kind']} | {r['calls_before']:,} | {r['calls_after']:,} | "
             f"{_pct(r['ratio'])} | {part} | {cb['accurate']} / {cb['approximate']} / "
@@ -313,7 +342,15 @@ def render(doc: dict) -> str:
     lines.append(
         f"| all | | {t['calls_before']:,} | {t['calls_after']:,} | {_pct(t['ratio'])} | | | | | | |"
     )
-    lines += ["", "Per-method columns: sample-calls after / before of that method's 6 runs."]
+    lines += [
+        "",
+        "Per-method columns: sample-calls after / before of that method's 6 runs. A changed "
+        "class is *better* when the image stopped as converged in a better class than the "
+        "full budget left it (the old rule ran on and the iterate drifted off), *at a "
+        "threshold* when both MSEs are within a factor 4 of the class boundary crossed (an "
+        "image that never converges, whose class at the end of the budget is a draw), "
+        "*lost* otherwise (a worse class: a late find the new rule gave up on).",
+    ]
     changed = [(r["model"], c) for r in doc["rows"] for c in r["changes"]]
     if changed:
         lines += [
@@ -321,8 +358,8 @@ def render(doc: dict) -> str:
             "Images whose class changed (before -> after; MSE; iterations; the new stop reason):",
             "",
             "| model | run | image | class | MSE before / after | iterations before / after "
-            "| stop reason |",
-            "|---|---|---|---|---|---|---|",
+            "| stop reason | kind |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for model, c in changed:
             mb = "null" if c["mse_before"] is None else f"{c['mse_before']:.2g}"
@@ -330,7 +367,7 @@ def render(doc: dict) -> str:
             lines.append(
                 f"| `{model}` | {c['mask']} {c['split']} {c['method']} | {c['image']} | "
                 f"{c['before']} -> {c['after']} | {mb} / {ma} | {c['iterations_before']} / "
-                f"{c['iterations_after']} | {c['stop_reason_after']} |"
+                f"{c['iterations_after']} | {c['stop_reason_after']} | {c['kind']} |"
             )
     reasons: dict[str, int] = {}
     for r in doc["rows"]:

@@ -43,14 +43,15 @@ def lin_step(s: Lin):
     return Lin(x, s.xs, s.r), Check(d)
 
 
-def predicted_stop(r: float, x0: np.ndarray, xs: np.ndarray, tau: float) -> int:
-    """The first iteration t >= 3 (three changes seen) at which delta_t <= tau and
-    delta_t r / (1 - r) <= tau, in exact arithmetic (the measured ratio is r exactly)."""
+def predicted_stop(r: float, x0: np.ndarray, xs: np.ndarray, tau: float, tau0: float) -> int:
+    """The first iteration t at which delta_t <= tau0 (a fixed point to rounding), or, from
+    t >= 3 (three changes seen), delta_t <= tau and delta_t r / (1 - r) <= tau, in exact
+    arithmetic (the measured ratio is r exactly)."""
     e0 = x0 - xs
-    for t in range(3, 10_000):
+    for t in range(1, 10_000):
         prev = xs + r ** (t - 1) * e0
         delta = np.linalg.norm(r ** (t - 1) * (r - 1) * e0) / np.linalg.norm(prev)
-        if delta <= tau and delta * r / (1 - r) <= tau:
+        if delta <= tau0 or (t >= 3 and delta <= tau and delta * r / (1 - r) <= tau):
             return t
     raise AssertionError("no stop predicted")
 
@@ -73,7 +74,7 @@ def test_a_contraction_stops_where_the_estimate_predicts(rates, seed, dtype):
     tau = FLOOR_C * eps
     for i in range(n):
         want = predicted_stop(
-            float(r[i, 0]), x0[i].astype(np.float64), xs[i].astype(np.float64), tau
+            float(r[i, 0]), x0[i].astype(np.float64), xs[i].astype(np.float64), tau, 16 * eps
         )
         assert res.stop_reason[i] == "converged"
         # rounding of the float iterate moves the measured ratio by ~eps / delta: one step
@@ -81,6 +82,27 @@ def test_a_contraction_stops_where_the_estimate_predicts(rates, seed, dtype):
         # the a posteriori bound: ||x_t - x*|| <= r/(1-r) ||x_t - x_{t-1}|| <= tau ||x_{t-1}||
         err = np.linalg.norm(res.x[i].astype(np.float64) - xs[i]) / np.linalg.norm(xs[i])
         assert err <= 2 * tau
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_fixed_point_to_rounding_stops_at_the_first_check(dtype):
+    """An iterate the first step leaves where it was (changes <= 16 eps) stops at once, before
+    any rate can be measured; 17 eps does not (it needs the contraction estimate)."""
+    eps = float(np.finfo(dtype).eps)
+    for level, want in ((16 * eps, "converged"), (0.0, "converged")):
+        s0 = Geo(np.ones((1, 1)), np.zeros(1), np.full(1, 1.0), np.full(1, 0.3), np.ones(1))
+
+        def step(s, level=level):
+            return Geo(s.x, s.t + 1, s.q, s.m, s.g), Check(np.full(1, level), s.m)
+
+        res = run_loop(step, s0, max_iter=50, tol=0.0, rule=FloorRule(1, eps, patience=20))
+        assert res.stop_reason == [want] and res.iterations.tolist() == [1]
+    res = run_loop(
+        lambda s: (s, Check(np.full(1, 17 * eps), np.full(1, 1e-30))),
+        Geo(np.ones((1, 1)), np.zeros(1), np.ones(1), np.ones(1), np.ones(1)),
+        max_iter=50, tol=0.0, rule=FloorRule(1, eps, patience=20),
+    )  # fmt: skip
+    assert res.iterations.tolist() == [20]  # constant changes: at the floor after the window
 
 
 class Noisy(NamedTuple):

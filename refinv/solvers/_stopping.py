@@ -30,8 +30,9 @@ check ``t``:
 for an iteration that contracts with factor ``r`` per step towards its limit ``x*``,
 ``||x^t - x*|| <= r / (1 - r) ||x^t - x^{t-1}||`` (the a posteriori bound of the
 contraction mapping theorem), so ``e_t`` estimates ``||x^t - x*|| / ||x^{t-1}||`` with
-the worse of the last two measured rates; an exact fixed point (``delta_t = 0``) stops
-at once;
+the worse of the last two measured rates; a fixed point to rounding,
+``delta_t <= 16 eps``, stops at once, from the first check (with any rate ``r <= 0.98``
+its estimate is below ``tau`` too);
 
 **converged** (at the floor) when ``g(delta) >= log rho`` (the changes no longer
 decrease) and the median of the window's ``delta`` is ``<= tau``: the iterate has
@@ -62,10 +63,19 @@ import numpy as np
 
 from .._constants import RECOVERY_DEFAULTS
 
-__all__ = ["FloorRule", "FLOOR_C", "PROGRESS_RATE", "DEFAULT_PATIENCE", "LIMIT_FRACTION"]
+__all__ = [
+    "FloorRule",
+    "FLOOR_C",
+    "FIXED_C",
+    "PROGRESS_RATE",
+    "DEFAULT_PATIENCE",
+    "LIMIT_FRACTION",
+]
 
 #: the floor bound in units of the dtype's machine epsilon
 FLOOR_C = 1024.0
+#: a change this small (in eps) is a fixed point to rounding: converged at once
+FIXED_C = 16.0
 #: a sequence "progresses" when it decreases faster than this factor per step
 PROGRESS_RATE = 0.99
 #: checks without progress before a sample counts as stalled (or at its floor)
@@ -115,6 +125,7 @@ class FloorRule:
     ) -> None:
         self.eps = float(eps)
         self.tau = float(c) * self.eps
+        self.tau0 = FIXED_C * self.eps
         self.log_tau = math.log(self.tau)
         self.tol = None if tol is None else float(tol)
         self.W = int(patience or 0)
@@ -187,8 +198,8 @@ class FloorRule:
             est = np.where(r < 1.0, d * r / (1.0 - r), np.inf)
         est[d == 0] = 0.0
         self.estimate[idx] = est
-        if self.tol is None:
-            conv = (d <= self.tau) & (est <= self.tau)
+        if self.tol is None:  # a fixed point to rounding, or the contraction estimate
+            conv = (d <= self.tau0) | ((d <= self.tau) & (est <= self.tau))
         else:
             conv = d < self.tol
         stall = np.zeros(d.shape, dtype=bool)

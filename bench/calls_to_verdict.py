@@ -122,8 +122,8 @@ def kind_of_change(c: dict) -> str:
     """``better``: stopped as converged in a better class than the full budget left it (the
     old rule ran on and the iterate drifted off); ``threshold``: both MSEs within a factor 4
     of the class boundary crossed (an image on a non-converging orbit whose class at the
-    budget's end is a draw); ``lost``: a worse class by more than that (a late find the new
-    rule gave up on)."""
+    budget's end is a draw); ``lost``: a worse class by more than that (a late convergence
+    the new rule gave up on, or an orbit whose MSE swings over decades)."""
     rank = CLASS_NAMES.index
     mb = np.inf if c["mse_before"] is None else c["mse_before"]
     ma = np.inf if c["mse_after"] is None else c["mse_after"]
@@ -349,7 +349,8 @@ def render(doc: dict) -> str:
         "full budget left it (the old rule ran on and the iterate drifted off), *at a "
         "threshold* when both MSEs are within a factor 4 of the class boundary crossed (an "
         "image that never converges, whose class at the end of the budget is a draw), "
-        "*lost* otherwise (a worse class: a late find the new rule gave up on).",
+        "*lost* otherwise (a worse class by more than that: a late convergence the new rule "
+        "gave up on, or an orbit whose MSE swings over decades).",
     ]
     changed = [(r["model"], c) for r in doc["rows"] for c in r["changes"]]
     if changed:

@@ -231,8 +231,8 @@ def run_loop(
     rule : FloorRule, optional
         A per-sample stopping rule (:class:`~refinv.solvers._stopping.FloorRule`)
         that replaces the ``tol`` test: at each check ``rule.update(active,
-        change, misfit, moving)`` returns which samples converged and which
-        stalled (reason ``"stalled"``).
+        change, misfit, moving, scale)`` (the step's :class:`Check`, on the host)
+        returns which samples converged and which stalled (reason ``"stalled"``).
     """
     if max_iter < 1:
         raise ConfigError(f"max_iter: expected a positive integer, got {max_iter}")

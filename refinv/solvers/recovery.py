@@ -24,9 +24,10 @@ Conventions
   ``check_every`` calls for the AE iterations), ``x^0 = y``. ``tol="auto"``
   (default): :class:`~refinv.solvers.FloorRule` stops a sample as converged when
   the relative change ``||x^t - x^{t-1}|| / ||x^{t-1}||`` has reached the
-  floating-point floor of the iteration (the contraction estimate of the
-  distance to the limit, or changes that no longer decrease, at ``1024 eps`` of
-  the data's dtype), and as ``"stalled"`` when for ``patience`` checks its data
+  floating-point floor of the iteration (a change of at most ``16 eps`` of the
+  data's dtype, a contraction estimate of the distance to the limit of at most
+  ``64 eps``, or changes and misfit that no longer decrease at most ``1024 eps``),
+  and as ``"stalled"`` when for ``patience`` checks its data
   misfit has not decreased far above that floor (blind: while its mask does not
   move) and the iterate wanders or converges to a point that does not fit the
   data; the misfits are eq. (7)'s fidelity at the estimated mask (blind), the
@@ -464,10 +465,10 @@ def blind_recovery(
     tol : "auto" or float
         Per-sample stopping. ``"auto"`` (default): stop when the relative change of
         ``x`` between outer iterations has reached the floating-point floor of the
-        iteration (:class:`~refinv.solvers.FloorRule`: the contraction estimate of
-        the distance to the limit, or the changes no longer decreasing, at
-        ``1024 eps`` of ``y``'s dtype); a number: stop when the relative change is
-        ``< tol`` (``0``: every iteration runs, no early stop of any kind).
+        iteration (:class:`~refinv.solvers.FloorRule`: a fixed point to rounding, the
+        contraction estimate of the distance to the limit, or the changes no longer
+        decreasing, in units of ``y``'s dtype's eps); a number: stop when the relative
+        change is ``< tol`` (``0``: every iteration runs, no early stop of any kind).
     patience : int or None
         Outer iterations without progress after which a sample is stopped as
         ``"stalled"`` (its data misfit, eq. 7's fidelity at the estimated mask, no

@@ -62,7 +62,7 @@ MODULE_TESTS = {
     "onnx/_chain_builder.py": ["tests/test_chain_reader.py"],
     "onnx/model.py": ["tests/test_onnx_model.py"],
     "onnx/loading.py": ["tests/test_onnx_model.py"],
-    "sweep/store.py": ["tests/test_sweep.py"],
+    "engine/store.py": ["tests/test_sweep.py"],
 }
 
 
@@ -81,9 +81,9 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- evaluation/report.py
     M(
         "report-heldout-seed",
-        "evaluation/report.py",
-        "split=split,\n                        seed=seed,",
-        'split=split,\n                        seed=seed + (split == "test"),',
+        "engine/plan.py",
+        "**shard, **common, solver",
+        '**shard, **{**common, "seed": seed + (split == "test")}, solver',
         "same_masks",
         True,
     ),
@@ -720,10 +720,10 @@ MUTANTS: list[Mutant] = [
         "if not MIN_OPSET <= default:",
         "opset",
     ),
-    # ---------------------------------------------------------------- sweep/store.py
+    # ---------------------------------------------------------------- engine/store.py
     M(
         "store-task-row-first",
-        "sweep/store.py",
+        "engine/store.py",
         "        with self._tx():\n            # a retried failed task",
         '        self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)\n'
         "        with self._tx():\n            # a retried failed task",
@@ -732,7 +732,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "store-no-rollback",
-        "sweep/store.py",
+        "engine/store.py",
         'self.conn.execute("ROLLBACK")',
         'self.conn.execute("COMMIT")',
         "store_failing",

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from _sweeps import done_tasks as _done
 
+from refinv.engine import dask as engine_dask
+from refinv.engine import work as engine_work
 from refinv.errors import ConfigError, RefinvError
 from refinv.sweep import Store, load_config, make_tasks, run_sweep, run_task
-from refinv.sweep import run as sweep_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "onnx" / "digits8_lrelu_6x320.onnx"
@@ -87,7 +88,7 @@ def test_shipped_files_give_the_same_results_as_the_parents_paths(tmp_path):
     mask = _file_mask(src)
     cfg = _config(tmp_path, model=model, data=data, masks=(mask, "center:3"), n=4, shard=2)
     tasks = make_tasks(load_config(cfg))
-    files = sweep_run._task_files(tasks)
+    files = engine_dask.unit_files(tasks)
     assert files == sorted([str(Path(model).resolve()), str(Path(data).resolve()),
                             str((src / "m.npz").resolve())])  # fmt: skip
     blobs = {p: (hashlib.sha256(Path(p).read_bytes()).hexdigest(), Path(p).read_bytes())
@@ -96,28 +97,28 @@ def test_shipped_files_give_the_same_results_as_the_parents_paths(tmp_path):
     assert len(picked) == 2 and picked[0].mask == mask  # file mask and centre, shard [2:4]
     ref = [run_task(t) for t in picked]
     shutil.rmtree(src)  # the "worker" cannot see the parent's files any more
-    sweep_run._MODELS.clear()  # nor has it opened them before
-    sweep_run._DATA.clear()
+    engine_work._MODELS.clear()  # nor has it opened them before
+    engine_work._DATA.clear()
     for t in picked:
         with pytest.raises(RefinvError):
             run_task(t)
-    got = [sweep_run._run_shipped(t, blobs) for t in picked]
+    got = [engine_dask.run_shipped(t, blobs) for t in picked]
     for a, b in zip(ref, got, strict=True):
         for k in ("mse", "psnr", "iterations", "converged", "residual", "mask_error"):
             assert a[k] == b[k], k
-    local = sweep_run._relocate(picked[0], {p: f"/w/{i}.x" for i, p in enumerate(files)})
+    local = engine_dask._relocate(picked[0], {p: f"/w/{i}.x" for i, p in enumerate(files)})
     assert local.model_path.startswith("/w/") and local.data_path.startswith("/w/")
     if picked[0].mask.startswith("file:"):
         assert local.mask.startswith("file:/w/") and local.mask.endswith(":keep")
     # bytes that do not match their hash are refused
     bad = {p: (sha, data + b"x" if p.endswith(".onnx") else data) for p, (sha, data) in
            blobs.items()}  # fmt: skip
-    sweep_run._SHIPPED.clear()
-    cache = Path(sweep_run._materialize(*blobs[files[0]], files[0])).parent
+    engine_dask._SHIPPED.clear()
+    cache = Path(engine_dask._materialize(*blobs[files[0]], files[0])).parent
     shutil.rmtree(cache)
-    sweep_run._SHIPPED.clear()
+    engine_dask._SHIPPED.clear()
     with pytest.raises(ConfigError, match="do not match their SHA-256"):
-        sweep_run._run_shipped(picked[0], bad)
+        engine_dask.run_shipped(picked[0], bad)
 
 
 def test_worker_check_names_each_problem(tmp_path):
@@ -126,8 +127,8 @@ def test_worker_check_names_each_problem(tmp_path):
     good = hashlib.sha256(b"abc").hexdigest()
     from refinv import __version__
 
-    assert sweep_run._worker_check({str(p): good}, __version__)["problems"] == []
-    probs = sweep_run._worker_check(
+    assert engine_dask.worker_check({str(p): good}, __version__)["problems"] == []
+    probs = engine_dask.worker_check(
         {str(p): "0" * 64, str(tmp_path / "gone.onnx"): good}, "0.0.0-other"
     )["problems"]
     assert len(probs) == 3
@@ -199,9 +200,9 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch):
     assert (s.done, s.failed) == (4, 0)
     assert _rows(shipped) == _rows(ref)
 
-    real = sweep_run.file_sha256  # the parent believes the model has other content
+    real = engine_dask.file_sha256  # the parent believes the model has other content
     monkeypatch.setattr(
-        sweep_run, "file_sha256", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
+        engine_dask, "file_sha256", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
     )
     db = tmp_path / "refused.sqlite"
     with pytest.raises(ConfigError, match=r"--send-files.*other content"):
@@ -212,7 +213,7 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch):
 
 def test_unreachable_scheduler_is_a_config_error(tmp_path, monkeypatch):
     pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
-    monkeypatch.setattr(sweep_run, "_CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(engine_dask, "_CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ConfigError, match="tcp://127.0.0.1:9: expected the address"):
         run_sweep(_config(tmp_path), tmp_path / "x.sqlite", scheduler="tcp://127.0.0.1:9",
                   progress=False)  # fmt: skip

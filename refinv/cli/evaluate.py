@@ -2,7 +2,11 @@
 
     refinv evaluate MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
         --masks random:0.5,center:9,rows:2 --methods blind,known,ae-iterations \\
-        --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...]
+        --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...] [--db PATH]
+
+The report is a plan (one unit per checkpoint x mask x split x method), run in this process
+into a results database (resume: units it holds are not run again), then the document
+computed from the database; the table and the figures render the document.
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ def register(sub) -> None:
     p.add_argument("--json", default=None, help="write the JSON report here")
     p.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures here")
     p.add_argument(
+        "--db", default=None, metavar="PATH",
+        help="keep the runs in this results database (SQLite, as `refinv sweep`'s) and resume "
+        "from it: runs it already holds for the same models, images and settings are not "
+        "computed again; `refinv report PATH` renders it (default: a temporary database)",
+    )  # fmt: skip
+    p.add_argument(
         "--chunk", type=int, default=1024,
         help="images solved at a time (default 1024; memory stays flat in the number of "
         "images, results do not depend on it)",
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         figures_dir=args.figures,
         command="evaluate",
         chunk=args.chunk,
+        db=args.db,
     )
     doc["settings"]["train"] = args.train
     doc["settings"]["test"] = args.test

@@ -206,7 +206,7 @@ def degrade(
     return y, mask
 
 
-def warn_diverged(entry: dict, solver: dict | None) -> None:
+def warn_diverged(entry: dict, solver: dict | None, stacklevel: int = 3) -> None:
     """One DivergenceWarning per run that had diverged samples, saying which run (the
     solver's own warning is silenced by the callers)."""
     if entry["n_diverged"]:
@@ -217,5 +217,5 @@ def warn_diverged(entry: dict, solver: dict | None) -> None:
             f"(NaN/Inf or |x| > {blowup:g}) and were stopped (MSE null in the report); the "
             "others continued",
             DivergenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )

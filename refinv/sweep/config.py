@@ -164,8 +164,6 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     Opens every model and loads every split once to check shapes; raises
     :class:`~refinv.errors.ConfigError` on the first problem.
     """
-    from ..evaluation.runs import METHODS
-
     base = Path(base)
     _unknown(doc, _TOP_KEYS, "config")
     seed = int(_type(doc.get("seed", 0), (int,), "seed"))
@@ -175,7 +173,21 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     shard = int(_type(doc.get("shard_size", 50), (int,), "shard_size"))
     if shard < 1:
         raise ConfigError(f"shard_size: expected an integer >= 1, got {shard}")
+    masks = _masks(doc, base)
+    methods = _methods(doc)
+    solver = _solver(doc)
+    threads, provider, batch_size = _runtime(doc)
+    datasets = _datasets(doc, base)
+    models = _models(doc, base, datasets)
+    models = [_check_model(m, datasets[m.dataset], masks, threads, provider) for m in models]
+    return SweepConfig(
+        models=models, datasets=datasets, masks=masks, methods=methods, solver=solver,
+        seed=seed, noise_std=noise, shard_size=shard, threads=threads, provider=provider,
+        batch_size=batch_size, source=source,
+    )  # fmt: skip
 
+
+def _masks(doc: dict, base: Path) -> list[MaskSpec]:
     masks_raw = _type(doc.get("masks", ["random:0.5"]), (list,), "masks")
     if not masks_raw:
         raise ConfigError("masks: expected a non-empty list of mask specs")
@@ -188,6 +200,12 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
         masks.append(spec)
     if len({m.text for m in masks}) != len(masks):
         raise ConfigError(f"masks: duplicate entries in {masks_raw}")
+    return masks
+
+
+def _methods(doc: dict) -> list[str]:
+    from ..evaluation.runs import METHODS
+
     methods = list(_type(doc.get("methods", ["blind"]), (list,), "methods"))
     if not methods:
         raise ConfigError("methods: expected a non-empty list")
@@ -196,7 +214,10 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             raise ConfigError(f"methods: expected names from {', '.join(METHODS)}, got {m!r}")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods: duplicate entries in {methods}")
+    return methods
 
+
+def _solver(doc: dict) -> dict:
     solver = dict(_type(doc.get("solver", {}), (dict,), "[solver]"))
     _unknown(solver, set(SOLVER_KEYS), "[solver]")
     for k in ("max_iter", "inner_iter"):
@@ -214,7 +235,11 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             if len(c) != 2:
                 raise ConfigError(f"solver.clip: expected true/false or [lo, hi], got {c}")
             solver["clip"] = [float(v) for v in c]
+    return solver
 
+
+def _runtime(doc: dict) -> tuple[int | None, str, int | None]:
+    """``(threads, provider, batch_size)`` of ``[runtime]``."""
     rt = dict(_type(doc.get("runtime", {}), (dict,), "[runtime]"))
     _unknown(rt, _RUNTIME_KEYS, "[runtime]")
     threads = rt.get("threads", 1)
@@ -225,7 +250,10 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     batch_size = rt.get("batch_size")
     if batch_size is not None and _type(batch_size, (int,), "runtime.batch_size") < 1:
         raise ConfigError(f"runtime.batch_size: expected >= 1, got {batch_size}")
+    return threads, provider, batch_size
 
+
+def _datasets(doc: dict, base: Path) -> dict[str, Dataset]:
     dsets_raw = _type(doc.get("datasets", {}), (dict,), "[datasets]")
     if not dsets_raw:
         raise ConfigError("[datasets]: expected at least one [datasets.NAME] table")
@@ -246,7 +274,11 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             else None,
             n=n,
         )
+    return datasets
 
+
+def _models(doc: dict, base: Path, datasets: dict[str, Dataset]) -> list[ModelEntry]:
+    """The ``[[models]]`` entries (paths resolved, labels unique; not opened yet)."""
     models_raw = _type(doc.get("models", []), (list,), "[[models]]")
     if not models_raw:
         raise ConfigError("[[models]]: expected at least one [[models]] entry")
@@ -264,7 +296,6 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             raise ConfigError(
                 f"models[{i}].dataset: expected one of {sorted(datasets)}, got {ds!r}"
             )
-        label = str(m.get("label") or Path(path).stem)
         layout = m.get("layout")
         if layout is not None:
             layout = _type(layout, (str,), f"models[{i}].layout")
@@ -273,28 +304,14 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             from ..onnx.layout import parse_image_shape
 
             shape = parse_image_shape(shape, f"models[{i}].image_shape")
+        label = str(m.get("label") or Path(path).stem)
         models.append(
             ModelEntry(label=label, path=path, dataset=ds, layout=layout, image_shape=shape)
         )
     labels = [m.label for m in models]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"[[models]]: labels must be unique, got {labels} (set 'label')")
-
-    models = [_check_model(m, datasets[m.dataset], masks, threads, provider) for m in models]
-    return SweepConfig(
-        models=models,
-        datasets=datasets,
-        masks=masks,
-        methods=methods,
-        solver=solver,
-        seed=seed,
-        noise_std=noise,
-        shard_size=shard,
-        threads=threads,
-        provider=provider,
-        batch_size=batch_size,
-        source=source,
-    )
+    return models
 
 
 def _check_model(

@@ -1,4 +1,8 @@
-"""The SQLite results store of a sweep (stdlib ``sqlite3``, WAL mode).
+"""The SQLite results store of every batch of recoveries (stdlib ``sqlite3``, WAL mode).
+
+``refinv evaluate --db``, ``refinv sweep``, ``refinv report`` and ``refinv audit`` keep their
+units' results here, keyed by each unit's content (:func:`refinv.engine.plan.unit_key`):
+a unit already in the store is not computed again (resume).
 
 Tables (full description in docs/sweep.md):
 
@@ -19,8 +23,15 @@ Tables (full description in docs/sweep.md):
     method, split, sample, mse, psnr, iterations, converged, diverged,
     residual, erased_fraction, mask_error, seed, noise_std, solver,
     refinv_version``; ``UNIQUE(checkpoint, mask, method, split, sample)``.
+``arrays``
+    Named arrays of a done task (``task_id, name, data``: a ``.npy`` file, read without
+    pickles): the exact pixel counts of its masks (``observed``, ``mismatched``,
+    ``pixels``) and the images that figures draw (``x``, ``y``, ``x_hat``, ``h_true``,
+    ``h_est`` of the first ones). A store written before this table has none: it is added
+    when the store is next opened for writing, and its reports fall back to per-sample
+    means.
 
-Crash safety: a task's result rows and its ``tasks`` row (status ``done``)
+Crash safety: a task's result rows, its arrays and its ``tasks`` row (status ``done``)
 are written in ONE transaction, so a task is either complete or absent; WAL
 journaling means a killed process never leaves a corrupt database, and the
 next run simply recomputes the missing tasks.
@@ -38,12 +49,15 @@ readable into a new store; the next sweep computes the rest.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -79,6 +93,10 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (task_id, sample),
     UNIQUE (checkpoint, mask, method, split, sample)
 );
+CREATE TABLE IF NOT EXISTS arrays (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id), name TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (task_id, name)
+);
 """
 
 
@@ -101,7 +119,10 @@ _TABLES = {
         "onnx_seconds refinv_version finished_utc"
     ).split(),
     "results": _RESULT_COLS,
+    "arrays": ["task_id", "name", "data"],
 }
+#: tables a store written before ``arrays`` existed lacks (added when opened for writing)
+_OPTIONAL = {"arrays"}
 
 
 def _recover_hint(path: Path) -> str:
@@ -160,7 +181,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from exc
         theirs = sorted(t for t in tables if t not in _TABLES)
-        if theirs or (tables and set(tables) != set(_TABLES)):
+        if theirs or (tables and not set(_TABLES) - _OPTIONAL <= set(tables)):
             raise ConfigError(
                 f"{self.path}: not a refinv sweep database: expected the tables "
                 f"{sorted(_TABLES)}, it has {sorted(tables)} (another program's database? "
@@ -234,12 +255,12 @@ class Store:
             names = {
                 r[0] for r in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
             }
-            if not set(_TABLES) <= names:
+            if not set(_TABLES) - _OPTIONAL <= names:
                 raise ConfigError(
                     f"{damaged}: not a refinv sweep database (tables {sorted(names)}); "
                     "nothing to salvage"
                 )
-            data = {t: _readable_rows(con, t, _TABLES[t]) for t in _TABLES}
+            data = {t: _readable_rows(con, t, _TABLES[t]) for t in _TABLES if t in names}
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{damaged}: cannot be read at all ({exc}); rerun the sweep") from exc
         finally:
@@ -250,6 +271,9 @@ class Store:
         by_task: dict[str, list[tuple]] = {}
         for r in data["results"]:
             by_task.setdefault(r[0], []).append(r)
+        arrays: dict[str, list[tuple]] = {}
+        for r in data.get("arrays", []):
+            arrays.setdefault(r[0], []).append(r)
         kept = dropped = 0
         with cls(new) as out:
             with out._tx():
@@ -278,6 +302,9 @@ class Store:
                             out.conn.executemany(
                                 f"INSERT INTO results VALUES ({', '.join('?' * len(_RESULT_COLS))})",
                                 rows,
+                            )
+                            out.conn.executemany(
+                                "INSERT INTO arrays VALUES (?, ?, ?)", arrays.get(t[0], [])
                             )
                     except sqlite3.DatabaseError:
                         ok = False
@@ -366,7 +393,7 @@ class Store:
         with self._tx():  # check and insert in one transaction: concurrent sweeps on one store
             old = self.checkpoint(entry["label"])
             if old is not None:
-                if old["sha256"] != entry["sha256"]:
+                if (old["sha256"] or "") != (entry["sha256"] or ""):
                     raise ConfigError(
                         f"{self.path}: checkpoint {entry['label']!r} was computed with a model "
                         f"of sha256 {old['sha256'][:12]}..., the config's has "
@@ -380,7 +407,7 @@ class Store:
                     entry["label"],
                     pos,
                     entry["model"],
-                    entry["sha256"],
+                    entry["sha256"] or "",  # "": a model without a file (a plain callable)
                     entry["train_loss"],
                     entry["test_loss"],
                 ),
@@ -401,6 +428,7 @@ class Store:
         out = []
         for r in rows:
             ck = dict(zip(keys, r, strict=True))
+            ck["sha256"] = ck["sha256"] or None
             layout = meta.get(LAYOUT_KEY + ck["label"])
             ck["layout"] = layout if isinstance(layout, dict) else None
             out.append(ck)
@@ -421,10 +449,13 @@ class Store:
 
     def write_task(self, task: Any, out: dict, version: str) -> None:
         """Write a completed task: all its sample rows + its ``tasks`` row, in one transaction."""
-        solver = json.dumps(task.solver, sort_keys=True)
+        from .plan import json_default
+
+        solver = json.dumps(task.solver, sort_keys=True, default=json_default)
         rows = []
         key = _task_key(task)
-        for j, i in enumerate(range(task.start, task.stop)):
+        # a unit with per-image rows (recovery, control); a stability unit has arrays only
+        for j, i in enumerate(range(task.start, task.stop) if "mse" in out else ()):
             rows.append(
                 (
                     *key,
@@ -443,14 +474,18 @@ class Store:
                     version,
                 )
             )
+        blobs = [(task.task_id, k, _npy(v)) for k, v in (out.get("arrays") or {}).items()]
         with self._tx():
-            # a retried failed task: replace its row (a failed task never has sample rows)
+            # a retried failed task: replace its row (a failed task never has sample rows);
+            # a task computed again (for arrays it lacked): replace its rows and arrays
             self.conn.execute("DELETE FROM results WHERE task_id = ?", (task.task_id,))
+            self.conn.execute("DELETE FROM arrays WHERE task_id = ?", (task.task_id,))
             self.conn.executemany(
                 f"INSERT INTO results ({', '.join(_RESULT_COLS)}) "
                 f"VALUES ({', '.join('?' * len(_RESULT_COLS))})",
                 rows,
             )
+            self.conn.executemany("INSERT INTO arrays VALUES (?, ?, ?)", blobs)
             self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)
 
     def write_failure(self, task: Any, error: str, version: str) -> None:
@@ -473,6 +508,58 @@ class Store:
             ),
         )
 
+    # ------------------------------------------------------------ arrays
+    def arrays(self, task_id: str, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The named arrays of a done task (``names``: only these); ``{}`` if none."""
+        if "arrays" not in self._tables():
+            return {}
+        rows = self.conn.execute(
+            "SELECT name, data FROM arrays WHERE task_id = ? ORDER BY name", (task_id,)
+        ).fetchall()
+        return {k: _from_npy(v, self.path) for k, v in rows if names is None or k in names}
+
+    def array_names(self) -> dict[str, set[str]]:
+        """``task_id -> names`` of the arrays every task has."""
+        if "arrays" not in self._tables():
+            return {}
+        out: dict[str, set[str]] = {}
+        for t, k in self.conn.execute("SELECT task_id, name FROM arrays"):
+            out.setdefault(t, set()).add(k)
+        return out
+
+    def group_counts(self) -> dict[tuple, dict]:
+        """``(checkpoint, mask, method, split) -> {"n", "pixels", "observed", "mismatched"}``:
+        the exact pixel counts of each run, summed over its done tasks (a run with a task
+        without counts is left out)."""
+        if "arrays" not in self._tables():
+            return {}
+        cur = self.conn.execute(
+            "SELECT t.task_id, t.checkpoint, t.mask, t.method, t.split, t.start, t.stop, "
+            "a.name, a.data FROM tasks t JOIN arrays a ON a.task_id = t.task_id "
+            "WHERE t.status = 'done' AND a.name IN ('observed', 'mismatched', 'pixels')"
+        )
+        per_task: dict[str, dict] = {}
+        for tid, c, m, me, s, a, b, name, data in cur:
+            d = per_task.setdefault(tid, {"key": (c, m, me, s), "n": b - a})
+            d[name] = _from_npy(data, self.path)
+        done = dict(self.conn.execute(
+            "SELECT checkpoint || char(0) || mask || char(0) || method || char(0) || split, "
+            "count(*) FROM tasks WHERE status = 'done' GROUP BY 1"
+        ).fetchall())  # fmt: skip
+        out: dict[tuple, dict] = {}
+        for d in per_task.values():
+            if "observed" not in d or "pixels" not in d:
+                continue
+            g = out.setdefault(d["key"], {"n": 0, "pixels": int(d["pixels"]), "observed": 0,
+                                          "mismatched": 0, "tasks": 0})  # fmt: skip
+            g["n"] += d["n"]
+            g["tasks"] += 1
+            g["observed"] += int(np.sum(d["observed"]))
+            g["mismatched"] += int(np.sum(d["mismatched"])) if "mismatched" in d else 0
+            g["ok"] = g.get("ok", True) and int(d["pixels"]) == g["pixels"]
+        return {k: g for k, g in out.items()
+                if g.pop("ok") and g.pop("tasks") == done.get(chr(0).join(k))}  # fmt: skip
+
     # ------------------------------------------------------------ reading
     def results(self) -> list[dict]:
         """All sample rows, ordered by (checkpoint, mask, method, split, sample)."""
@@ -492,6 +579,19 @@ class Store:
         for c, m, me, s, sec, ort in cur:
             out[(c, m, me, s)] = (float(sec or 0.0), ort)
         return out
+
+
+def _npy(a: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(data: bytes, path: Path) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:  # never a pickle; a damaged blob says so
+        raise ConfigError(f"{path}: an array of the store cannot be read ({exc})") from exc
 
 
 def _readable_rows(con: sqlite3.Connection, table: str, cols: list[str]) -> list[tuple]:

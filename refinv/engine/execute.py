@@ -1,0 +1,208 @@
+"""Run a plan's units into a store: in this process, on a process pool, or on Dask.
+
+:func:`execute` skips the units the store already holds (resume), runs the others on the
+chosen executor and writes each result in one transaction as it arrives (only this process
+writes the store; the workers only compute). A unit that raises is recorded with its error
+and the others go on (``on_error="record"``), or stops the run (``"raise"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed as cf_as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from . import work
+from .plan import OBJECT_PREFIX, Unit
+from .store import Store
+
+__all__ = ["execute", "Summary", "iter_local"]
+
+log = logging.getLogger("refinv.engine")
+
+
+@dataclass
+class Summary:
+    """What :func:`execute` did: ``total`` units, ``skipped`` (already in the store),
+    ``done`` and ``failed`` now, in ``seconds``."""
+
+    total: int
+    skipped: int
+    done: int
+    failed: int
+    seconds: float
+    db: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.total} tasks: {self.skipped} already in {self.db}, {self.done} computed, "
+            f"{self.failed} failed ({self.seconds:.1f}s)"
+        )
+
+
+def _watch_parent(parent: int) -> None:
+    """Pool-worker initializer: exit when the parent process is gone (e.g. SIGKILLed).
+
+    Without it, orphaned workers would go on computing units whose results nobody will
+    store.
+    """
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it (stops the run, says
+    # how to resume) and ends the workers; a worker's own KeyboardInterrupt traceback is noise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="refinv-watch-parent", daemon=True).start()
+
+
+def iter_local(
+    units: list[Unit],
+    workers: int,
+    *,
+    objects: dict | None = None,
+    progress: bool | None = False,
+    quiet: bool = True,
+    raise_errors: bool = False,
+) -> Iterator[tuple[Unit, dict | None, str]]:
+    """``(unit, result or None, error text)`` as units finish: in this process (``workers``
+    1, in plan order) or on a pool of ``workers`` spawned processes."""
+    if workers <= 1:
+        for u in units:
+            try:
+                yield u, work.run_unit(u, objects, progress=progress, quiet=quiet), ""
+            except Exception:
+                if raise_errors:
+                    raise
+                yield u, None, traceback.format_exc(limit=3)
+        return
+    import multiprocessing as mp
+
+    ex = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    )
+    try:
+        futs = {ex.submit(work.run_unit, u): u for u in units}
+        for fut in cf_as_completed(futs):
+            u = futs[fut]
+            try:
+                yield u, fut.result(), ""
+            except Exception as exc:
+                if raise_errors:
+                    raise
+                yield u, None, f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:  # Ctrl-C: end the running units too (their results are lost)
+        for p in list((getattr(ex, "_processes", None) or {}).values()):
+            p.terminate()
+        raise
+    finally:  # on an interruption, drop the queued units instead of waiting for them
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _todo(units: list[Unit], store: Store) -> list[Unit]:
+    """The units the store lacks: not done, or done without the images a figure needs."""
+    done = store.done_tasks()
+    todo = []
+    for u in units:
+        if u.task_id not in done:
+            todo.append(u)
+        elif u.keep:
+            got = store.arrays(u.task_id, ("x",)).get("x")
+            if got is None or len(got) < min(u.keep, u.stop - u.start):
+                todo.append(u)
+    return todo
+
+
+def execute(
+    units: list[Unit],
+    store: Store,
+    *,
+    objects: dict | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    send_files: bool = False,
+    bar: bool | None = False,
+    desc: str = "units",
+    progress: bool | None = False,
+    quiet: bool = True,
+    on_error: str = "record",
+    on_done: Callable[[Unit, dict], Any] | None = None,
+) -> Summary:
+    """Run the ``units`` the ``store`` lacks and write their results into it.
+
+    ``workers``: processes (1: this one); ``scheduler``: ``"local"`` (a Dask LocalCluster
+    of ``workers``) or a Dask scheduler's address (:mod:`refinv.engine.dask`); in-memory
+    objects (``objects``) run in this process only. ``bar``: a bar over the units;
+    ``progress``: the solver's bars (this process only). ``on_done(unit, result)`` is
+    called after each unit is stored.
+    """
+    from .. import __version__
+    from .._progress import Progress
+
+    if int(workers) < 1:
+        raise ConfigError(f"workers: expected >= 1, got {workers}")
+    if send_files and not scheduler:
+        raise ConfigError("--send-files: expected --scheduler too (local workers share this disk)")
+    t0 = time.perf_counter()
+    todo = _todo(units, store)
+    skipped = len(units) - len(todo)
+    in_memory = any(p.startswith(OBJECT_PREFIX) for u in todo for p in (u.model_path, u.data_path))
+    if in_memory and (scheduler or workers > 1):
+        raise ConfigError(
+            "--workers/--scheduler: in-memory models or images run in this process only; "
+            "give model and data files to run on several workers"
+        )
+    log.info("%s: %d units, %d already done, %d to run", desc, len(units), skipped, len(todo))
+    if scheduler:
+        from .dask import iter_dask
+
+        it = iter_dask(todo, scheduler, workers, send_files)
+    else:
+        it = iter_local(todo, int(workers), objects=objects, progress=progress, quiet=quiet,
+                        raise_errors=on_error == "raise")  # fmt: skip
+    counts = {"done": 0, "failed": 0}
+    pbar = Progress(len(todo), desc=f"{desc} ({skipped} done before)", enabled=bar, leave=True)
+    try:
+        for unit, out, err in it:
+            _store(store, unit, out, err, __version__, on_error, on_done, counts)
+            pbar.update(counts["done"] + counts["failed"],
+                        note=f"{unit.checkpoint} {unit.mask} {unit.method} {unit.split}")  # fmt: skip
+    finally:
+        pbar.close()
+    return Summary(len(units), skipped, counts["done"], counts["failed"],
+                   time.perf_counter() - t0, str(store.path))  # fmt: skip
+
+
+def _store(store, unit, out, err, version, on_error, on_done, counts) -> None:
+    if out is not None:
+        store.write_task(unit, out, version)
+        counts["done"] += 1
+        if on_done is not None:
+            on_done(unit, out)
+        return
+    if on_error == "raise":
+        raise ConfigError(f"unit {unit.checkpoint} / {unit.mask} / {unit.method} / {unit.split} "
+                          f"[{unit.start}:{unit.stop}] failed: {err}")  # fmt: skip
+    store.write_failure(unit, err, version)
+    counts["failed"] += 1
+    log.warning(
+        "task %s / %s / %s / %s [%d:%d] failed: %s",
+        unit.checkpoint, unit.mask, unit.method, unit.split, unit.start, unit.stop,
+        err.strip().splitlines()[-1] if err else "",
+    )  # fmt: skip

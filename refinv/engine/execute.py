@@ -118,14 +118,13 @@ def iter_local(
 def _todo(units: list[Unit], store: Store) -> list[Unit]:
     """The units the store lacks: not done, or done without the images a figure needs."""
     done = store.done_tasks()
+    names = store.array_names() if any(u.keep or u.estimates for u in units) else {}
     todo = []
     for u in units:
-        if u.task_id not in done:
+        need = {"x"} if u.keep else set()
+        need |= {"x_hat_all"} if u.estimates else set()
+        if u.task_id not in done or not need <= names.get(u.task_id, set()):
             todo.append(u)
-        elif u.keep:
-            got = store.arrays(u.task_id, ("x",)).get("x")
-            if got is None or len(got) < min(u.keep, u.stop - u.start):
-                todo.append(u)
     return todo
 
 

@@ -38,7 +38,8 @@ class Unit:
     ``n``; masks, noise and Bernoulli initial masks are drawn for them all and sliced, so an
     image gets the same mask whatever the shard). ``chunk``: images solved at a time inside
     the unit (None: one batch). ``keep``: how many leading images' arrays (originals,
-    degraded, recovered, masks) the store keeps, for figures. ``threads``, ``provider``,
+    degraded, recovered, masks) the store keeps, for figures; ``estimates``: keep the
+    estimate of every image (for an audit's gallery). ``threads``, ``provider``,
     ``batch_size``, ``layout`` and ``image_shape`` open the model on the worker.
     """
 
@@ -64,6 +65,7 @@ class Unit:
     image_shape: tuple[int, ...] | None = None
     chunk: int | None = None
     keep: int = 0
+    estimates: bool = False  # keep every image's estimate (x_hat; h_est of blind), for figures
     data_sha: str = ""  # the images' content hash when they are an array (else the path says)
     kind: str = "recovery"  # or "control" (generic inpainting), "stability" (local radius)
 
@@ -95,8 +97,8 @@ def unit_key(d: dict) -> str:
     """
     keys = ("sha256", "checkpoint", "data_path", "data_key", "split", "mask", "method")
     ident = {k: d[k] for k in keys}
-    if d.get("data_sha"):
-        ident["data_path"] = "sha256:" + d["data_sha"]
+    if d.get("data_sha"):  # images known by their content: not by their file or key
+        ident["data_path"], ident["data_key"] = "sha256:" + d["data_sha"], ""
     ident.update(
         start=d["start"], stop=d["stop"], seed=d["seed"], noise=d["noise_std"], solver=d["solver"]
     )
@@ -145,6 +147,8 @@ def recovery_units(
     runtime: dict | None = None,
     chunk: int | None = None,
     keep: int = 0,
+    estimates: bool = False,
+    kind: str = "recovery",
 ) -> list[Unit]:
     """Every unit of checkpoints x masks x splits x methods x shards, in report order.
 
@@ -153,7 +157,8 @@ def recovery_units(
     per split; ``runtime``: ``threads``, ``provider``, ``batch_size``.
     """
     common = {"threads": 1, "provider": "cpu", "batch_size": None, **(runtime or {}),
-              "seed": seed, "noise_std": noise_std, "chunk": chunk, "keep": keep}  # fmt: skip
+              "seed": seed, "noise_std": noise_std, "chunk": chunk, "keep": keep,
+              "estimates": estimates, "kind": kind}  # fmt: skip
     units = []
     for ck, mask in itertools.product(checkpoints, masks):
         model = {"checkpoint": ck["label"], "model_path": ck["path"], "sha256": ck["sha256"],

@@ -16,7 +16,8 @@ evaluation's pieces (:mod:`refinv.evaluation.runs`):
 The result: the per-sample lists the store keeps (``mse, psnr, iterations, converged,
 diverged, residual, erased_fraction, mask_error``), ``seconds`` and ``onnx_seconds``, and
 ``arrays``: the exact pixel counts (``observed``, ``mismatched`` per image, ``pixels`` per
-image) and, for the first ``keep`` images, ``x``, ``y``, ``x_hat``, ``h_true``, ``h_est``.
+image), for the first ``keep`` images ``x``, ``y``, ``x_hat``, ``h_true``, ``h_est``, and
+with ``estimates`` every image's ``x_hat_all`` (and ``h_est_all``, uint8, of blind).
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def _run_batch(unit: Unit, f: Any, x_all: np.ndarray, progress: bool | None) -> 
         )  # fmt: skip
     seconds = time.perf_counter() - t0
     cols = _Columns(unit.method, pshape)
-    cols.add(x, y, mask, res, keep=unit.keep)
+    cols.add(x, y, mask, res, keep=unit.keep, estimates=unit.estimates)
     return cols.result(seconds)
 
 
@@ -209,7 +210,7 @@ def _run_chunked(unit: Unit, f: Any, source: Any, progress: bool | None) -> dict
             from ..operators.masks import pixel_shape
 
             cols = _Columns(unit.method, pixel_shape(tuple(x.shape[1:])))
-        cols.add(x, y, mask, res, keep=unit.keep, metrics=met)
+        cols.add(x, y, mask, res, keep=unit.keep, estimates=unit.estimates, metrics=met)
 
     entry = evaluate_split_chunked(
         f, source, parse_mask(unit.mask), unit.method, chunk=unit.chunk,
@@ -237,7 +238,7 @@ def _run_control(unit: Unit, x_all: np.ndarray) -> dict:
     nb = len(x)
     res = _Done(xc, np.zeros(nb, np.int64), np.ones(nb, bool), np.zeros(nb, bool), [None] * nb)
     cols = _Columns("control", pixel_shape(tuple(x.shape[1:])))
-    cols.add(x, y, mask, res, keep=unit.keep)
+    cols.add(x, y, mask, res, keep=unit.keep, estimates=unit.estimates)
     return cols.result(time.perf_counter() - t0)
 
 
@@ -276,7 +277,9 @@ class _Columns:
         self.arrays: dict[str, list] = {}
         self.kept = 0
 
-    def add(self, x, y, mask, res, *, keep: int, metrics: dict | None = None) -> None:
+    def add(
+        self, x, y, mask, res, *, keep: int, estimates: bool = False, metrics: dict | None = None
+    ) -> None:
         from ..evaluation.runs import recovery_metrics, sample_lists
 
         nb = int(x.shape[0])
@@ -299,6 +302,10 @@ class _Columns:
         for k, v in counts.items():
             self.arrays.setdefault(k, []).append(v.astype(np.int64))
         self.pixels = int(mflat.shape[1])
+        if estimates:
+            self.arrays.setdefault("x_hat_all", []).append(np.array(np.asarray(res.x)))
+            if h is not None:
+                self.arrays.setdefault("h_est_all", []).append(h.astype(np.uint8))
         take = min(keep - self.kept, nb)
         if take > 0:
             kept = {"x": x, "y": np.asarray(y), "x_hat": np.asarray(res.x), "h_true": mask}

@@ -398,10 +398,10 @@ def _content_sha(x: Any) -> str:
 
     from .chunked import NpzImages
 
-    if isinstance(x, NpzImages):
+    if isinstance(x, NpzImages):  # the file's content and the array's name in it
         from ..provenance import file_sha256
 
-        return file_sha256(x.path)
+        return f"{file_sha256(x.path)}:{x.key}"
     a = np.ascontiguousarray(x)
     return hashlib.sha256(str((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
 
@@ -525,20 +525,37 @@ def _model_file(f: Any) -> str | None:
 def report_from_store(store: Any, doc: dict, groups: list[tuple] | None = None) -> dict:
     """``doc`` (a :func:`new_document`) with the checkpoints and the runs of ``store``.
 
-    One run per ``(checkpoint, mask, method, split)`` of ``groups`` (default: every one the
-    store holds), ordered by checkpoint, mask, split (train first) and method as the store
-    lists them; its per-image numbers are the stored rows, its ``erased_fraction`` and
-    ``mask_error`` the exact pixel counts (per-image means in a store without them).
+    One run per ``(checkpoint, mask, method, split)`` of ``groups``, in their order, and
+    their checkpoints (default: every run the store holds, ordered by checkpoint, mask,
+    split (train first) and method as the store lists them); its per-image numbers are the
+    stored rows, its ``erased_fraction`` and ``mask_error`` the exact pixel counts
+    (per-image means in a store without them).
     """
-    meta = store.meta()
-    doc["checkpoints"] = store.checkpoints()
-    loss = {c["label"]: c["train_loss"] for c in doc["checkpoints"]}
     rows: dict[tuple, list[dict]] = {}
     for r in store.results():
         rows.setdefault((r["checkpoint"], r["mask"], r["method"], r["split"]), []).append(r)
-    keys = [g for g in (groups if groups is not None else rows) if g in rows]
+    checkpoints = store.checkpoints()
+    if groups is not None:  # the runs of a plan, in its order
+        keys = [g for g in groups if g in rows]
+        labels = list(dict.fromkeys(g[0] for g in groups))
+        by_label = {c["label"]: c for c in checkpoints}
+        checkpoints = [by_label[c] for c in labels if c in by_label]
+    else:
+        keys = sorted(rows, key=_run_order(store.meta(), checkpoints))
+    doc["checkpoints"] = checkpoints
+    loss = {c["label"]: c["train_loss"] for c in checkpoints}
+    seconds = store.task_seconds()
+    counts = store.group_counts()
+    for key in keys:
+        sec, ort = seconds.get(key, (0.0, None))
+        doc["runs"].append(_entry(key, loss.get(key[0]), rows[key], counts.get(key), sec, ort))
+    return doc
+
+
+def _run_order(meta: dict, checkpoints: list[dict]):
+    """Checkpoint (store order), mask, split (train first), method: ``refinv evaluate``'s."""
     pos = {k: {v: i for i, v in enumerate(vals)} for k, vals in (
-        ("ck", [c["label"] for c in doc["checkpoints"]]), ("mask", meta.get("masks", [])),
+        ("ck", [c["label"] for c in checkpoints]), ("mask", meta.get("masks", [])),
         ("method", meta.get("methods", [])))}  # fmt: skip
 
     def order(k: tuple) -> tuple:
@@ -546,12 +563,7 @@ def report_from_store(store: Any, doc: dict, groups: list[tuple] | None = None) 
         return (pos["ck"].get(c, 1 << 30), c, pos["mask"].get(m, 1 << 30), m, s != "train",
                 pos["method"].get(me, 1 << 30), me)  # fmt: skip
 
-    seconds = store.task_seconds()
-    counts = store.group_counts()
-    for key in sorted(keys, key=order):
-        sec, ort = seconds.get(key, (0.0, None))
-        doc["runs"].append(_entry(key, loss.get(key[0]), rows[key], counts.get(key), sec, ort))
-    return doc
+    return order
 
 
 def _entry(key: tuple, train_loss, rs: list[dict], counts: dict | None, sec, ort) -> dict:

@@ -197,9 +197,14 @@ def _run(plan, inp: AuditInputs, store, settings: dict, workers, scheduler, prog
         if store.checkpoint(label) is None:
             store.add_checkpoint(checkpoint_entry(label, f, inp.images["train"],
                                                   inp.images["test"]))  # fmt: skip
+    from ..evaluation.runs import warn_unit_diverged
+
+    def warn(unit, out):  # one DivergenceWarning per recovery with diverged images
+        warn_unit_diverged(unit, out, settings["solver"], stacklevel=6)
+
     return execute(plan.units, store, objects=plan.objects, workers=workers,
                    scheduler=scheduler, bar=progress, desc="refinv audit",
-                   on_error="raise")  # fmt: skip
+                   on_error="raise", on_done=warn)  # fmt: skip
 
 
 @dataclass

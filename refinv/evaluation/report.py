@@ -494,12 +494,10 @@ def _checkpoint(label: str, f: Any, splits: dict, chunk: int | None) -> dict:
 
 def _warn_unit(solver: dict):
     """One DivergenceWarning per run with diverged samples (:func:`warn_diverged`)."""
+    from .runs import warn_unit_diverged
 
     def warn(unit: Any, out: dict) -> None:
-        entry = {"checkpoint": unit.checkpoint, "mask": unit.mask, "method": unit.method,
-                 "split": unit.split, "n": len(out["diverged"]),
-                 "n_diverged": int(sum(bool(v) for v in out["diverged"]))}  # fmt: skip
-        warn_diverged(entry, solver, stacklevel=6)  # the caller of memorization_report
+        warn_unit_diverged(unit, out, solver, stacklevel=6)  # the caller of memorization_report
 
     return warn
 

@@ -120,10 +120,7 @@ def audit(
     _check(n_bootstrap, confidence, shard_size)
     solver = dict(solver or {})
     inp = read_inputs(model, train, test, checkpoints, masks, methods, data_specs)
-    n = len(inp.images["train"]) if stability_n is None else int(stability_n)
-    stab = {"n": min(n, *(len(x) for x in inp.images.values())),
-            "rho": float(solver.get("rho") or 0.5), "method": stability_method,
-            "tol": stability_tol}  # fmt: skip
+    stab = _stability(inp, stability_n, solver, stability_method, stability_tol)
     plan = audit_plan(inp, seed=seed, noise_std=noise_std, solver=solver, stability=stab,
                       shard_size=shard_size, files=bool(scheduler) or workers > 1)  # fmt: skip
     settings = {"seed": int(seed), "noise_std": float(noise_std), "solver": solver,
@@ -146,6 +143,13 @@ def audit(
     if out is not None:
         _render(doc, out, found, scored, inp)
     return doc
+
+
+def _stability(inp: AuditInputs, n: int | None, solver: dict, method: str, tol: float):
+    """The stability score's settings: the first ``n`` images of each split (None: all)."""
+    n = len(inp.images["train"]) if n is None else int(n)
+    return {"n": min(n, *(len(x) for x in inp.images.values())),
+            "rho": float(solver.get("rho") or 0.5), "method": method, "tol": tol}  # fmt: skip
 
 
 def _check(n_bootstrap: int, confidence: float, shard_size: int | None) -> None:

@@ -100,11 +100,12 @@ def run_one(args, workers: int, out: Path) -> dict:
 
 
 def _score(s: dict) -> dict:
-    at = next(t for t in s["tpr_at_fpr"] if t["target_fpr"] == 0.001)
     keep = ("estimable", "needs_nonmembers", "false_positives", "fpr", "fpr_ci",
             "true_positives", "tpr", "tpr_ci")  # fmt: skip
-    return {"score": s["name"], "auc": s["auc"], "auc_ci": s["auc_ci"],
-            "at_fpr_0.1%": {k: at[k] for k in keep if k in at}}  # fmt: skip
+    out = {"score": s["name"], "auc": s["auc"], "auc_ci": s["auc_ci"]}
+    for t in s["tpr_at_fpr"]:
+        out[f"at_fpr_{100 * t['target_fpr']:g}%"] = {k: t[k] for k in keep if k in t}
+    return out
 
 
 def _comparable(p: Path) -> dict:

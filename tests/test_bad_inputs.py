@@ -373,8 +373,8 @@ def _cli(capsys, *argv):
         (["stability", "{d}/ae.onnx", "{d}/data.npz:empty"], "at least one image"),
         (["invert", "{d}/ae.onnx", "{d}/y0.npz", "--method", "gd"], "at least one observation"),
         (["bregman", "{d}/ae.onnx", "{d}/y0.npz", "--json", "{d}/b.json"], "at least one code"),
-        (["inspect", "{d}/ae.onnx", "--samples", "0"], "--samples: expected an integer >= 1"),
-        (["inspect", "{d}/ae.onnx", "--samples", "-1"], "--samples"),
+        (["inspect", "{d}/ae.onnx", "--limit", "0"], "--limit: expected an integer >= 1"),
+        (["inspect", "{d}/ae.onnx", "--limit", "-1"], "--limit"),
         (["inspect", "{d}/ae.onnx", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
         (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz", "--seed", "-1"], "--seed"),
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--batch-size", "0"], "--batch-size"),
@@ -393,7 +393,7 @@ def _cli(capsys, *argv):
          "expected images of shape \\(N, 3, 4, 5\\).*got \\(3, 4, 5, 3\\).*channels-last"),
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--mask", "grid:99999999999999999999"],
          "grid: expected a step in \\[1, 7\\]"),
-        (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz", "--masks",
+        (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz", "--mask",
           "random:0.5,blocks:100000000x1"], "blocks: expected 0 to 42 blocks"),
     ],
 )  # fmt: skip
@@ -422,7 +422,7 @@ def test_cli_evaluate_is_bitwise_identical_across_batch_sizes_and_threads(cli_fi
                   ["--threads", "1"]):  # fmt: skip
         out = d / f"ev{len(docs)}.json"
         rc = main(["evaluate", str(d / "ae.onnx"), "--train", f"{d}/data.npz:train",
-                   "--masks", "random:0.5,center:3", "--max-iter", "30", "--quiet",
+                   "--mask", "random:0.5,center:3", "--max-iter", "30", "--quiet",
                    "--json", str(out), *extra])  # fmt: skip
         assert rc == 0
         docs.append(json.loads(out.read_text()))

@@ -57,7 +57,7 @@ def setup(tmp_path):
 def test_inspect_prints_layers_and_writes_json(setup, capsys):
     tmp, model, _ = setup
     out = tmp / "inspect.json"
-    assert main(["inspect", str(model), "--samples", "16", "--json", str(out)]) == 0
+    assert main(["inspect", str(model), "--limit", "16", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "relu" in text and "tanh" in text and "Theorem 2" in text
     rep = json.loads(out.read_text())
@@ -111,7 +111,7 @@ def test_invert_with_mask_spec_and_save(setup):
     tmp, model, data = setup
     out, npz = tmp / "m.json", tmp / "zhat.npz"
     args = ["invert", str(model), str(data), "--method", "latent-pursuit", "--mask", "random:0.2"]
-    assert main(args + ["--json", str(out), "--save", str(npz)]) == 0
+    assert main(args + ["--json", str(out), "--out", str(npz)]) == 0
     rep = json.loads(out.read_text())
     assert rep["observed_fraction"] == pytest.approx(0.8, abs=0.02)
     assert np.load(npz)["z_hat"].shape == (4, 6)

@@ -40,7 +40,7 @@ def test_help(cmd, capsys):
 def test_recover(files, capsys):
     d = files
     rc = main(
-        ["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--key", "train", "--mask",
+        ["recover", str(d / "ae.onnx"), f"{d / 'data.npz'}:train", "--mask",
          "random:0.3", "--seed", "1", "--method", "known", "--out", str(d / "out.npz"),
          "--json", str(d / "sum.json"), "--max-iter", "300", "--tol", "1e-12", "--quiet"]
     )  # fmt: skip
@@ -81,7 +81,7 @@ def test_evaluate(files, capsys):
     d = files
     rc = main(
         ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods",
+         f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method",
          "known,ae-iterations", "--json", str(d / "rep.json"), "--max-iter", "200",
          "--checkpoints", str(d / "ae_early.onnx"), "--quiet"]
     )  # fmt: skip
@@ -96,8 +96,8 @@ def test_evaluate(files, capsys):
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["--masks", "bogus:1"], "unknown family"),
-        (["--methods", "blind,magic"], "magic"),
+        (["--mask", "bogus:1"], "unknown family"),
+        (["--method", "blind,magic"], "magic"),
         (["--rho", "-1"], "rho"),
     ],
 )
@@ -112,7 +112,7 @@ def test_recover_errors(files, capsys):
     d = files
     assert main(["recover", str(d / "enc.onnx"), str(d / "data.npz"), "--quiet"]) == 2
     assert "not an autoencoder" in capsys.readouterr().err
-    assert main(["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--key", "nope"]) == 2
+    assert main(["recover", str(d / "ae.onnx"), f"{d / 'data.npz'}:nope"]) == 2
     assert "nope" in capsys.readouterr().err
     bad = d / "badmask.npz"
     np.savez(bad, mask=np.full((6, 7), 0.5))
@@ -150,7 +150,7 @@ def test_stability_command_matches_the_iteration_matrix(files, capsys, method):
     d = files
     rc = main(
         ["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0.5,3",
-         "--n", "3", "--seed", "2", "--json", str(d / "stab.json"), "--method", method]
+         "--limit", "3", "--seed", "2", "--json", str(d / "stab.json"), "--method", method]
     )  # fmt: skip
     assert rc == 0
     doc = json.loads((d / "stab.json").read_text())
@@ -220,7 +220,7 @@ def test_evaluate_blind_with_one_initial_mask_for_both_splits(files, tmp_path):
     d = files
     np.savez(tmp_path / "one.npz", mask=np.ones((6, 7), dtype=np.uint8))
     args = ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-            f"{d / 'data.npz'}:test", "--masks", "center:2", "--methods", "blind",
+            f"{d / 'data.npz'}:test", "--mask", "center:2", "--method", "blind",
             "--max-iter", "3", "--quiet"]  # fmt: skip
     assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
     assert main([*args, "--mask-init", f"file:{tmp_path / 'one.npz'}", "--json",
@@ -229,20 +229,24 @@ def test_evaluate_blind_with_one_initial_mask_for_both_splits(files, tmp_path):
     assert [r["mse"] for r in a] == [r["mse"] for r in b]  # all-ones file == the ones default
 
 
-def test_divergence_is_one_line_per_run_with_its_context(files, tmp_path, capsys, caplog):
+def test_divergence_is_one_summary_line_per_command(files, tmp_path, capsys, caplog):
+    """Every run's diverged samples in ONE line at the end, counts per setting and split (it
+    was one line per run: 60 lines for a sweep, 13 for an audit)."""
     d = files
     onnx.save(onnx_ae([(3.0 * np.eye(42), np.zeros(42), False)], (1, 6, 7)), tmp_path / "x3.onnx")
     rc = main(
         ["evaluate", str(tmp_path / "x3.onnx"), "--train", f"{d / 'data.npz'}:train",
-         "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3", "--methods",
-         "ae-iterations", "--quiet"]
+         "--test", f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method",
+         "ae-iterations", "--quiet", "--json", str(tmp_path / "r.json")]
     )  # fmt: skip
     assert rc == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
     assert lines == [
-        f"refinv evaluate: warning: checkpoint x3, mask random:0.3, method ae-iterations, "
-        f"split {split}: {n} of {n} samples diverged (NaN/Inf or |x| > 1e+06) and were "
-        "stopped (MSE null in the report); the others continued"
-        for split, n in (("train", 5), ("test", 4))
+        "refinv evaluate: warning: 18 samples diverged (NaN/Inf or |x| > 1e+06) and were "
+        "stopped, the others continued; per setting: x3 random:0.3 ae-iterations: train 5 of "
+        "5, test 4 of 4; x3 rows:2 ae-iterations: train 5 of 5, test 4 of 4 (MSE null in the "
+        "report; per sample: 'diverged' in the JSON)"
     ]
     assert not [r for r in caplog.records if "diverged" in r.getMessage()]
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert [r["n_diverged"] for r in runs] == [5, 4, 5, 4]  # the details, per run

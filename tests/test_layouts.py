@@ -340,7 +340,7 @@ def test_cli_evaluate_rates_equal_in_every_layout(tmp_path, weights, capsys):
     for k, p in paths.items():
         out = tmp_path / f"{k}.json"
         rc = main(["evaluate", str(p), "--train", f"{data}:train", "--test", f"{data}:test",
-                   "--masks", "random:0.5,center:2,rows:2", "--methods", "blind,known",
+                   "--mask", "random:0.5,center:2,rows:2", "--method", "blind,known",
                    "--max-iter", "30", "--json", str(out), "--quiet"])  # fmt: skip
         assert rc == 0, capsys.readouterr().err
         docs[k] = json.loads(out.read_text())
@@ -510,8 +510,8 @@ def test_cli_figures_on_flat_and_channels_last_models(tmp_path, weights, capsys)
         (tmp_path / k).mkdir()
         model = tmp_path / k / "ae.onnx"  # one name: the figures' titles show it
         model.write_bytes(paths[k].read_bytes())
-        rc = main(["evaluate", str(model), "--train", f"{data}:train", "--masks", "center:2",
-                   "--methods", "blind", "--max-iter", "5", "--figures", str(fig), "--quiet"])  # fmt: skip
+        rc = main(["evaluate", str(model), "--train", f"{data}:train", "--mask", "center:2",
+                   "--method", "blind", "--max-iter", "5", "--figures", str(fig), "--quiet"])  # fmt: skip
         assert rc == 0, capsys.readouterr().err
         pngs[k] = sorted(fig.glob("*.png"))
         assert len(pngs[k]) == 1

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .recover import add_solver_args, open_model, progress_flag, solver_options
+from . import _args
+from ._args import add_solver_args, progress_flag
+from .recover import open_model, solver_options
 
 __all__ = ["register", "run", "default_models_dir", "DEMO_MODELS"]
 
@@ -91,13 +93,14 @@ def register(sub) -> None:
     )
     p.add_argument("--models-dir", default=None, help="the shipped models/ folder")
     p.add_argument("--model", default=None, help="a shipped model (stem or path in MANIFEST.json)")
-    p.add_argument("--mask", default="random:0.5", help="mask spec (default random:0.5)")
-    p.add_argument(
-        "--methods", default="blind",
+    _args.add_mask(p, "random:0.5", several=True)
+    _args.add_method(
+        p, ("blind", "known", "ae-iterations"), "blind", several=True,
         help="comma-separated methods (default blind; add known,ae-iterations for contrast)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of masks and Bernoulli init")
-    p.add_argument("--json", default=None, help="write the JSON report here")
+    _args.add_alias(p, "--methods", "--method", dest="method")
+    _args.add_seed(p)
+    _args.add_json(p)
     add_solver_args(p)
     p.set_defaults(func=run)
 
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import format_table, memorization_report
     from ..io import load_images
     from ._output import write_json
-    from .evaluate import _split_list
+    from ..evaluation.report import METHODS
 
     t0 = time.perf_counter()
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
@@ -120,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         [(model_path.stem, f)],
         train,
         test,
-        masks=[args.mask],
-        methods=_split_list(args.methods, "--methods"),
+        masks=_args.split_list(args.mask, "--mask"),
+        methods=_args.one_of(args.method, METHODS, "--method"),
         seed=args.seed,
         noise_std=args.noise,
         solver=solver_options(args),

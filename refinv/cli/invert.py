@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
+from . import _args
 
 METHODS = ("plugin", "gd", "lbp", "latent-pursuit", "oracle")
 
@@ -40,14 +41,18 @@ def register(sub) -> None:
         epilog="DATA.npz keys: y (observations, required), z (true latents, optional), "
         "mask (0/1, optional).",
     )
-    p.add_argument("model", help="ONNX generator (a plain chain of dense layers)")
-    p.add_argument("data", help="DATA.npz with y [, z, mask]")
-    p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument(
-        "--mask", metavar="SPEC", help="observation mask, e.g. random:0.45 (erased fraction)"
+        "model", metavar="MODEL.onnx", help="ONNX generator (a plain chain of dense layers)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for random masks and restarts")
-    p.add_argument("--limit", type=int, help="invert only the first N samples")
+    _args.add_data(p, metavar="DATA.npz", help="observations: a .npz with y [, z, mask]")
+    _args.add_method(p, METHODS, None, required=True)
+    _args.add_mask(
+        p, None,
+        help="observation mask drawn per sample, e.g. random:0.45 (erased fraction); "
+        "overrides DATA.npz's mask",
+    )  # fmt: skip
+    _args.add_seed(p, "random masks and restarts")
+    _args.add_limit(p, "samples")
     p.add_argument("--max-iter", type=int, default=5000)
     p.add_argument("--tol", type=float, default=None, help="stopping tolerance (method default)")
     p.add_argument(
@@ -61,8 +66,9 @@ def register(sub) -> None:
     p.add_argument("--gamma", type=float, default=0.0, help="latent-pursuit: MAP weight (eq. 10)")
     p.add_argument("--no-debias", action="store_true", help="lbp/latent-pursuit: skip debiasing")
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
-    p.add_argument("--json", metavar="OUT.json", help="write per-sample results")
-    p.add_argument("--save", metavar="OUT.npz", help="save the estimated latents (key z_hat)")
+    _args.add_json(p, "write per-sample results (JSON; schema in docs/cli.md)")
+    _args.add_out(p, "save the estimated latents (key z_hat)", metavar="OUT.npz")
+    _args.add_alias(p, "--save", "--out", dest="out")
     p.set_defaults(func=run)
 
 
@@ -220,6 +226,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"measurement error median {np.median(meas):.3g}")
     if args.json:
         write_json(args.json, out, "invert", args, {"model": args.model, "data": args.data})
-    if args.save:
-        atomic_save_npz(args.save, z_hat=zh)
+    if args.out:
+        atomic_save_npz(args.out, z_hat=zh)
     return 0

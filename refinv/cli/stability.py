@@ -25,7 +25,9 @@ from pathlib import Path
 from .._constants import MASK_GRAMMAR
 from .._constants import STABILITY_METHODS as METHODS
 from ..errors import ConfigError
-from .recover import add_runtime_args, load_split, open_model
+from . import _args
+from ._args import add_runtime_args
+from .recover import load_split, open_model
 
 __all__ = ["register", "run"]
 
@@ -42,24 +44,25 @@ def register(sub) -> None:
         f"Mask grammar: {MASK_GRAMMAR}.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
-    p.add_argument("data", metavar="DATA.npz[:key]", help="training images (default key train)")
-    p.add_argument("--mask", default="random:0.5", help="mask spec (default random:0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
+    _args.add_data(p, what="training images")
+    _args.add_mask(p, "random:0.5")
+    _args.add_seed(p, "masks")
     p.add_argument(
         "--rho", default="0.2,0.5,2", help="comma-separated ADMM penalties (default 0.2,0.5,2)"
     )
-    p.add_argument("--n", type=int, default=20, help="first N images (default 20)")
+    _args.add_limit(p, default=20)
+    _args.add_alias(p, "--n", "--limit", dest="limit", type=int)
     p.add_argument("--eps", type=float, default=1e-3, help="finite-difference step")
-    p.add_argument(
-        "--method", choices=METHODS, default="auto",
-        help="dense: whole Jacobian + all eigenvalues (images up to --max-dim values); "
-        "arnoldi: matrix-free ARPACK, any size; auto (default): dense up to --max-dim",
+    _args.add_method(
+        p, METHODS, "auto",
+        help="eigensolver: dense: whole Jacobian + all eigenvalues (images up to --max-dim "
+        "values); arnoldi: matrix-free ARPACK, any size; auto (default): dense up to --max-dim",
     )  # fmt: skip
     p.add_argument(
         "--max-dim", type=int, default=2048,
         help="largest image (values) for the dense method (default 2048)",
     )  # fmt: skip
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the JSON here")
+    _args.add_json(p)
     add_runtime_args(p)
     p.set_defaults(func=run)
 
@@ -86,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
     spec = parse_mask(args.mask)
     rhos = _rhos(args.rho)
-    if args.n < 1:
-        raise ConfigError(f"--n: expected >= 1, got {args.n}")
+    if args.limit < 1:
+        raise ConfigError(f"--limit: expected >= 1, got {args.limit}")
     f = open_model(args.model, args, data=args.data)
     x, key = load_split(args.data, f)
     _, masks = degrade(x, spec, seed=args.seed)  # the whole split's masks, as refinv evaluate
-    n = min(args.n, len(x))
+    n = min(args.limit, len(x))
     x, masks = x[:n], masks[:n]
     method = resolve_method(args.method, int(np.prod(x.shape[1:])), args.max_dim)
     t0 = time.perf_counter()

@@ -182,9 +182,7 @@ def test_sigint_to_a_running_sweep(files, tmp_path):
 
 
 # ------------------------------------------------------------------ divergence
-def test_a_diverging_sweep_gives_one_summary_line_and_no_log_line(
-    files, tmp_path, capsys, caplog
-):
+def test_a_diverging_sweep_gives_one_summary_line_and_no_log_line(files, tmp_path, capsys, caplog):
     cfg = _config(files, tmp_path, model="x3.onnx", n=4, shard=2)
     cfg.write_text(cfg.read_text().replace('["known", "blind"]', '["ae-iterations"]'))
     with caplog.at_level(logging.DEBUG):

@@ -198,5 +198,6 @@ def _logging_beside_progress():
 
     return logging_redirect_tqdm()
 
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -87,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     methods = _args.one_of(args.method, METHODS, "--method")
     masks = _args.split_list(args.mask, "--mask")
     if args.stability_n is not None and args.stability_n < 1:
-        raise ConfigError(
-            f"--stability-limit: expected a positive count, got {args.stability_n}"
-        )
+        raise ConfigError(f"--stability-limit: expected a positive count, got {args.stability_n}")
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap: expected a positive count, got {args.bootstrap}")
     if args.gallery < 0:

@@ -106,10 +106,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.report import format_table, memorization_report
+    from ..evaluation.report import METHODS, format_table, memorization_report
     from ..io import load_images
     from ._output import write_json
-    from ..evaluation.report import METHODS
 
     t0 = time.perf_counter()
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()

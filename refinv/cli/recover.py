@@ -129,9 +129,7 @@ def register(sub) -> None:
     _args.add_mask(p, "random:0.5")
     _args.add_seed(p)
     _args.add_method(p, ("blind", "known", "ae-iterations"), "blind")
-    _args.add_out(
-        p, "write x_hat, y, x, masks, per-sample metrics (.npz)", metavar="OUT.npz"
-    )
+    _args.add_out(p, "write x_hat, y, x, masks, per-sample metrics (.npz)", metavar="OUT.npz")
     _args.add_json(p)
     p.add_argument(
         "--chunk", type=int, default=1024,

@@ -167,8 +167,29 @@ def test_stability_command_matches_the_iteration_matrix(files, capsys, method):
         ]  # fmt: skip
         np.testing.assert_allclose(row["radius"], want, rtol=1e-3)
     assert "median radius" in capsys.readouterr().out
+    assert doc["fixed_point"]["is_fixed"] == [True] * 3  # P x = x at the training images
     assert main(["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0"]) == 2
     assert "--rho" in capsys.readouterr().err
+
+
+def test_stability_says_not_a_fixed_point_instead_of_a_radius(files, capsys):
+    """Held-out images are not fixed points of the projection AE (f(x) != x): the command says
+    so with ||f(x) - x||, computes no radius (null in the JSON), and never prints the
+    'attracting fixed point' sentence for them."""
+    d = files
+    rc = main(["stability", str(d / "ae.onnx"), f"{d / 'data.npz'}:test", "--rho", "0.5",
+               "--json", str(d / "stab_test.json")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    test = np.load(d / "data.npz")["test"].astype(np.float64).reshape(4, -1)
+    P = projection(np.load(d / "data.npz")["train"].astype(np.float64))
+    res = np.linalg.norm(test @ P.T - test, axis=1)
+    assert f"4 of 4 images: not a fixed point (||f(x) - x|| = {res.min():.3g} to " in out
+    assert "attracting" not in out and "median radius" not in out
+    doc = json.loads((d / "stab_test.json").read_text())
+    assert doc["fixed_point"]["n_fixed"] == 0 and doc["schema_version"] == 2
+    np.testing.assert_allclose(doc["fixed_point"]["residual"], res, rtol=1e-4)
+    assert doc["results"][0]["radius"] == [None] * 4 and doc["results"][0]["median_radius"] is None
 
 
 def test_mask_init_from_a_file(files, tmp_path, capsys):

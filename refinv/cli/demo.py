@@ -49,6 +49,13 @@ def default_models_dir() -> Path:
     return packaged_models_dir()
 
 
+def manifest_dataset(field: str) -> str:
+    """The data file of a manifest entry's ``dataset`` field: its first word (the rest is a
+    comment, e.g. ``"data/digits8.npz (flattened to (N, 64))"``)."""
+    words = str(field or "").split()
+    return words[0] if words else ""
+
+
 def _find(models_dir: Path, name: str | None) -> tuple[Path, Path]:
     """(model path, dataset path) from the manifest."""
     if not models_dir.is_dir():
@@ -64,7 +71,17 @@ def _find(models_dir: Path, name: str | None) -> tuple[Path, Path]:
         cands = [k for k in files if k == name or Path(k).stem == name or Path(k).name == name]
         if not cands:
             known = sorted(Path(k).stem for k, v in files.items() if v.get("kind") == "autoencoder")
-            raise ConfigError(f"--model {name!r}: not in {man_path}; shipped autoencoders: {known}")
+            zoo = ""
+            if models_dir.resolve() == packaged_models_dir():
+                zoo = (
+                    "; this refinv is installed without a checkout (a wheel), which ships only "
+                    "the demo's model: the model zoo lives in the refinv repository's models/ "
+                    "folder. Clone the repository and pass --models-dir CHECKOUT/models (or "
+                    "install refinv from the checkout: pip install -e CHECKOUT)"
+                )
+            raise ConfigError(
+                f"--model {name!r}: not in {man_path}; shipped autoencoders: {known}{zoo}"
+            )
     else:
         cands = [k for k in DEMO_MODELS if k in files and (models_dir / k).is_file()]
         if not cands:
@@ -75,7 +92,7 @@ def _find(models_dir: Path, name: str | None) -> tuple[Path, Path]:
     key = cands[0]
     rec = files[key]
     model = models_dir / key
-    data = models_dir / rec.get("dataset", "")
+    data = models_dir / manifest_dataset(rec.get("dataset", ""))
     if not model.is_file():
         raise ConfigError(f"{model}: listed in the manifest but missing")
     if not data.is_file():

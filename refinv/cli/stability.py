@@ -1,19 +1,20 @@
 """``refinv stability``: are this autoencoder's training images attracting fixed points of recovery?
 
     refinv stability MODEL.onnx DATA.npz[:train] [--mask random:0.5] [--seed 0] \\
-        [--rho 0.2,0.5,2] [--n 20] [--json OUT.json]
+        [--rho 0.2,0.5,2] [--limit 20] [--json OUT.json]
 
-For each rho, the spectral radius of the linearized known-mask PnP-ADMM at
-each of the first N training images (:mod:`refinv.evaluation.stability`).
-A LOCAL verdict on the fixed point: < 1, the image is an attracting fixed
-point of the linearized iteration (an iterate close enough converges to it);
-> 1, a repelling one, and recovery from a nearby start is unlikely (not
-impossible: an iteration that lands on it exactly stays there). Cheap: 2n
-model evaluations and one n x n eigenproblem per image for small images,
-matrix-free Arnoldi (a few hundred evaluations) above --max-dim, so it tells
-an auditor in seconds which rho to try and whether a 0% recovery rate may
-mean "not measurable by this method" rather than "not memorized". How often
-the verdict matched the actual outcomes: docs/theory/recovery.md.
+First, at each of the first N images, whether the image is a fixed point of the model at
+all: ``MSE(f(x), x) < 1e-7`` (the accurate-recovery threshold; a held-out image usually is
+not). An image that is not is reported as "not a fixed point (||f(x) - x|| = ...)" and gets
+no radius: no recovery can return it exactly. Then, for each rho, the spectral radius of
+the linearized known-mask PnP-ADMM at each fixed point (:mod:`refinv.evaluation.stability`):
+< 1, the image is an attracting fixed point of the linearized iteration (an iterate close
+enough converges to it); > 1, a repelling one, and recovery from a nearby start is unlikely
+(not impossible: an iteration that lands on it exactly stays there). The eigensolver: dense
+(whole Jacobian, once per image for every rho) up to 256 values per image, matrix-free
+ARPACK above (the faster where they agree; measured in refinv.evaluation.stability). A
+progress bar counts the (image, rho) pairs in a terminal. How often the verdict matched the
+actual outcomes: docs/theory/recovery.md.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "stability",
         help="local stability of recovery at the training images (spectral radius per rho)",
-        description="For each --rho, the spectral radius of the linearized known-mask "
-        "PnP-ADMM at each of the first N images of DATA.npz[:key] (training images, "
-        "f(x) ~ x), with masks drawn as `refinv evaluate` draws them. A local verdict on the "
-        "fixed point: radius < 1, the image attracts the linearized iteration; > 1, it is a "
-        "repelling fixed point and recovery from a nearby start is unlikely. Table on stdout, per-image radii with --json (schema in docs/cli.md). "
-        f"Mask grammar: {MASK_GRAMMAR}.",
+        description="First checks that each of the first N images of DATA.npz[:key] is a "
+        "fixed point of the model (MSE(f(x), x) < 1e-7; an image that is not is reported as "
+        "'not a fixed point' and gets no radius). Then, for each --rho, the spectral radius "
+        "of the linearized known-mask PnP-ADMM at each fixed point, with masks drawn as "
+        "`refinv evaluate` draws them. A local verdict: radius < 1, the image attracts the "
+        "linearized iteration; > 1, it is a repelling fixed point and recovery from a nearby "
+        "start is unlikely. Table on stdout, per-image radii with --json (schema in "
+        f"docs/cli.md). Mask grammar: {MASK_GRAMMAR}.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
     _args.add_data(p, what="training images")
@@ -56,7 +59,8 @@ def register(sub) -> None:
     _args.add_method(
         p, METHODS, "auto",
         help="eigensolver: dense: whole Jacobian + all eigenvalues (images up to --max-dim "
-        "values); arnoldi: matrix-free ARPACK, any size; auto (default): dense up to --max-dim",
+        "values); arnoldi: matrix-free ARPACK, any size; auto (default): dense up to 256 "
+        "values, arnoldi above (the faster where they agree)",
     )  # fmt: skip
     p.add_argument(
         "--max-dim", type=int, default=2048,
@@ -81,10 +85,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import __version__
+    from ..evaluation.metrics import ACCURATE_MSE
     from ..evaluation.report import degrade
-    from ..evaluation.stability import pnp_admm_stability, resolve_method
+    from ..evaluation.stability import resolve_method, stability_radii
     from ..io import parse_data_spec
     from ..operators.masks import parse_mask
+    from ._args import progress_flag
     from ._output import write_json
 
     spec = parse_mask(args.mask)
@@ -98,23 +104,31 @@ def run(args: argparse.Namespace) -> int:
     x, masks = x[:n], masks[:n]
     method = resolve_method(args.method, int(np.prod(x.shape[1:])), args.max_dim)
     t0 = time.perf_counter()
+    # is each image a fixed point at all? (the radius is about the fixed point x = f(x))
+    d = (np.asarray(f(x), np.float64) - x.astype(np.float64)).reshape(n, -1)
+    residual, mse = np.linalg.norm(d, axis=1), np.mean(d**2, axis=1)
+    fixed = mse < ACCURATE_MSE
+    radii = np.full((len(rhos), n), np.nan)
+    if fixed.any():
+        radii[:, fixed] = stability_radii(
+            f, x[fixed], masks[fixed], rhos, eps=args.eps, max_dim=args.max_dim, method=method,
+            progress=progress_flag(args),
+        )  # fmt: skip
     rows = []
-    for rho in rhos:
-        r = pnp_admm_stability(
-            f, x, masks, rho=rho, eps=args.eps, max_dim=args.max_dim, method=method
-        )
+    for rho, r in zip(rhos, radii, strict=True):
+        rf = r[fixed]
         rows.append(
             {
                 "rho": rho,
-                "median_radius": float(np.median(r)),
-                "min_radius": float(np.min(r)),
-                "max_radius": float(np.max(r)),
-                "fraction_below_1": float(np.mean(r < 1)),
-                "radius": [float(v) for v in r],
+                "median_radius": float(np.median(rf)) if rf.size else None,
+                "min_radius": float(np.min(rf)) if rf.size else None,
+                "max_radius": float(np.max(rf)) if rf.size else None,
+                "fraction_below_1": float(np.mean(rf < 1)) if rf.size else None,
+                "radius": [float(v) if ok else None for v, ok in zip(r, fixed, strict=True)],
             }
         )
     doc = {
-        "schema_version": 1,
+        "schema_version": 2,
         "tool": "refinv",
         "refinv_version": __version__,
         "command": "stability",
@@ -137,20 +151,50 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "n": n,
         },  # fmt: skip
+        "fixed_point": {
+            "definition": f"MSE(f(x), x) < {ACCURATE_MSE:g}",
+            "n_fixed": int(fixed.sum()),
+            "is_fixed": [bool(v) for v in fixed],
+            "residual": [float(v) for v in residual],
+        },
         "results": rows,
     }
     if args.json:
         data_path = parse_data_spec(args.data)[0]
         write_json(args.json, doc, "stability", args, {"model": args.model, "data": data_path})
-    print(f"model: {Path(args.model).name}  data: {doc['data']}  mask: {spec.text} (seed "
-          f"{args.seed}), first {n} images, {method} eigensolver")  # fmt: skip
-    print(f"{'rho':>8}  {'median radius':>13}  {'min':>7}  {'max':>7}  {'radius < 1':>10}")
-    for row in rows:
-        print(
+    print(_report(doc, Path(args.model).name, n, method, residual, fixed))
+    return 0
+
+
+def _report(doc: dict, model: str, n: int, method: str, residual, fixed) -> str:
+    """The text of ``refinv stability``: the fixed-point check, then the radius table."""
+    import numpy as np
+
+    lines = [
+        f"model: {model}  data: {doc['data']}  mask: {doc['mask']} (seed {doc['seed']}), "
+        f"first {n} images, {method} eigensolver"
+    ]
+    k = int(fixed.sum())
+    if k < n:
+        bad = residual[~fixed]
+        which = np.flatnonzero(~fixed)
+        idx = ", ".join(map(str, which[:10])) + (", ..." if len(which) > 10 else "")
+        norm = f"{bad[0]:.3g}" if len(bad) == 1 else f"{bad.min():.3g} to {bad.max():.3g}"
+        lines.append(
+            f"{n - k} of {n} images: not a fixed point (||f(x) - x|| = {norm}; MSE(f(x), x) "
+            f">= 1e-7; images {idx}): the model does not return them, so no recovery returns "
+            "them exactly, and a radius says nothing about them (none computed)"
+        )
+    if k == 0:
+        return "\n".join(lines)
+    lines.append(f"{k} of {n} images are fixed points (MSE(f(x), x) < 1e-7); their radii:")
+    lines.append(f"{'rho':>8}  {'median radius':>13}  {'min':>7}  {'max':>7}  {'radius < 1':>10}")
+    for row in doc["results"]:
+        lines.append(
             f"{row['rho']:>8g}  {row['median_radius']:>13.3f}  {row['min_radius']:>7.3f}  "
             f"{row['max_radius']:>7.3f}  {row['fraction_below_1']:>10.0%}"
         )
-    print(
+    lines.append(
         "radius < 1: the image is an attracting fixed point of the linearized known-mask ADMM\n"
         "  (an iterate close enough to it converges to it);\n"
         "radius > 1: the image is a repelling fixed point of the linearized iteration; recovery\n"
@@ -158,4 +202,4 @@ def run(args: argparse.Namespace) -> int:
         "  for the known-mask ADMM, blind recovery adds a mask step; measured agreement with\n"
         "  actual outcomes in docs/theory/recovery.md)."
     )
-    return 0
+    return "\n".join(lines)

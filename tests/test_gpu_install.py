@@ -97,3 +97,113 @@ def test_real_install_is_not_mixed():
     """This environment (CI's) has exactly one onnxruntime distribution."""
     have = [d for d in ("onnxruntime", "onnxruntime-gpu") if model_mod._dist_version(d)]
     assert len(have) == 1, have
+
+
+# ------------------------------------------------------------------ one CUDA major
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with open(root / "pyproject.toml", "rb") as fp:
+        return tomllib.load(fp)["project"]["optional-dependencies"]
+
+
+def _cupy_major(requirement: str) -> int:
+    import re
+
+    m = re.match(r"cupy-cuda(\d+)x", requirement)
+    assert m, f"expected a cupy-cudaNNx requirement, got {requirement!r}"
+    return int(m.group(1))
+
+
+def test_the_gpu_extras_name_the_cupy_of_their_route():
+    """pyproject's gpu extras and refinv.backend.GPU_ROUTES (what the docs and errors say)
+    name the same CuPy package, built for the route's CUDA major."""
+    from refinv.backend import GPU_DEFAULT, GPU_ROUTES
+
+    extras = _extras()
+    assert GPU_DEFAULT.extra == "gpu"
+    for major, route in GPU_ROUTES.items():
+        (req,) = extras[route.extra]
+        assert req.startswith(route.cupy) and _cupy_major(req) == major == route.cuda_major
+
+
+def test_cuda_major_of_requirements():
+    from refinv.backend import cuda_major_of_requirements as major
+
+    assert major(['nvidia-cuda-runtime~=13.0; extra == "cuda"']) == 13  # 1.28+
+    assert major(['nvidia-cuda-runtime-cu13~=13.0; extra == "cuda"']) == 13  # 1.27
+    assert major(["numpy", 'nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']) == 12
+    assert major(["numpy>=1.21", "protobuf"]) is None and major(None) is None
+
+
+def _resolve(spec: str) -> dict:
+    """``pip install --dry-run --report`` of ``spec`` (metadata only, nothing installed);
+    skips when the package index cannot be reached."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = f"{tmp}/report.json"
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+             "--no-deps", "--quiet", "--retries", "0", "--timeout", "15", "--report", report,
+             spec],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if res.returncode != 0:
+            pytest.skip(f"pip cannot resolve {spec} here (offline?): {res.stderr[-300:]}")
+        with open(report) as fp:
+            (item,) = json.load(fp)["install"]
+    return item["metadata"]
+
+
+@pytest.mark.parametrize("major", [13, 12])
+def test_resolved_onnxruntime_gpu_is_built_for_the_cupy_of_its_extra(major):
+    """What pip resolves TODAY for each route's install command is an onnxruntime-gpu built
+    for the CUDA major of the CuPy the extra names (its `cuda` extra's nvidia-cuda-runtime);
+    skips offline."""
+    from refinv.backend import GPU_ROUTES, cuda_major_of_requirements
+
+    route = GPU_ROUTES[major]
+    meta = _resolve(f"onnxruntime-gpu[cuda,cudnn]{route.onnxruntime_gpu}")
+    assert cuda_major_of_requirements(meta.get("requires_dist")) == major, (
+        meta["version"], [r for r in meta.get("requires_dist", []) if "nvidia" in r]
+    )
+    (req,) = _extras()[route.extra]
+    assert _cupy_major(req) == major
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("major", [13, 12])
+def test_resolved_cuda_provider_links_the_cuda_major_of_the_extra(major, tmp_path):
+    """The CUDA libraries the resolved wheel's CUDA provider LINKS (readelf -d: libcudart.so.N,
+    libcublas.so.N) are those of the extra's CuPy (downloads the ~270 MB wheel; slow)."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from refinv.backend import GPU_ROUTES
+
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf (binutils) not installed")
+    route = GPU_ROUTES[major]
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--retries", "0",
+         "-d", str(tmp_path), f"onnxruntime-gpu{route.onnxruntime_gpu}"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    if res.returncode != 0:
+        pytest.skip(f"pip cannot download onnxruntime-gpu here (offline?): {res.stderr[-300:]}")
+    (wheel,) = tmp_path.glob("onnxruntime_gpu-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extract("onnxruntime/capi/libonnxruntime_providers_cuda.so", tmp_path)
+    so = tmp_path / "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+    needed = subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True).stdout
+    libs = dict(re.findall(r"\[(libcudart|libcublas)\.so\.(\d+)\]", needed))
+    assert libs == {"libcudart": str(major), "libcublas": str(major)}, needed

@@ -26,10 +26,12 @@ from .recover import open_model, solver_options
 
 __all__ = ["register", "run", "default_models_dir", "DEMO_MODELS"]
 
-# preferred shipped models, first found wins (paths relative to models/)
+# preferred shipped models, first found wins (paths relative to models/): the faces MLP
+# (87% of its training images back blind, 0% held-out; also packaged in the wheel), else
+# the conv autoencoder (84% / 0%; 17 s of CPU)
 DEMO_MODELS = (
     "onnx/faces25_lrelu_6x256.onnx",
-    "onnx/digits8_lrelu_6x320.onnx",
+    "onnx/colour16_convae_lrelu_c4.onnx",
 )
 
 
@@ -177,6 +179,6 @@ def run(args: argparse.Namespace) -> int:
         "next: a memorization audit of the same model (membership inference, per-image risk, "
         "an HTML report; pip install 'refinv[audit]'):\n"
         f"  refinv audit {model_path} --train {data_path}:train --test {data_path}:test "
-        "--out audit/"
+        "--out out/audit/"
     )
     return 0

@@ -171,7 +171,8 @@ def test_resolved_onnxruntime_gpu_is_built_for_the_cupy_of_its_extra(major):
     route = GPU_ROUTES[major]
     meta = _resolve(f"onnxruntime-gpu[cuda,cudnn]{route.onnxruntime_gpu}")
     assert cuda_major_of_requirements(meta.get("requires_dist")) == major, (
-        meta["version"], [r for r in meta.get("requires_dist", []) if "nvidia" in r]
+        meta["version"],
+        [r for r in meta.get("requires_dist", []) if "nvidia" in r],
     )
     (req,) = _extras()[route.extra]
     assert _cupy_major(req) == major

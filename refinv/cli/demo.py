@@ -36,8 +36,11 @@ DEMO_MODELS = (
 
 
 def packaged_models_dir() -> Path:
-    """The demo's model and data set inside the package (``refinv/_data``, in every wheel)."""
-    return Path(__file__).resolve().parents[1] / "_data"
+    """The demo's model and data set inside the package (``refinv/_data``, in every wheel;
+    :func:`refinv.demo_files` gives their paths)."""
+    from .._demo import demo_files
+
+    return demo_files().model.parents[1]
 
 
 def default_models_dir() -> Path:

@@ -3,7 +3,7 @@ Seeing through an encoder with total variation
 ==============================================
 
 An encoder layer ``y = ReLU(W x + b)`` with more inputs than outputs throws
-information away; inverting it needs a prior. Seed 004 writes ReLU as a
+information away; inverting it needs a prior. Wang and Benning (2023) write ReLU as a
 proximal map, replaces the squared error by the **lifted Bregman loss**
 ``B_Psi(y, W x + b)`` (convex in ``x``, gradient ``W^T (ReLU(W x + b) - y)``)
 and adds total variation:

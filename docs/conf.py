@@ -55,7 +55,14 @@ suppress_warnings = ["myst.header", "autosummary.import_cycle"]
 
 html_theme = "pydata_sphinx_theme"
 html_title = "refinv"
-html_theme_options = {"navigation_with_keys": False}
+html_theme_options = {
+    "navigation_with_keys": False,
+    # the first pages in the top bar, the rest under "More": all twelve wrapped the bar
+    # to three rows at 1280 px
+    "header_links_before_dropdown": 5,
+}
+html_static_path = ["_static"]
+html_css_files = ["refinv.css"]
 
 # Tutorials are executed on every build. REFINV_DOCS_FAST=1 (set by CI) makes
 # them use fewer samples/iterations; the published figures use the defaults.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -60,6 +61,8 @@ html_theme_options = {
     # the first pages in the top bar, the rest under "More": all twelve wrapped the bar
     # to three rows at 1280 px
     "header_links_before_dropdown": 5,
+    # tutorials get the page's width for their code and outputs (no "On this page" column)
+    "secondary_sidebar_items": {"**": ["page-toc", "sourcelink"], "auto_examples/*": []},
 }
 html_static_path = ["_static"]
 html_css_files = ["refinv.css"]
@@ -160,6 +163,25 @@ def _add_extra_pages(app, docname, source):
         source[0] = source[0].replace("\ncli\n", "\ncli\n" + "".join(f"{e}\n" for e in extra), 1)
 
 
+_SG_IMG = re.compile(r'(<img src="([^"]+)"[^>]*class\s*=\s*"sphx-glr-(?:single|multi)-img"[^>]*>)')
+
+
+def _link_tutorial_figures(app, exc) -> None:
+    """Each tutorial figure links to its PNG at full size (a click opens it, the browser
+    zooms it): sphinx-gallery's ``image-sg`` has no ``:target:``, so the built pages are
+    edited once, after the build."""
+    if exc is not None or app.builder.format != "html":
+        return
+    for page in (Path(app.outdir) / "auto_examples").glob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        if 'class="refinv-figure-link"' in html:
+            continue
+        new = _SG_IMG.sub(r'<a class="refinv-figure-link" href="\2">\1</a>', html)
+        if new != html:
+            page.write_text(new, encoding="utf-8")
+
+
 def setup(app):
+    app.connect("build-finished", _link_tutorial_figures)
     app.connect("autodoc-process-docstring", _escape_stars_in_types, priority=600)
     app.connect("source-read", _add_extra_pages)

@@ -36,6 +36,7 @@ import io
 import os
 import re
 import tempfile
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -95,7 +96,7 @@ if diverged:
 
 v = doc["verdict"]
 for key in ("headline", "summary", "membership", "control"):
-    print(v[key], end="\n\n")
+    print(textwrap.fill(v[key], 88), end="\n\n")
 
 # %%
 # The recovery table

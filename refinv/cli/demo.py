@@ -38,7 +38,7 @@ DEMO_MODELS = (
 def packaged_models_dir() -> Path:
     """The demo's model and data set inside the package (``refinv/_data``, in every wheel;
     :func:`refinv.demo_files` gives their paths)."""
-    from .._demo import demo_files
+    from ..io import demo_files
 
     return demo_files().model.parents[1]
 

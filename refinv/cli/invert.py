@@ -59,6 +59,12 @@ def register(sub) -> None:
         "overrides DATA.npz's mask",
     )  # fmt: skip
     _args.add_seed(p, "random masks and restarts")
+    _args.add_layout(
+        p, "the generator OUTPUT's layout, which says where the channel axis is for the "
+        "per-pixel masks: NCHW (N, C, H, W) or NHWC (N, H, W, C), e.g. a Keras export "
+        "(default: from the declared output shape, as a model input's layout; an ambiguous "
+        "one is an error that asks for this option)",
+    )  # fmt: skip
     _args.add_limit(p, "samples")
     p.add_argument("--max-iter", type=int, default=5000)
     p.add_argument("--tol", type=float, default=None, help="stopping tolerance (method default)")
@@ -90,8 +96,55 @@ def _snr_db(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return 20 * np.log10(num / np.maximum(den, 1e-300))
 
 
-def _mask_for(args, arrays, y: np.ndarray) -> np.ndarray | None:
-    """The observation mask as a 0/1 array of ``y``'s shape (or None)."""
+#: channel counts the declared-shape rule recognizes (the same rule as a model input's layout,
+#: refinv.onnx detect_layout: grey and RGB)
+_CHANNELS = (1, 3)
+
+
+def output_layout(shape: tuple[int, ...], given: str | None, label: str) -> str | None:
+    """The layout of a generator's output sample ``shape`` (graph coordinates): ``--layout``
+    when given, else from the declared shape as a model input's layout is decided:
+    ``(C, H, W)`` with C 1 or 3 and neither H nor W is ``"NCHW"``; ``(H, W, C)`` the same
+    way ``"NHWC"`` (a Keras / tf2onnx export); an ambiguous 3-D shape is an error that asks
+    for ``--layout``; other ranks have no channel axis (``None``)."""
+    if given == "flat":
+        return None
+    if len(shape) != 3:
+        if given in ("NCHW", "NHWC"):
+            raise ConfigError(
+                f"--layout {given}: the generator's output {tuple(shape)} has no channel axis "
+                "(expected a 3-D sample)"
+            )
+        return None
+    if given in ("NCHW", "NHWC"):
+        return given
+    a, b, c = shape
+    if a in _CHANNELS and b not in _CHANNELS and c not in _CHANNELS:
+        return "NCHW"
+    if c in _CHANNELS and a not in _CHANNELS and b not in _CHANNELS:
+        return "NHWC"
+    raise ConfigError(
+        f"{label}: cannot tell the layout of the generator's output (N, {a}, {b}, {c}): "
+        f"channels-first ({a} channels of {b}x{c}) and channels-last ({c} channels of "
+        f"{a}x{b}) both fit; pass --layout NCHW or --layout NHWC"
+    )
+
+
+def _mask_for(args, arrays, y: np.ndarray, layout: str | None = None) -> np.ndarray | None:
+    """The observation mask as a 0/1 array of ``y``'s shape (or None). Masks are per pixel,
+    shared by a pixel's channels, whatever the output layout: a channels-last output
+    ``(N, H, W, C)`` gets the mask of ``(N, C, H, W)`` moved to its axes."""
+    import numpy as np
+
+    if layout == "NHWC":  # work channels-first, move the channel axis back at the end
+        m = _mask_for(args, arrays, np.moveaxis(y, -1, 1), "NCHW")
+        if m is None:
+            return None
+        return np.ascontiguousarray(np.moveaxis(m, 1, -1))
+    return _mask_cf(args, arrays, y)
+
+
+def _mask_cf(args, arrays, y: np.ndarray) -> np.ndarray | None:
     import numpy as np
 
     from ..operators.masks import expand_mask, parse_mask, pixel_shape
@@ -153,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         if int(np.prod(z.shape[1:])) != int(np.prod(chain.in_shape)) or z.shape[0] != n:
             raise ShapeError(f"{args.data}:z: expected (N, {chain.in_shape}), got {z.shape}")
         z = z.reshape(n, *chain.in_shape)
-    mask = _mask_for(args, arrays, y)
+    layout = output_layout(tuple(chain.out_shape), args.layout, str(args.model))
+    mask = _mask_for(args, arrays, y, layout)
     kw = {"max_iter": args.max_iter}
     if args.tol is not None:
         kw["tol"] = args.tol
@@ -200,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "method": m,
         "mask": args.mask or ("file" if mask is not None else None),
+        "output_layout": layout,
         "observed_fraction": None if mask is None else float(mask.mean()),
         "n": n,
         "seconds": seconds,

@@ -95,10 +95,9 @@ def run(args: argparse.Namespace) -> int:
     methods = _args.one_of(args.method, METHODS, "--method")
     masks = _args.split_list(args.mask, "--mask")
     if args.figures:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+        from ..evaluation.report import require_figure_dependencies
+
+        require_figure_dependencies("--figures")
     if args.chunk < 1:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     models = open_checkpoints(args)

@@ -240,8 +240,14 @@ def test_channels_last_colour_data_refused(tmp_path):
     np.savez(p, ok=x, last=np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
              flat=x.reshape(4, -1), empty=x[:0])  # fmt: skip
     np.testing.assert_array_equal(load_images(p, "ok", sample_shape=(3, 5, 6)), x)
+    # channels-last colour images are transposed (unambiguous here), or refused when the
+    # caller says the file is channels-first
+    np.testing.assert_array_equal(load_images(p, "last", sample_shape=(3, 5, 6)), x)
+    np.testing.assert_array_equal(load_images(p, "last", sample_shape=(3, 5, 6), layout="NHWC"), x)
     with pytest.raises(ShapeError, match="expected .*\\(N, 3, 5, 6\\).*\\(4, 5, 6, 3\\).*channels"):
-        load_images(p, "last", sample_shape=(3, 5, 6))
+        load_images(p, "last", sample_shape=(3, 5, 6), layout="NCHW")
+    with pytest.raises(ShapeError, match="--data-layout NHWC: expected images \\(N, 5, 6, 3\\)"):
+        load_images(p, "ok", sample_shape=(3, 5, 6), layout="NHWC")
     with pytest.raises(ShapeError, match="another layout"):
         load_images(p, "flat", sample_shape=(3, 5, 6))
     with pytest.raises(ShapeError, match="at least one image"):
@@ -389,7 +395,7 @@ def _cli(capsys, *argv):
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--out", "{d}/data.npz/x.npz"],
          "not a directory"),
         (["inspect", "{d}/nan.onnx"], "finite weights.*layer\\(s\\) 0 .*--no-diagnostics"),
-        (["recover", "{d}/colour.onnx", "{d}/last.npz"],
+        (["recover", "{d}/colour.onnx", "{d}/last.npz", "--data-layout", "NCHW"],
          "expected images of shape \\(N, 3, 4, 5\\).*got \\(3, 4, 5, 3\\).*channels-last"),
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--mask", "grid:99999999999999999999"],
          "grid: expected a step in \\[1, 7\\]"),

@@ -221,9 +221,10 @@ def add_data_layout(p) -> None:
     """``--data-layout``: the DATA file's image layout."""
     p.add_argument(
         "--data-layout", default=None, choices=["NCHW", "NHWC"],
-        help="the data file's image layout: NCHW (N, C, H, W) images, the default, or NHWC "
-        "(N, H, W, C), e.g. a Keras data set (transposed on reading; the masks are per pixel "
-        "either way)",
+        help="the data file's image layout: NCHW (N, C, H, W) or NHWC (N, H, W, C), e.g. a "
+        "Keras data set, transposed on reading (never reshaped); the masks are per pixel "
+        "either way (default: NCHW, or NHWC where the shapes leave no doubt: (N, H, W, C) "
+        "for the model's (C, H, W) with C > 1, not also (N, C, H, W)); image models only",
     )  # fmt: skip
 
 
@@ -334,6 +335,7 @@ def add_runtime_args(p: argparse.ArgumentParser):
         "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
     )
     add_layout(r)
+    add_data_layout(r)
     add_image_shape(r)
     return r
 

@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out / "report.json", "--out")
     models = open_checkpoints(args)
     f0 = models[0][1]
-    train, _ = load_split(args.train, f0, "train")
-    test, _ = load_split(args.test, f0, "test")
+    train, _ = load_split(args.train, f0, "train", args.data_layout)
+    test, _ = load_split(args.test, f0, "test", args.data_layout)
     files = {"model": args.model, "train": str(parse_data_spec(args.train, "train")[0]),
              "test": str(parse_data_spec(args.test, "test")[0])}  # fmt: skip
     for i, p in enumerate(args.checkpoints, 1):

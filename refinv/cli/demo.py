@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     model_path, data_path = _find(models_dir, args.model)
     f = open_model(model_path, args, data=f"{data_path}:train")
-    train = load_images(data_path, "train", sample_shape=f.sample_shape)
-    test = load_images(data_path, "test", sample_shape=f.sample_shape)
+    train = load_images(data_path, "train", sample_shape=f.sample_shape, layout=args.data_layout)
+    test = load_images(data_path, "test", sample_shape=f.sample_shape, layout=args.data_layout)
     f.stats.reset()
     t1 = time.perf_counter()
     doc = memorization_report(

@@ -75,7 +75,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _split_images(spec: str, f, default_key: str):
+def _split_images(spec: str, f, default_key: str, layout: str | None = None):
     """``DATA.npz[:key]`` read chunk by chunk for the model ``f`` (the checks of load_split)."""
     import numpy as np
 
@@ -84,7 +84,8 @@ def _split_images(spec: str, f, default_key: str):
 
     path, key = parse_data_spec(spec, default_key)
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype,
+                     rows_ok=flat_rows_ok(f), layout=layout)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     models = open_checkpoints(args)
     f0 = models[0][1]
-    train = _split_images(args.train, f0, "train")
-    test = _split_images(args.test, f0, "test") if args.test else None
+    train = _split_images(args.train, f0, "train", args.data_layout)
+    test = _split_images(args.test, f0, "test", args.data_layout) if args.test else None
     doc = memorization_report(
         models,
         train,

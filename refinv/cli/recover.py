@@ -106,12 +106,14 @@ def open_model(path: str | Path, args: argparse.Namespace, data: str | Path | No
     return f
 
 
-def load_split(spec: str, f, default_key: str = "train") -> tuple[np.ndarray, str]:
+def load_split(
+    spec: str, f, default_key: str = "train", layout: str | None = None
+) -> tuple[np.ndarray, str]:
     """Images ``DATA.npz[:key]`` shaped for the model ``f`` (its dtype if float64, else float32)."""
     from ..io import load_images_for, parse_data_spec
 
     path, key = parse_data_spec(spec, default_key)
-    return load_images_for(f, path, key), key
+    return load_images_for(f, path, key, layout=layout), key
 
 
 def register(sub) -> None:
@@ -154,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     f = open_model(args.model, args, data=data_spec)
     path, key = parse_data_spec(data_spec, "train")
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype,
+                       rows_ok=flat_rows_ok(f), layout=args.data_layout)  # fmt: skip
     if args.chunk < 1:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     solver = solver_options(args)

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError(f"--limit: expected >= 1, got {args.limit}")
     f = open_model(args.model, args, data=args.data)
-    x, key = load_split(args.data, f)
+    x, key = load_split(args.data, f, layout=args.data_layout)
     _, masks = degrade(x, spec, seed=args.seed)  # the whole split's masks, as refinv evaluate
     n = min(args.limit, len(x))
     x, masks = x[:n], masks[:n]

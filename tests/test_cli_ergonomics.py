@@ -210,3 +210,42 @@ def test_help_through_python_m_refinv_imports_no_onnx():
     assert "refinv.cli" in mods
     heavy = ("onnx", "onnxruntime", "torch", "numpy", "scipy", "array_api_compat", "tqdm")
     assert not {m for m in mods if m.split(".")[0] in heavy}
+
+
+def test_in_a_terminal_the_divergence_line_is_not_on_the_progress_bar(files, tmp_path):
+    """In a TTY (a pseudo-terminal here) a sweep's progress bar stays on stderr while tasks
+    diverge; the one divergence line comes after it, on a line of its own (each task's
+    warning was written onto the bar's line)."""
+    import pty
+
+    cfg = _config(files, tmp_path, model="x3.onnx", n=6, shard=2)
+    cfg.write_text(cfg.read_text().replace('["known", "blind"]', '["ae-iterations"]'))
+    argv = [sys.executable, "-m", "refinv", "sweep", str(cfg), "--db",
+            str(tmp_path / "d.sqlite")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "REFINV_NO_PROGRESS"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin/stdout/stderr are the pseudo-terminal, 120 columns wide
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(sys.executable, argv, env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "it/s" in text or "%|" in text, text  # a bar was drawn (it is a terminal)
+    lines = re.split(r"[\r\n]+", text)
+    div = [ln for ln in lines if "samples diverged" in ln]
+    assert len(div) == 1, text
+    assert div[0].startswith("refinv sweep: warning: ") and "%|" not in div[0]

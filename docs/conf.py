@@ -58,11 +58,9 @@ html_theme = "pydata_sphinx_theme"
 html_title = "refinv"
 html_theme_options = {
     "navigation_with_keys": False,
-    # the first pages in the top bar, the rest under "More": all twelve wrapped the bar
-    # to three rows at 1280 px
+    # the first pages in the top bar (short toctree titles in index.md), the rest under
+    # "More": all twelve, with their long page titles, wrapped the bar to three rows at 1280 px
     "header_links_before_dropdown": 5,
-    # tutorials get the page's width for their code and outputs (no "On this page" column)
-    "secondary_sidebar_items": {"**": ["page-toc", "sourcelink"], "auto_examples/*": []},
 }
 html_static_path = ["_static"]
 html_css_files = ["refinv.css"]

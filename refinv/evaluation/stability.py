@@ -44,14 +44,15 @@ measured here by central finite differences of the black-box model. Two ways:
 
 ``method="auto"`` (default) takes the dense one up to :data:`AUTO_DENSE_MAX` (256)
 values and ARPACK above. Measured on the shipped faces MLP (625 values, 20
-training images, masks random:0.5, rho 0.2 / 0.5 / 2, one thread): ARPACK took
-0.39-1.07 s of CPU per rho for the 20 images, the dense method 3.3-3.7 s; the
-radii differed by 0.3-1.0% (median) and at most 1.4%, 1.6%, 5.3% (rho 0.2, 0.5,
-2; the size of the dense radius's own movement with ``eps``, activation kinks),
-and the verdict (radius < 1) agreed on 59 of the 60 (image, rho) pairs (the one
+training images, masks random:0.5, rho 0.2 / 0.5 / 2, one thread;
+``bench/stability_solvers.py``, ``bench/results/stability_solvers.json``): ARPACK took
+0.2-1.0 s of CPU per rho for the 20 images, the dense method 2.9-3.1 s; the radii
+differed by 0.3-1.0% (median) and at most 1.4%, 1.6%, 5.3% (rho 0.2, 0.5, 2; the
+size of the dense radius's own movement with ``eps``, activation kinks), and the
+verdict (radius < 1) agreed on 59 of the 60 (image, rho) pairs (the one
 disagreement: 0.997 dense, 1.011 ARPACK). On the 8x8 digits MLP (64 values) the
-dense method is the faster (0.05 s against 0.32 s of CPU for 20 images; radii
-within 1.8%, verdicts 20 of 20 equal). :func:`stability_radii` computes the dense
+dense method is the faster (0.04-0.05 s against 0.15-0.20 s of CPU for 20 images
+per rho; verdicts 60 of 60 equal). :func:`stability_radii` computes the dense
 Jacobian once per image for every rho.
 
 Measured on the shipped models (``docs/experiments/recovery_stability.py``;

@@ -190,6 +190,12 @@ def test_stability_says_not_a_fixed_point_instead_of_a_radius(files, capsys):
     assert doc["fixed_point"]["n_fixed"] == 0 and doc["schema_version"] == 2
     np.testing.assert_allclose(doc["fixed_point"]["residual"], res, rtol=1e-4)
     assert doc["results"][0]["radius"] == [None] * 4 and doc["results"][0]["median_radius"] is None
+    # --fixed-tol above their MSE: they count as fixed points and get radii
+    rc = main(["stability", str(d / "ae.onnx"), f"{d / 'data.npz'}:test", "--rho", "0.5",
+               "--fixed-tol", "1", "--json", str(d / "stab_tol.json")])  # fmt: skip
+    doc = json.loads((d / "stab_tol.json").read_text())
+    assert rc == 0 and doc["fixed_point"]["n_fixed"] == 4
+    assert all(r > 0 for r in doc["results"][0]["radius"])
 
 
 def test_mask_init_from_a_file(files, tmp_path, capsys):

@@ -4,7 +4,7 @@
         [--rho 0.2,0.5,2] [--limit 20] [--json OUT.json]
 
 First, at each of the first N images, whether the image is a fixed point of the model at
-all: ``MSE(f(x), x) < 1e-7`` (the accurate-recovery threshold; a held-out image usually is
+all: ``MSE(f(x), x) < --fixed-tol`` (default 1e-7, the accurate-recovery threshold; a held-out image usually is
 not). An image that is not is reported as "not a fixed point (||f(x) - x|| = ...)" and gets
 no radius: no recovery can return it exactly. Then, for each rho, the spectral radius of
 the linearized known-mask PnP-ADMM at each fixed point (:mod:`refinv.evaluation.stability`):
@@ -38,7 +38,7 @@ def register(sub) -> None:
         "stability",
         help="local stability of recovery at the training images (spectral radius per rho)",
         description="First checks that each of the first N images of DATA.npz[:key] is a "
-        "fixed point of the model (MSE(f(x), x) < 1e-7; an image that is not is reported as "
+        "fixed point of the model (MSE(f(x), x) < --fixed-tol, 1e-7 by default; an image that is not is reported as "
         "'not a fixed point' and gets no radius). Then, for each --rho, the spectral radius "
         "of the linearized known-mask PnP-ADMM at each fixed point, with masks drawn as "
         "`refinv evaluate` draws them. A local verdict: radius < 1, the image attracts the "
@@ -63,6 +63,12 @@ def register(sub) -> None:
         "values, arnoldi above (the faster where they agree)",
     )  # fmt: skip
     p.add_argument(
+        "--fixed-tol", type=float, default=1e-7, metavar="MSE",
+        help="an image is a fixed point when MSE(f(x), x) is below this (default 1e-7, the "
+        "accurate-recovery threshold); a model fitted less tightly (e.g. to 2e-5) needs a "
+        "larger one for a radius at its training images",
+    )  # fmt: skip
+    p.add_argument(
         "--max-dim", type=int, default=2048,
         help="largest image (values) for the dense method (default 2048)",
     )  # fmt: skip
@@ -85,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import __version__
-    from ..evaluation.metrics import ACCURATE_MSE
     from ..evaluation.report import degrade
     from ..evaluation.stability import resolve_method, stability_radii
     from ..io import parse_data_spec
@@ -107,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     # is each image a fixed point at all? (the radius is about the fixed point x = f(x))
     d = (np.asarray(f(x), np.float64) - x.astype(np.float64)).reshape(n, -1)
     residual, mse = np.linalg.norm(d, axis=1), np.mean(d**2, axis=1)
-    fixed = mse < ACCURATE_MSE
+    if not args.fixed_tol > 0:
+        raise ConfigError(f"--fixed-tol: expected a positive MSE, got {args.fixed_tol}")
+    fixed = mse < args.fixed_tol
     radii = np.full((len(rhos), n), np.nan)
     if fixed.any():
         radii[:, fixed] = stability_radii(
@@ -150,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
             "mask": spec.text,
             "seed": args.seed,
             "n": n,
+            "fixed_tol": args.fixed_tol,
         },  # fmt: skip
         "fixed_point": {
-            "definition": f"MSE(f(x), x) < {ACCURATE_MSE:g}",
+            "definition": f"MSE(f(x), x) < {args.fixed_tol:g}",
             "n_fixed": int(fixed.sum()),
             "is_fixed": [bool(v) for v in fixed],
             "residual": [float(v) for v in residual],
@@ -162,11 +170,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data_path = parse_data_spec(args.data)[0]
         write_json(args.json, doc, "stability", args, {"model": args.model, "data": data_path})
-    print(_report(doc, Path(args.model).name, n, method, residual, fixed))
+    print(_report(doc, Path(args.model).name, n, method, residual, fixed, args.fixed_tol))
     return 0
 
 
-def _report(doc: dict, model: str, n: int, method: str, residual, fixed) -> str:
+def _report(doc: dict, model: str, n: int, method: str, residual, fixed, tol: float) -> str:
     """The text of ``refinv stability``: the fixed-point check, then the radius table."""
     import numpy as np
 
@@ -182,12 +190,13 @@ def _report(doc: dict, model: str, n: int, method: str, residual, fixed) -> str:
         norm = f"{bad[0]:.3g}" if len(bad) == 1 else f"{bad.min():.3g} to {bad.max():.3g}"
         lines.append(
             f"{n - k} of {n} images: not a fixed point (||f(x) - x|| = {norm}; MSE(f(x), x) "
-            f">= 1e-7; images {idx}): the model does not return them, so no recovery returns "
-            "them exactly, and a radius says nothing about them (none computed)"
+            f">= {tol:g}; images {idx}): the model does not return them, so no recovery "
+            "returns them exactly, and a radius says nothing about them (none computed; "
+            "--fixed-tol sets the threshold)"
         )
     if k == 0:
         return "\n".join(lines)
-    lines.append(f"{k} of {n} images are fixed points (MSE(f(x), x) < 1e-7); their radii:")
+    lines.append(f"{k} of {n} images are fixed points (MSE(f(x), x) < {tol:g}); their radii:")
     lines.append(f"{'rho':>8}  {'median radius':>13}  {'min':>7}  {'max':>7}  {'radius < 1':>10}")
     for row in doc["results"]:
         lines.append(

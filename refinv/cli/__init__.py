@@ -166,7 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    shown = WarningLines(args.command).install()
+    shown = WarningLines(args.command)
+    # every run's DivergenceWarning reaches the summary, even one whose text Python's
+    # once-per-location registry has seen (a second command in the same process)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DivergenceWarning)
+        shown.install()
+        try:
+            return _run(args)
+        finally:
+            shown.restore()
+            for line in shown.summary():
+                print(line, file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its checks and its errors (``refinv CMD: error: ...``, exit 2)."""
     try:
         from ._args import emit_deprecations
         from ._checks import check_args
@@ -181,10 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status, no traceback
         print(f"refinv {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        shown.restore()
-        for line in shown.summary():
-            print(line, file=sys.stderr)
 
 
 def _logging_beside_progress():

@@ -70,32 +70,37 @@ data = np.load(MODELS / "data" / "faces25.npz", allow_pickle=False)
 train, test = data["train"][:N], data["test"][:N]
 out = Path(tempfile.mkdtemp(prefix="refinv-audit-"))
 
-# Samples whose recovery diverges are stopped (a DivergenceWarning per run, counted in
-# the document): collect the warnings and print one line per run, without Python's
-# warning header (file and line).
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always", refinv.errors.DivergenceWarning)
-    doc = refinv.audit(
-        MODELS / "onnx" / "faces25_lrelu_6x256.onnx",
-        train,
-        test,
-        checkpoints=[MODELS / "onnx" / "checkpoints" / "faces25_lrelu_6x256_mse1e-4.onnx"],
-        masks=MASKS,
-        methods=METHODS,
-        out=out,
-        stability_n=4 if FAST else 20,
-        n_bootstrap=200 if FAST else 1000,
-        progress=False,
-    )
-diverged = [str(w.message) for w in caught if w.category is refinv.errors.DivergenceWarning]
-for w in caught:
-    if w.category is not refinv.errors.DivergenceWarning:
-        print(f"{w.category.__name__}: {w.message}")
-if diverged:
-    print(f"{len(diverged)} runs had diverged samples (stopped; 'diverged' per image in doc):")
-    for msg in diverged:
-        print("  " + msg.split(" and were stopped")[0])
 
+def audit_quietly(*args, **kwargs):
+    """refinv.audit, with its DivergenceWarnings (one per run with stopped samples, counted in
+    the document) printed as one line per run, without Python's warning header (the file
+    and line of the code that warned)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", refinv.errors.DivergenceWarning)
+        result = refinv.audit(*args, **kwargs)
+    diverged = [str(w.message) for w in caught if w.category is refinv.errors.DivergenceWarning]
+    for w in caught:
+        if w.category is not refinv.errors.DivergenceWarning:
+            print(f"{w.category.__name__}: {w.message}")
+    if diverged:
+        print(f"{len(diverged)} runs had diverged samples (stopped; 'diverged' per image):")
+        for msg in diverged:
+            print("  " + msg.split(" samples diverged")[0] + " diverged")
+    return result
+
+
+doc = audit_quietly(
+    MODELS / "onnx" / "faces25_lrelu_6x256.onnx",
+    train,
+    test,
+    checkpoints=[MODELS / "onnx" / "checkpoints" / "faces25_lrelu_6x256_mse1e-4.onnx"],
+    masks=MASKS,
+    methods=METHODS,
+    out=out,
+    stability_n=4 if FAST else 20,
+    n_bootstrap=200 if FAST else 1000,
+    progress=False,
+)
 
 # %%
 # The verdict
@@ -116,7 +121,7 @@ for key in ("headline", "summary", "membership", "control"):
 # than the control, and almost no held-out image: the verdict is approximate
 # extraction, not "nothing found". The evidence is the table of tests behind it.
 
-early = refinv.audit(
+early = audit_quietly(
     MODELS / "onnx" / "checkpoints" / "faces25_lrelu_6x256_mse1e-4.onnx",
     train,
     test,

@@ -31,9 +31,11 @@ def _subplots(*grid, figsize=None, **kw):
     return fig, fig.subplots(*grid, **kw)
 
 
-def _legend_outside(ax, **kw) -> None:
-    """The legend to the right of the axes, off the data."""
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+def _legend_outside(ax, *handles_labels, **kw) -> None:
+    """The legend to the right of the axes, off the data (``handles, labels`` of another
+    axes may be given)."""
+    ax.legend(*handles_labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0.0, **kw)  # fmt: skip
 
 
 def _png(fig) -> bytes:
@@ -72,7 +74,8 @@ def roc_figure(scores: list[dict]) -> bytes:
     axes[1].set_yscale("log")
     axes[1].set_title("log-log (low FPR)", fontsize=9)
     axes[0].set_title("ROC", fontsize=9)
-    _legend_outside(axes[1])
+    # one legend for both panels (the lines of the left one; the right repeats them), outside
+    _legend_outside(axes[1], *axes[0].get_legend_handles_labels())
     return _png(fig)
 
 

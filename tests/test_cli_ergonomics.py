@@ -190,7 +190,7 @@ def test_a_diverging_sweep_gives_one_summary_line_and_no_log_line(files, tmp_pat
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
     assert lines == [  # the two tasks (shards [0:2], [2:4]) summed into one line
         "refinv sweep: warning: 4 samples diverged (NaN/Inf or |x| > 1e+06) and were stopped, "
-        "the others continued; per setting: m random:0.3 ae-iterations: train 4 of 4 (MSE "
+        "the others continued; per setting: m random:0.3 ae-iterations: train 4 (MSE "
         "null in the database; per sample: `refinv report DB --json`)"
     ]
     assert not [r for r in caplog.records if "diverged" in r.getMessage()]

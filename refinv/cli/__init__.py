@@ -74,7 +74,7 @@ def verbosity(args: argparse.Namespace) -> int:
 
 _DIVERGED = re.compile(
     r"^checkpoint (?P<ck>.+?), mask (?P<mask>.+?), method (?P<method>.+?), split (?P<split>\S+)"
-    r"(?: \[\d+:\d+\])?: (?P<k>\d+) of (?P<n>\d+) samples diverged \((?P<why>[^)]*)\)"
+    r"(?P<shard> \[\d+:\d+\])?: (?P<k>\d+) of (?P<n>\d+) samples diverged \((?P<why>[^)]*)\)"
     r".*?\(MSE null in the (?P<where>\w+)\)"
 )
 
@@ -91,6 +91,7 @@ class WarningLines:
         self.runs: dict[tuple[str, str, str], dict[str, list[int]]] = {}
         self.other: dict[str, int] = {}
         self.why = self.where = ""
+        self.sharded = False  # a sweep warns per shard that diverged: no total per split
         self._show = None
 
     def install(self) -> WarningLines:
@@ -119,6 +120,7 @@ class WarningLines:
             self.other[message] = self.other.get(message, 0) + 1
             return
         self.why, self.where = m["why"], m["where"]
+        self.sharded = self.sharded or bool(m["shard"])
         split = self.runs.setdefault((m["ck"], m["mask"], m["method"]), {})
         kn = split.setdefault(m["split"], [0, 0])
         kn[0] += int(m["k"])
@@ -129,9 +131,13 @@ class WarningLines:
         lines = []
         if self.runs:
             k = sum(v[0] for s in self.runs.values() for v in s.values())
+
+            def count(kn: list[int]) -> str:  # a sweep's shards without divergence never warn
+                return str(kn[0]) if self.sharded else f"{kn[0]} of {kn[1]}"
+
             parts = [
                 f"{ck} {mask} {method}: "
-                + ", ".join(f"{sp} {kn[0]} of {kn[1]}" for sp, kn in splits.items())
+                + ", ".join(f"{sp} {count(kn)}" for sp, kn in splits.items())
                 for (ck, mask, method), splits in self.runs.items()
             ]
             detail = (

@@ -65,14 +65,29 @@ MODULE_TESTS = {
 @dataclass(frozen=True)
 class Mutant:
     id: str
-    module: str  # path under refinv/
+    module: str  # path under refinv/ (a .py module, or a shipped .json schema)
     old: str  # exact source text (must occur once)
     new: str
     k: str | None = None  # pytest -k expression narrowing the module's tests
     issue: bool = False  # one of the planted bugs of issue 21
+    tests: tuple[str, ...] = ()  # its own test files (default: MODULE_TESTS[module])
+    issue32: bool = False  # one of the 42 survivors named in issue 32
+    area: str = ""  # "issue-32": the code added in that round (``--area issue-32``)
 
 
 M = Mutant
+
+
+def N(id, module, old, new, k, tests, named=False) -> Mutant:  # noqa: A002, N802
+    """A mutant of the code added in the round of issue 32 (the audit, the ONNX guards and
+    layouts, chain folding and Resize, the prox check, chunked input, provenance, store
+    salvage), with its own test files; ``named``: one of the survivors the issue lists."""
+    return Mutant(id, module, old, new, k, tests=tuple(tests), issue32=named, area="issue-32")
+
+
+def _tests(m: Mutant) -> list[str]:
+    return list(m.tests or MODULE_TESTS[m.module])
+
 MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- evaluation/report.py
     M(
@@ -733,6 +748,379 @@ MUTANTS: list[Mutant] = [
         'self.conn.execute("COMMIT")',
         "store_failing",
     ),
+    # ================================================================ the round of issue 32
+    # each with its own tests; named=True: one of the 42 survivors the issue lists
+    # ---------------------------------------------------------------- stability, prox check
+    N(
+        "stability-auto-strict",
+        "evaluation/stability.py",
+        'return "dense" if n <= max_dim else "arnoldi"',
+        'return "dense" if n < max_dim else "arnoldi"',
+        "max_dim",
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "stability-dense-refused-at-max-dim",
+        "evaluation/stability.py",
+        'if method == "dense" and n > max_dim:',
+        'if method == "dense" and n >= max_dim:',
+        "max_dim",
+        ["tests/test_prox_check_exact.py"],
+    ),
+    N(
+        "prox-symmetric-strict",
+        "evaluation/prox.py",
+        'st["symmetric"] = st["asymmetry"] <= sym_tol',
+        'st["symmetric"] = st["asymmetry"] < sym_tol',
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-no-eig-tol",
+        "evaluation/prox.py",
+        'st["eig_min"] >= -eig_tol and st["eig_max"] <= 1.0 + eig_tol',
+        'st["eig_min"] >= 0.0 and st["eig_max"] <= 1.0',
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-any-point",
+        "evaluation/prox.py",
+        '"is_prox": bool(all(ok)),',
+        '"is_prox": bool(any(ok)),',
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-asymmetry-unnormalised",
+        "evaluation/prox.py",
+        "asym = float(np.linalg.norm(J - J.T)) / nrm if nrm > 0 else 0.0",
+        "asym = float(np.linalg.norm(J - J.T))",
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-eigenvalues-of-J",
+        "evaluation/prox.py",
+        "ev = np.linalg.eigvalsh(0.5 * (J + J.T))",
+        "ev = np.linalg.eigvalsh(J)",
+        None,
+        ["tests/test_prox_check_exact.py"],
+    ),
+    N(
+        "prox-n-ignored",
+        "evaluation/prox.py",
+        "    x = x[:n]\n",
+        "    n = total\n",
+        None,
+        ["tests/test_prox_check_exact.py"],
+    ),
+    # ---------------------------------------------------------------- chunked input, provenance
+    N(
+        "chunked-inf-passes",
+        "evaluation/chunked.py",
+        "if not np.all(np.isfinite(a)):",
+        "if np.any(np.isnan(a)):",
+        "chunked",
+        ["tests/test_inputs_exact.py"],
+        True,
+    ),
+    N(
+        "provenance-folder-hashed",
+        "provenance.py",
+        '"sha256": file_sha256(p) if p.is_file() else None',
+        '"sha256": file_sha256(p) if p.exists() else None',
+        "provenance",
+        ["tests/test_inputs_exact.py"],
+        True,
+    ),
+    N(
+        "schema-input-sha256-optional",
+        "schemas/provenance.json",
+        '"required": ["path", "sha256"],',
+        '"required": ["path"],',
+        "provenance",
+        ["tests/test_inputs_exact.py"],
+        True,
+    ),
+    N(
+        "schema-input-sha256-any-case",
+        "schemas/provenance.json",
+        '"pattern": "^[0-9a-f]{64}$"',
+        '"pattern": "^[0-9a-fA-F]{64}$"',
+        "provenance",
+        ["tests/test_inputs_exact.py"],
+    ),
+    # ---------------------------------------------------------------- store salvage, opening
+    N(
+        "salvage-bisect-drops-a-row",
+        "sweep/store.py",
+        "stack += [(mid + 1, hi), (lo, mid)]",
+        "stack += [(mid + 2, hi), (lo, mid)]",
+        "bisection",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    N(
+        "salvage-bisect-stops-at-pairs",
+        "sweep/store.py",
+        "            if lo < hi:\n                mid = (lo + hi) // 2",
+        "            if lo + 1 < hi:\n                mid = (lo + hi) // 2",
+        "bisection",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-bisect-order",
+        "sweep/store.py",
+        "stack += [(mid + 1, hi), (lo, mid)]",
+        "stack += [(lo, mid), (mid + 1, hi)]",
+        "bisection",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-key-columns-unchecked",
+        "sweep/store.py",
+        "and all(tuple(r[:6]) == tuple(t[:6]) for r in rows)",
+        "and all(r[0] == t[0] for r in rows)",
+        "not_whole",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    N(
+        "salvage-failed-task-kept",
+        "sweep/store.py",
+        't[8] == "done"\n',
+        't[8] in ("done", "failed")\n',
+        "not_whole",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-incomplete-task-kept",
+        "sweep/store.py",
+        "and [r[6] for r in rows] == list(range(start, stop))",
+        "and {r[6] for r in rows} <= set(range(start, stop))",
+        "not_whole",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-some-tables",
+        "sweep/store.py",
+        "if not set(_TABLES) <= names:",
+        "if not set(_TABLES) & names:",
+        "some_of_refinvs_tables",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    N(
+        "store-open-some-tables",
+        "sweep/store.py",
+        "if theirs or (tables and set(tables) != set(_TABLES)):",
+        "if theirs:",
+        "some_of_refinvs_tables",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    # ---------------------------------------------------------------- ONNX guards, layouts
+    N(
+        "guard-folder-by-prefix",
+        "onnx/model.py",
+        "if full != base and base not in full.parents:",
+        "if not str(full).startswith(str(base)):",
+        "symlink",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-symlink-unresolved",
+        "onnx/model.py",
+        "full = (base / p).resolve()",
+        "full = base / p",
+        "symlink",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-external-uncounted",
+        "onnx/model.py",
+        "    budget[0] -= length\n",
+        "    budget[0] -= 0\n",
+        "external_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-external-budget-le",
+        "onnx/model.py",
+        "    if budget[0] < 0:\n",
+        "    if budget[0] <= 0:\n",
+        "external_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-bytes-size-dropped",
+        "onnx/model.py",
+        "        if len(data) > budget[0]:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "        if False:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "given_as_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-bytes-size-ge",
+        "onnx/model.py",
+        "        if len(data) > budget[0]:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "        if len(data) >= budget[0]:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "given_as_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-node-limit-ge",
+        "onnx/model.py",
+        "if max_nodes > 0 and len(nodes) > max_nodes:",
+        "if max_nodes > 0 and len(nodes) >= max_nodes:",
+        "node_limit",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-node-limit-main-graph",
+        "onnx/model.py",
+        "if max_nodes > 0 and len(nodes) > max_nodes:",
+        "if max_nodes > 0 and len(model.graph.node) > max_nodes:",
+        "node_limit",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-sparse-per-tensor",
+        "onnx/model.py",
+        "dense_total += _prod(sp.dims)",
+        "dense_total = _prod(sp.dims)",
+        "sparse",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-sparse-limit-ge",
+        "onnx/model.py",
+        "if dense_total > sparse_limit > 0:",
+        "if dense_total >= sparse_limit > 0:",
+        "sparse",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-sparse-index-eq-dim",
+        "onnx/model.py",
+        "if ind.min() < 0 or np.any(ind >= hi):",
+        "if ind.min() < 0 or np.any(ind > hi):",
+        "sparse",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "probe-batch3-shape-unchecked",
+        "onnx/model.py",
+        "if len(ys) == 2 and ys[1].shape[1:] != y.shape[1:]:",
+        "if False:",
+        "depends_on_the_batch",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "layout-nhwc-output-any-shape",
+        "onnx/model.py",
+        "if not converted or self._out_shape != self.onnx_sample_shape:",
+        "if not converted:",
+        "nhwc",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "layout-transpose-first-consumer",
+        "onnx/model.py",
+        'if len(users) != 1 or users[0].op_type != "Transpose":',
+        'if not users or users[0].op_type != "Transpose":',
+        "only_consumer",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    # ---------------------------------------------------------------- chain folding, Resize
+    N(
+        "chain-tile-reps-off-by-one",
+        "onnx/_chain_reader.py",
+        "new_idx = np.tile(cur, [int(r) for r in reps[1:]]).reshape(-1)",
+        "new_idx = np.tile(cur, [int(r) for r in reps[:-1]]).reshape(-1)",
+        "tile",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "chain-gather-open-bias-unpermuted",
+        "onnx/_chain_reader.py",
+        '            if o.get("bias") is not None:\n                o["bias"] = o["bias"][idx]\n',
+        "",
+        "tile or permutation",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "chain-gather-closed-bias-unpermuted",
+        "onnx/_chain_reader.py",
+        "bias=None if lay.bias is None else lay.bias[idx],",
+        "bias=lay.bias,",
+        "permutation",
+        ["tests/test_chain_exact.py"],
+    ),
+    N(
+        "chain-grouped-conv-interleaved",
+        "onnx/_chain_reader.py",
+        "chan = (np.arange(m) // (m // grp))[:, None] * cg",
+        "chan = (np.arange(m) % grp)[:, None] * cg",
+        "grouped",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "resize-prefer-floor-half-up",
+        "onnx/_chain_reader.py",
+        '    if mode == "round_prefer_floor":\n        i = np.ceil(x - 0.5)',
+        '    if mode == "round_prefer_floor":\n        i = np.floor(x + 0.5)',
+        "round_prefer",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "resize-prefer-ceil-half-down",
+        "onnx/_chain_reader.py",
+        '    elif mode == "round_prefer_ceil":\n        i = np.floor(x + 0.5)',
+        '    elif mode == "round_prefer_ceil":\n        i = np.ceil(x - 0.5)',
+        "round_prefer",
+        ["tests/test_chain_exact.py"],
+    ),
+    N(
+        "resize-pending-scale-hw-swapped",
+        "onnx/_chain_reader.py",
+        "elementwise(*(_upsample(p, old, factors) for p in pre), lbl)",
+        "elementwise(*(_upsample(p, old, factors[::-1]) for p in pre), lbl)",
+        "non_square",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "resize-upsample-axes-swapped",
+        "onnx/_chain_reader.py",
+        "np.repeat(np.repeat(x, factors[0], axis=1), factors[1], axis=2)",
+        "np.repeat(np.repeat(x, factors[1], axis=1), factors[0], axis=2)",
+        "non_square",
+        ["tests/test_chain_exact.py"],
+    ),
 ]
 
 
@@ -746,7 +1134,7 @@ def _copy_tree(dst: Path) -> None:
 
 def _pytest_cmd(m: Mutant) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    cmd += MODULE_TESTS[m.module]
+    cmd += _tests(m)
     if m.k:
         cmd += ["-k", m.k]
     return cmd
@@ -780,12 +1168,13 @@ def _apply(work: Path, m: Mutant) -> tuple[Path, str]:
 
 
 def _selection_key(m: Mutant) -> tuple:
-    return (tuple(MODULE_TESTS[m.module]), m.k)
+    return (tuple(_tests(m)), m.k)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="comma-separated mutant ids")
+    ap.add_argument("--area", help="only the mutants of this area (issue-32)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--check", action="store_true", help="check every mutant applies and compiles")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per test run")
@@ -803,10 +1192,16 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
         todo = [m for m in MUTANTS if m.id in want]
+    if args.area:
+        todo = [m for m in todo if m.area == args.area]
     if args.list:
         for m in todo:
-            print(f"{m.id:36s} refinv/{m.module:26s} {'issue-21' if m.issue else ''}")
-        print(f"{len(todo)} mutants ({sum(m.issue for m in todo)} from issue 21)")
+            tag = "issue-21" if m.issue else "issue-32" if m.issue32 else ""
+            print(f"{m.id:36s} refinv/{m.module:26s} {tag}")
+        print(
+            f"{len(todo)} mutants ({sum(m.issue for m in todo)} from issue 21, "
+            f"{sum(m.issue32 for m in todo)} survivors named in issue 32)"
+        )
         return 0
 
     with tempfile.TemporaryDirectory(prefix="refinv-mutants-") as tmp:
@@ -818,7 +1213,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in todo:
                 path, src = _apply(copies[0], m)
                 try:
-                    py_compile.compile(str(path), doraise=True)
+                    if path.suffix == ".json":
+                        json.loads(path.read_text())
+                    else:
+                        py_compile.compile(str(path), doraise=True)
                 finally:
                     path.write_text(src)
             print(f"{len(todo)} mutants apply and compile")
@@ -835,7 +1233,7 @@ def main(argv: list[str] | None = None) -> int:
             # one unmutated run per test-file set: the union of its mutants' -k selections
             groups: dict[tuple, list] = {}
             for m in todo:
-                groups.setdefault(tuple(MODULE_TESTS[m.module]), []).append(m.k)
+                groups.setdefault(tuple(_tests(m)), []).append(m.k)
             base = []
             for files, ks in groups.items():
                 expr = None if None in ks else " or ".join(f"({k})" for k in dict.fromkeys(ks))
@@ -867,6 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{m.id:36s} {verdict:8s} {status:8s} {sec:5.0f} s  {tail}", file=sys.stderr)
             return {"id": m.id, "module": f"refinv/{m.module}", "issue_21": m.issue,
+                    "issue_32": m.issue32,
                     "status": verdict, "pytest": status, "seconds": round(sec, 1),
                     "selection": " ".join(_pytest_cmd(m)[7:])}  # fmt: skip
 
@@ -890,6 +1289,8 @@ def main(argv: list[str] | None = None) -> int:
         "kill_rate": round(killed / len(results), 4) if results else None,
         "issue_21_killed": sum(r["status"] == "killed" for r in results if r["issue_21"]),
         "issue_21_total": sum(r["issue_21"] for r in results),
+        "issue_32_killed": sum(r["status"] == "killed" for r in results if r["issue_32"]),
+        "issue_32_total": sum(r["issue_32"] for r in results),
         "command": " ".join(
             [Path(sys.executable).name, "bench/mutants.py", *(argv or sys.argv[1:])]
         ),

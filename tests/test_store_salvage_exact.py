@@ -27,14 +27,27 @@ def store(tmp_path_factory):
 
 
 class _Damaged:
-    """A connection on which any rowid range holding one of ``bad`` cannot be read (as a
-    damaged page makes SQLite fail the whole statement)."""
+    """A connection to the table ``t`` on which a statement that touches one of the ``bad``
+    rowids fails, as a damaged page makes SQLite fail the whole statement: a rowid range
+    holding one, a seek to the next rowid that passes one; ``top_lost``: max(rowid) fails
+    too. Counts the statements."""
 
-    def __init__(self, con: sqlite3.Connection, bad: set[int]):
-        self.con, self.bad = con, bad
+    def __init__(self, con: sqlite3.Connection, bad: set[int], top_lost: bool = False):
+        self.con, self.bad, self.top_lost, self.calls = con, bad, top_lost, 0
+        self.good = sorted(r for (r,) in con.execute("SELECT rowid FROM t") if r not in bad)
 
     def execute(self, sql: str, params=()):
-        if params and any(params[0] <= r <= params[1] for r in self.bad):
+        self.calls += 1
+        if len(params) == 2:  # WHERE rowid BETWEEN lo AND hi
+            lo, hi = params
+        elif len(params) == 1:  # the next rowid after params[0]: the seek passes lo..hi
+            lo = params[0] + 1
+            hi = next((r for r in self.good if r >= lo), float("inf"))
+        elif self.top_lost:  # SELECT max(rowid)
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        else:
+            lo, hi = 1, 0
+        if any(lo <= r <= hi for r in self.bad):
             raise sqlite3.DatabaseError("database disk image is malformed")
         return self.con.execute(sql, params)
 
@@ -57,6 +70,19 @@ def test_bisection_keeps_every_readable_row_in_rowid_order(n, bad):
 
 def test_bisection_of_a_table_that_cannot_be_read_at_all():
     assert _readable_rows(_Damaged(_numbers(6), set(range(1, 7))), "t", ["v"]) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n, bad", [(20, set(range(1, 2**16))), (10_000, {5, 6000}),
+                                    (3, set()), (5000, set(range(4000, 4200)))])  # fmt: skip
+def test_bisection_without_max_rowid_is_bounded(n, bad):
+    """A damaged page can make max(rowid) unreadable too: the rows are still found (in
+    chunks until the table ends), and a table nothing of which can be read costs a bounded
+    number of statements (not a bisection of 2^40 rowids)."""
+    con = _Damaged(_numbers(n), bad, top_lost=True)
+    got = _readable_rows(con, "t", ["rowid"])
+    assert got == [(r,) for r in range(1, n + 1) if r not in bad]
+    assert con.calls < 40_000
 
 
 _ODD = {  # SQL on (task_id, sample) of one sample row

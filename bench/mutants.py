@@ -88,6 +88,7 @@ def N(id, module, old, new, k, tests, named=False) -> Mutant:  # noqa: A002, N80
 def _tests(m: Mutant) -> list[str]:
     return list(m.tests or MODULE_TESTS[m.module])
 
+
 MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- evaluation/report.py
     M(

@@ -143,8 +143,15 @@ def _resize_model(ctm, nm, scales, in_shape, pre=None):
         nodes.append(oh.make_node("Mul", ["x", "s"], ["xs"]))
         a = "xs"
     nodes.append(
-        oh.make_node("Resize", [a, "roi", "scales"], ["y"], name="up", mode="nearest",
-                     coordinate_transformation_mode=ctm, nearest_mode=nm)  # fmt: skip
+        oh.make_node(
+            "Resize",
+            [a, "roi", "scales"],
+            ["y"],
+            name="up",
+            mode="nearest",
+            coordinate_transformation_mode=ctm,
+            nearest_mode=nm,
+        )  # fmt: skip
     )
     out = [c, int(h * scales[0]), int(w * scales[1])]
     return _model(nodes, inits, list(in_shape), out)

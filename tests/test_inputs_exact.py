@@ -29,7 +29,7 @@ def test_chunked_images_refuse_any_non_finite_value(tmp_path, bad, where):
     src = NpzImages(p, "x", sample_shape=(1, 2, 3))
     got = []
     with pytest.raises(NonFiniteError, match="NaN/Inf"):
-        for s, c in src.chunks(4):
+        for s, _c in src.chunks(4):
             got.append(s)
     assert got == list(range(0, 4 * (where // 4), 4))
 

@@ -94,7 +94,9 @@ def test_a_model_given_as_bytes_is_checked_against_max_bytes():
     data = m.SerializeToString()
     n = len(data)
     assert 16 < n - 1  # every tensor alone is far below the limit: only the size check bites
-    with pytest.raises(ResourceLimitError, match=f"<bytes>: {n} bytes, more than the limit of {n - 1}"):
+    with pytest.raises(
+        ResourceLimitError, match=f"<bytes>: {n} bytes, more than the limit of {n - 1}"
+    ):
         load_onnx(data, max_bytes=n - 1)
     with pytest.raises(ResourceLimitError, match=f"{n} bytes"):
         OnnxModel(data, max_bytes=n - 1)
@@ -106,7 +108,9 @@ def test_a_model_given_as_bytes_is_checked_against_max_bytes():
 # ------------------------------------------------------------------ node and sparse limits
 def _chain(k: int) -> onnx.ModelProto:
     nodes = [
-        helper.make_node("Identity", ["x" if i == 0 else f"t{i - 1}"], ["y" if i == k - 1 else f"t{i}"])
+        helper.make_node(
+            "Identity", ["x" if i == 0 else f"t{i - 1}"], ["y" if i == k - 1 else f"t{i}"]
+        )
         for i in range(k)
     ]
     return _graph(nodes, {}, ["N", 4], ["N", 4])
@@ -145,7 +149,10 @@ def _sparse(name: str, n: int) -> onnx.SparseTensorProto:
 
 def test_sparse_limit_is_on_the_total_of_all_sparse_tensors(monkeypatch):
     """Two sparse tensors of 4 float32 values: 16 bytes each once dense, 32 in all."""
-    nodes = [helper.make_node("Add", ["x", "s1"], ["t"]), helper.make_node("Add", ["t", "s2"], ["y"])]
+    nodes = [
+        helper.make_node("Add", ["x", "s1"], ["t"]),
+        helper.make_node("Add", ["t", "s2"], ["y"]),
+    ]
     m = _graph(nodes, {}, ["N", 4], ["N", 4], sparse=[_sparse("s1", 4), _sparse("s2", 4)])
     monkeypatch.setenv("REFINV_MAX_SPARSE_BYTES", "24")  # each alone fits
     with pytest.raises(ResourceLimitError, match="sparse tensors make 32 bytes once dense"):

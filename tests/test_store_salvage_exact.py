@@ -113,9 +113,10 @@ def test_a_task_that_is_not_whole_and_done_is_dropped(store, tmp_path, odd):
     try:
         tasks = {r[0] for r in con.execute("SELECT task_id FROM tasks")}
         assert task not in tasks and len(tasks) == 7
-        assert con.execute("SELECT count(*) FROM results WHERE task_id = ?", (task,)).fetchone()[
-            0
-        ] == 0
+        assert (
+            con.execute("SELECT count(*) FROM results WHERE task_id = ?", (task,)).fetchone()[0]
+            == 0
+        )
         assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 7 * 2
     finally:
         con.close()

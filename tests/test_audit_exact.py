@@ -330,9 +330,10 @@ def test_resume_key_covers_the_solver_settings(tmp_path, no_figures):
     other = refinv.audit(f, tr, te, out=out, resume=True, **{**SMALL, "solver": {"max_iter": 3}})
     assert _units(other) == (4, 2)
     assert max(_run(other, "center:2", "known", "train")["iterations"]) <= 3
-    assert _run(other, "center:2", "known", "train")["mse"] != _run(
-        first, "center:2", "known", "train"
-    )["mse"]
+    assert (
+        _run(other, "center:2", "known", "train")["mse"]
+        != _run(first, "center:2", "known", "train")["mse"]
+    )
     again = refinv.audit(f, tr, te, out=out, resume=True, **SMALL)
     assert _units(again) == (6, 0)
     assert again["recovery"]["runs"][0]["mse"] == first["recovery"]["runs"][0]["mse"]

@@ -7,6 +7,7 @@ Usage (from the repository root; CPU-heavy, run it niced and not in CI)::
     nice -n 10 .venv/bin/python bench/mutants.py --only report-heldout-seed,loop-tol-le
     .venv/bin/python bench/mutants.py --list        # the mutants, no test run
     .venv/bin/python bench/mutants.py --check       # every mutant applies (exact text, compiles)
+    nice -n 10 .venv/bin/python bench/mutants.py --area issue-32 --jobs 2   # one area only
 
 How: the package ``refinv/``, ``tests/`` and ``pyproject.toml`` are copied to a temporary
 directory (``models/`` is linked, read-only use) and the mutant is written into THAT copy by
@@ -17,8 +18,9 @@ selection is run once on the unmutated copy and must pass (otherwise a "kill" wo
 nothing). A mutant is *killed* when its selection fails (or exceeds the time limit: a hang
 that pytest-timeout turns into a failure in CI); *survived* when it passes.
 
-Each mutant runs the test files of its module (``MODULE_TESTS``), narrowed with ``-k`` to the
-tests that exercise the changed function, to keep the run affordable on a shared machine.
+Each mutant runs the test files of its module (``MODULE_TESTS``), or its own (``tests=``: the
+mutants of the issue-32 area, ``--area issue-32``), narrowed with ``-k`` to the tests that
+exercise the changed function, to keep the run affordable on a shared machine.
 
 Output: one JSON document on stdout (or ``--json PATH``): per mutant ``id``, ``module``,
 ``status`` (killed / survived / error), ``seconds``, and the totals with the kill rate.
@@ -656,9 +658,9 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- onnx/_chain_reader.py
     M(
         "chain-sub-sign",
-        "onnx/_chain_reader.py",
-        "c = -c if node.input[1] != current else None",
-        "c = c if node.input[1] != current else None",
+        "onnx/_chain_rules.py",
+        "b.elementwise(one, -k, n.lbl) if first else b.elementwise(-one, k, n.lbl)",
+        "b.elementwise(one, k, n.lbl) if first else b.elementwise(-one, k, n.lbl)",
         "sub_bias",
         True,
     ),
@@ -694,16 +696,16 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "chain-matmul-transpose",
-        "onnx/_chain_reader.py",
-        'b.open_layer(kind="dense", weight=w.T.copy(), bias=None, name=node.name)',
-        'b.open_layer(kind="dense", weight=w.copy(), bias=None, name=node.name)',
+        "onnx/_chain_rules.py",
+        "_open_dense(w, n, *w.b.dense_inputs(wt.T.copy(), None))",
+        "_open_dense(w, n, *w.b.dense_inputs(wt.copy(), None))",
         "matmul_add",
     ),
     M(
         "chain-bias-accumulate",
-        "onnx/_chain_reader.py",
-        'o["bias"] = add.copy() if o.get("bias") is None else o["bias"] + add',
-        'o["bias"] = add.copy()',
+        "onnx/_chain_builder.py",
+        'o["bias"] = c.copy() if bias is None else s * bias + c',
+        'o["bias"] = c.copy()',
         "sub_bias or matmul_add or random_mlp",
     ),
     # ---------------------------------------------------------------- onnx/loading.py guards
@@ -932,7 +934,7 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- ONNX guards, layouts
     N(
         "guard-folder-by-prefix",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if full != base and base not in full.parents:",
         "if not str(full).startswith(str(base)):",
         "symlink",
@@ -941,7 +943,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-symlink-unresolved",
-        "onnx/model.py",
+        "onnx/loading.py",
         "full = (base / p).resolve()",
         "full = base / p",
         "symlink",
@@ -949,7 +951,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-external-uncounted",
-        "onnx/model.py",
+        "onnx/loading.py",
         "    budget[0] -= length\n",
         "    budget[0] -= 0\n",
         "external_bytes",
@@ -958,7 +960,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-external-budget-le",
-        "onnx/model.py",
+        "onnx/loading.py",
         "    if budget[0] < 0:\n",
         "    if budget[0] <= 0:\n",
         "external_bytes",
@@ -966,7 +968,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-bytes-size-dropped",
-        "onnx/model.py",
+        "onnx/loading.py",
         "        if len(data) > budget[0]:\n            raise ResourceLimitError(\n"
         '                f"{label}: {len(data)} bytes',
         "        if False:\n            raise ResourceLimitError(\n"
@@ -977,7 +979,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-bytes-size-ge",
-        "onnx/model.py",
+        "onnx/loading.py",
         "        if len(data) > budget[0]:\n            raise ResourceLimitError(\n"
         '                f"{label}: {len(data)} bytes',
         "        if len(data) >= budget[0]:\n            raise ResourceLimitError(\n"
@@ -987,7 +989,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-node-limit-ge",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if max_nodes > 0 and len(nodes) > max_nodes:",
         "if max_nodes > 0 and len(nodes) >= max_nodes:",
         "node_limit",
@@ -996,7 +998,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-node-limit-main-graph",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if max_nodes > 0 and len(nodes) > max_nodes:",
         "if max_nodes > 0 and len(model.graph.node) > max_nodes:",
         "node_limit",
@@ -1005,16 +1007,16 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-sparse-per-tensor",
-        "onnx/model.py",
-        "dense_total += _prod(sp.dims)",
-        "dense_total = _prod(sp.dims)",
+        "onnx/loading.py",
+        "dense_total += prod(sp.dims)",
+        "dense_total = prod(sp.dims)",
         "sparse",
         ["tests/test_onnx_limits_exact.py"],
         True,
     ),
     N(
         "guard-sparse-limit-ge",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if dense_total > sparse_limit > 0:",
         "if dense_total >= sparse_limit > 0:",
         "sparse",
@@ -1022,7 +1024,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "guard-sparse-index-eq-dim",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if ind.min() < 0 or np.any(ind >= hi):",
         "if ind.min() < 0 or np.any(ind > hi):",
         "sparse",
@@ -1048,7 +1050,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "layout-transpose-first-consumer",
-        "onnx/model.py",
+        "onnx/layout.py",
         'if len(users) != 1 or users[0].op_type != "Transpose":',
         'if not users or users[0].op_type != "Transpose":',
         "only_consumer",
@@ -1058,7 +1060,7 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- chain folding, Resize
     N(
         "chain-tile-reps-off-by-one",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_rules.py",
         "new_idx = np.tile(cur, [int(r) for r in reps[1:]]).reshape(-1)",
         "new_idx = np.tile(cur, [int(r) for r in reps[:-1]]).reshape(-1)",
         "tile",
@@ -1067,7 +1069,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "chain-gather-open-bias-unpermuted",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_builder.py",
         '            if o.get("bias") is not None:\n                o["bias"] = o["bias"][idx]\n',
         "",
         "tile or permutation",
@@ -1076,7 +1078,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "chain-gather-closed-bias-unpermuted",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_builder.py",
         "bias=None if lay.bias is None else lay.bias[idx],",
         "bias=lay.bias,",
         "permutation",
@@ -1084,7 +1086,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "chain-grouped-conv-interleaved",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_builder.py",
         "chan = (np.arange(m) // (m // grp))[:, None] * cg",
         "chan = (np.arange(m) % grp)[:, None] * cg",
         "grouped",
@@ -1094,7 +1096,7 @@ MUTANTS: list[Mutant] = [
     N(  # EQUIVALENT (issue 32): a Tile along the batch axis changes the batch, which the
         # same condition's batch check refuses anyway
         "chain-tile-batch-reps-unchecked",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_rules.py",
         "or (reps is not None and int(reps[0]) != 1)",
         "or False",
         "tile",
@@ -1102,7 +1104,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "resize-prefer-floor-half-up",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_rules.py",
         '    if mode == "round_prefer_floor":\n        i = np.ceil(x - 0.5)',
         '    if mode == "round_prefer_floor":\n        i = np.floor(x + 0.5)',
         "round_prefer",
@@ -1111,7 +1113,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "resize-prefer-ceil-half-down",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_rules.py",
         '    elif mode == "round_prefer_ceil":\n        i = np.floor(x + 0.5)',
         '    elif mode == "round_prefer_ceil":\n        i = np.ceil(x - 0.5)',
         "round_prefer",
@@ -1119,16 +1121,16 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "resize-pending-scale-hw-swapped",
-        "onnx/_chain_reader.py",
-        "elementwise(*(_upsample(p, old, factors) for p in pre), lbl)",
-        "elementwise(*(_upsample(p, old, factors[::-1]) for p in pre), lbl)",
+        "onnx/_chain_builder.py",
+        "elementwise(*(upsample(p, old, factors) for p in pre), lbl)",
+        "elementwise(*(upsample(p, old, factors[::-1]) for p in pre), lbl)",
         "non_square",
         ["tests/test_chain_exact.py"],
         True,
     ),
     N(
         "resize-upsample-axes-swapped",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_builder.py",
         "np.repeat(np.repeat(x, factors[0], axis=1), factors[1], axis=2)",
         "np.repeat(np.repeat(x, factors[1], axis=1), factors[0], axis=2)",
         "non_square",

@@ -23,7 +23,8 @@ mutants of the issue-32 area, ``--area issue-32``), narrowed with ``-k`` to the 
 exercise the changed function, to keep the run affordable on a shared machine.
 
 Output: one JSON document on stdout (or ``--json PATH``): per mutant ``id``, ``module``,
-``status`` (killed / survived / error), ``seconds``, and the totals with the kill rate.
+``status`` (killed / survived / error), ``seconds``, ``failed`` (the ids of the tests that
+caught it), and the totals with the kill rate.
 Survivors are listed (with the reason they are equivalent, if known) in docs/development.md.
 """
 
@@ -1326,20 +1327,25 @@ def _pytest_cmd(m: Mutant) -> list[str]:
     return cmd
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float, str]:
+def _run(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float, str, list[str]]:
+    """``(status, seconds, last line, the failing tests' ids)`` of one pytest run."""
     env = dict(os.environ, PYTHONPATH=str(cwd) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            [*cmd, "-rf"], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        return "timeout", time.perf_counter() - t0, ""
+        return "timeout", time.perf_counter() - t0, "", []
     tail = (p.stdout + p.stderr).strip().splitlines()
+    failed = [ln.split()[1] for ln in tail if ln.startswith("FAILED ") and len(ln.split()) > 1]
     return (
         {0: "passed", 1: "failed", 5: "no-tests"}.get(p.returncode, f"rc{p.returncode}"),
         (time.perf_counter() - t0),
         (tail[-1] if tail else ""),
+        failed,
     )
 
 
@@ -1428,7 +1434,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def run_base(jc):
                 j, cmd = jc
-                status, sec, tail = _run(cmd, copies[j % len(copies)], args.timeout * 3)
+                status, sec, tail, _ = _run(cmd, copies[j % len(copies)], args.timeout * 3)
                 print(f"baseline {' '.join(cmd[6:])[:70]}: {status} ({sec:.0f} s) {tail}",
                       file=sys.stderr)  # fmt: skip
                 return status, cmd, tail
@@ -1443,7 +1449,7 @@ def main(argv: list[str] | None = None) -> int:
             work = copies[j % len(copies)]
             path, src = _apply(work, m)
             try:
-                status, sec, tail = _run(_pytest_cmd(m), work, args.timeout)
+                status, sec, tail, failed = _run(_pytest_cmd(m), work, args.timeout)
             finally:
                 path.write_text(src)
             verdict = {"failed": "killed", "timeout": "killed", "passed": "survived"}.get(
@@ -1453,7 +1459,7 @@ def main(argv: list[str] | None = None) -> int:
             return {"id": m.id, "module": f"refinv/{m.module}", "issue_21": m.issue,
                     "issue_32": m.issue32,
                     "status": verdict, "pytest": status, "seconds": round(sec, 1),
-                    "selection": " ".join(_pytest_cmd(m)[7:])}  # fmt: skip
+                    "selection": " ".join(_pytest_cmd(m)[7:]), "failed": failed}  # fmt: skip
 
         # each worker copy is used by one mutant at a time (job j on copy j mod jobs)
         results: list[dict] = []

@@ -29,14 +29,14 @@ from refinv.audit.stats import (  # noqa: E402
 def _brute(m, u, target):
     """Every distinct score as a threshold (a score >= it is called a member): among those
     calling at most floor(target * n0) held-out images, the most true positives, then the
-    fewest false positives; (0, 0, None) when no threshold qualifies (call no image)."""
+    fewest false positives; (0, 0, None) when none finds a member (call no image)."""
     k = math.floor(target * len(u) + 1e-9)
-    best = None
+    best = (0, 0, None)  # calling no image
     for t in sorted(set(m) | set(u), reverse=True):
         fp, tp = int(np.sum(u >= t)), int(np.sum(m >= t))
-        if fp <= k and (best is None or (tp, -fp) > (best[0], -best[1])):
+        if fp <= k and (tp, -fp) > (best[0], -best[1]):
             best = (tp, fp, float(t))
-    return best or (0, 0, None)
+    return best
 
 
 @settings(max_examples=80, deadline=None)

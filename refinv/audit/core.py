@@ -67,6 +67,7 @@ def audit(
     workers: int = 1,
     scheduler: str | None = None,
     shard_size: int | None = None,
+    data_layout: str | None = None,
 ) -> dict:
     """Audit an autoencoder for memorization of its training images.
 
@@ -105,6 +106,8 @@ def audit(
         (``scheduler="local"``: a LocalCluster of ``workers``; or a scheduler's address),
         as ``refinv sweep`` does; the models and images must then be files.
     shard_size : images per unit of work (default: a whole split per unit).
+    data_layout : the layout of ``train``/``test`` given as files (``"NCHW"``, ``"NHWC"``,
+        None: decided where unambiguous, :func:`refinv.io.load_images`).
 
     Returns
     -------
@@ -119,7 +122,7 @@ def audit(
     t0 = time.perf_counter()
     _check(n_bootstrap, confidence, shard_size)
     solver = dict(solver or {})
-    inp = read_inputs(model, train, test, checkpoints, masks, methods, data_specs)
+    inp = read_inputs(model, train, test, checkpoints, masks, methods, data_specs, data_layout)
     stab = _stability(inp, stability_n, solver, stability_method, stability_tol)
     plan = audit_plan(inp, seed=seed, noise_std=noise_std, solver=solver, stability=stab,
                       shard_size=shard_size, files=bool(scheduler) or workers > 1)  # fmt: skip
@@ -146,10 +149,15 @@ def audit(
 
 
 def _stability(inp: AuditInputs, n: int | None, solver: dict, method: str, tol: float):
-    """The stability score's settings: the first ``n`` images of each split (None: all)."""
+    """The stability score's settings: the first ``n`` images of each split (None: all), and
+    the relative accuracy of its radii (:func:`~refinv.evaluation.stability.radius_rtol`)."""
+    from ..evaluation.stability import radius_rtol
+
     n = len(inp.images["train"]) if n is None else int(n)
+    dtype = getattr(inp.main[1], "dtype", inp.images["train"].dtype)
     return {"n": min(n, *(len(x) for x in inp.images.values())),
-            "rho": float(solver.get("rho") or 0.5), "method": method, "tol": tol}  # fmt: skip
+            "rho": float(solver.get("rho") or 0.5), "method": method, "tol": tol,
+            "tie_rtol": radius_rtol(method, tol=tol, eps=1e-3, dtype=dtype)}  # fmt: skip
 
 
 def _check(n_bootstrap: int, confidence: float, shard_size: int | None) -> None:
@@ -187,20 +195,22 @@ def _store(out: str | Path | None, resume: bool):
 
 def _run(plan, inp: AuditInputs, store, settings: dict, workers, scheduler, progress):
     """Record the settings and the checkpoints' losses, then run the units the store lacks."""
-    import hashlib
     import json
 
     from ..engine.execute import execute
     from ..engine.plan import json_default
     from ..evaluation.report import checkpoint_entry
 
+    # units are keyed by their content: an audit resumed with other settings reuses those
+    # that do not depend on them and replaces the others (so no settings fingerprint here)
     text = json.dumps(settings, sort_keys=True, default=json_default)
-    store.init_sweep(json.loads(text), hashlib.sha256(text.encode()).hexdigest()[:16],
-                     [m.text for m in inp.masks], inp.methods)  # fmt: skip
-    for label, f, _ in inp.models:
-        if store.checkpoint(label) is None:
-            store.add_checkpoint(checkpoint_entry(label, f, inp.images["train"],
-                                                  inp.images["test"]))  # fmt: skip
+    store.init_sweep({"command": "audit"}, "audit", [m.text for m in inp.masks],
+                     inp.methods)  # fmt: skip
+    store.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('audit', ?)", (text,))
+    for label, f, _ in inp.models:  # the losses measured on these images, every time
+        store.add_checkpoint(checkpoint_entry(label, f, inp.images["train"],
+                                              inp.images["test"]), refresh=True,
+                             other_model=True)  # fmt: skip
     from ..evaluation.runs import warn_unit_diverged
 
     def warn(unit, out):  # one DivergenceWarning per recovery with diverged images
@@ -208,7 +218,7 @@ def _run(plan, inp: AuditInputs, store, settings: dict, workers, scheduler, prog
 
     return execute(plan.units, store, objects=plan.objects, workers=workers,
                    scheduler=scheduler, bar=progress, desc="refinv audit",
-                   on_error="raise", on_done=warn)  # fmt: skip
+                   on_error="raise", on_done=warn, replace=True)  # fmt: skip
 
 
 @dataclass
@@ -234,14 +244,16 @@ def _results(store, plan, inp: AuditInputs, command: str, images: bool) -> Found
                         noise_std=plan.units[0].noise_std, masks=inp.masks,
                         methods=inp.methods, solver=plan.units[0].solver)  # fmt: skip
     groups = [g for g in plan.groups if g[2] in METHODS]
-    rec = report_from_store(store, base, groups)
+    ids = {u.task_id for u in plan.units}
+    rec = report_from_store(store, base, groups, ids)
     rec["settings"]["train"], rec["settings"]["test"] = inp.specs["train"], inp.specs["test"]
     units = {}
     for u in sorted(plan.units, key=lambda u: u.start):
         units.setdefault((u.checkpoint, u.mask, u.method, u.split), []).append(u)
     primary = (inp.masks[0].text, "blind" if "blind" in inp.methods else inp.methods[0])
     control_psnr = {(g[1], g[3]): np.asarray(r["psnr"]) for g, r in
-                    zip(_groups(units, CONTROL), _control_rows(store, units), strict=True)}  # fmt: skip
+                    zip(_groups(units, CONTROL), _control_rows(store, units, ids),
+                        strict=True)}  # fmt: skip
     radius = {s: _concat(store, units[(inp.main[0], inp.masks[0].text, STABILITY, s)],
                          "radius") for s in inp.images}  # fmt: skip
     recon = {label: {s: reconstruction_error(f, x) for s, x in inp.images.items()}
@@ -256,11 +268,11 @@ def _groups(units: dict, method: str) -> list[tuple]:
     return [g for g in units if g[2] == method]
 
 
-def _control_rows(store, units: dict) -> list[dict]:
-    """The control's per-image PSNR of each (mask, split), from its stored rows."""
+def _control_rows(store, units: dict, ids: set) -> list[dict]:
+    """The control's per-image PSNR of each (mask, split), from the plan's stored rows."""
     rows: dict[tuple, list] = {}
     for r in store.results():
-        if r["method"] == CONTROL:
+        if r["method"] == CONTROL and r["task_id"] in ids:
             rows.setdefault((r["checkpoint"], r["mask"], r["method"], r["split"]), []).append(r)
     return [{"psnr": [r["psnr"] for r in sorted(rows.get(g, []), key=lambda r: r["sample"])]}
             for g in _groups(units, CONTROL)]  # fmt: skip
@@ -369,7 +381,7 @@ def _settings(inp, rec, found, stab, n_bootstrap, confidence, n_gallery) -> dict
         "checkpoints": [lab for lab, _, _ in inp.models[1:]],
         "primary": {"mask": found.primary[0], "method": found.primary[1]},
         "stability": {"n": stab["n"], "rho": stab["rho"], "method": stab["method"],
-                      "tol": stab["tol"], "eps": 1e-3},
+                      "tol": stab["tol"], "eps": 1e-3, "tie_rtol": stab["tie_rtol"]},
         "bootstrap": {"n": int(n_bootstrap), "confidence": float(confidence),
                       "method": "BCa bootstrap of the mean PSNR, images resampled with "
                       "replacement"},

@@ -45,6 +45,7 @@ class AuditInputs:
     shas: dict[str, str]
     masks: list[MaskSpec]
     methods: list[str]
+    data_layout: str | None = None
 
     @property
     def main(self) -> tuple[str, Any, str | None]:
@@ -77,13 +78,14 @@ def _model_file(f: Any) -> str | None:
     return label if ok else None
 
 
-def _load(data: Any, f: Any, default_key: str) -> tuple[np.ndarray, str | None, Any]:
-    """``(images, spec, (path, key) or None)`` from an array or a ``"DATA.npz:key"`` spec."""
+def _load(data: Any, f: Any, default_key: str, layout: str | None):
+    """``(images, spec, (path, key) or None)`` from an array or a ``"DATA.npz:key"`` spec
+    (``layout``: the file's image layout)."""
     if isinstance(data, (str, Path)):
         from ..io import load_images_for, parse_data_spec
 
         path, key = parse_data_spec(str(data), default_key)
-        return load_images_for(f, path, key), f"{path}:{key}", (str(path), key)
+        return load_images_for(f, path, key, layout=layout), f"{path}:{key}", (str(path), key)
     return np.asarray(data), None, None
 
 
@@ -94,7 +96,7 @@ def _array_sha(x: np.ndarray) -> str:
 
 def read_inputs(
     model: Any, train: Any, test: Any, checkpoints: Any, masks: Any, methods: Any,
-    data_specs: tuple | None = None,
+    data_specs: tuple | None = None, data_layout: str | None = None,
 ) -> AuditInputs:  # fmt: skip
     """Open the models and the images, and check them (shapes, labels, masks, methods)."""
     methods = list(methods)
@@ -108,7 +110,7 @@ def read_inputs(
         raise ConfigError("masks: expected at least one mask spec, got none")
     opened = [_open(m, i) for i, m in enumerate([model, *checkpoints])]
     f0 = opened[0][1]
-    loaded = {s: _load(d, f0, s) for s, d in (("train", train), ("test", test))}
+    loaded = {s: _load(d, f0, s, data_layout) for s, d in (("train", train), ("test", test))}
     images = {s: v[0] for s, v in loaded.items()}
     data_spec = {s: v[1] for s, v in loaded.items()}
     for i, s in enumerate(("train", "test")):
@@ -119,7 +121,8 @@ def read_inputs(
                              f"{images[s].shape}")  # fmt: skip
     _check_shapes(images, opened)
     return AuditInputs(opened, images, data_spec, {s: v[2] for s, v in loaded.items()},
-                       {s: _array_sha(x) for s, x in images.items()}, specs, methods)  # fmt: skip
+                       {s: _array_sha(x) for s, x in images.items()}, specs, methods,
+                       data_layout)  # fmt: skip
 
 
 def _check_shapes(images: dict, opened: list) -> None:
@@ -174,7 +177,8 @@ def audit_plan(
         plan.objects.setdefault(path, x)
         splits[s] = (path, key, len(x), inp.shas[s])
     masks = [m.text for m in inp.masks]
-    common = dict(seed=seed, noise_std=noise_std, shard_size=shard_size)
+    common = dict(seed=seed, noise_std=noise_std, shard_size=shard_size,
+                  data_layout=inp.data_layout if files else None)  # fmt: skip
     for i, (label, f, path) in enumerate(inp.models):
         ck = _checkpoint_ref(plan, i, label, f, path, files)
         plan.units += recovery_units([ck], splits, masks, inp.methods, solver=solver,
@@ -187,7 +191,8 @@ def audit_plan(
     plan.units += recovery_units([ck0], n_stab, masks[:1], [STABILITY], seed=seed,
                                  noise_std=0.0, solver=stability_settings(stability),
                                  shard_size=shard_size, kind="stability",
-                                 runtime=_runtime(inp.main[1]))  # fmt: skip
+                                 runtime=_runtime(inp.main[1]),
+                                 data_layout=common["data_layout"])  # fmt: skip
     return plan
 
 

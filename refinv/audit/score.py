@@ -45,7 +45,7 @@ def score(found: Any, inp: Any, *, seed: int, confidence: float, n_bootstrap: in
     scores = {
         "recovery": {s: cols[s][primary][1] for s in cols},
         "reconstruction": {s: -found.recon[label0][s] for s in cols},
-        "stability": {s: -found.radius[s] for s in cols},
+        "stability": {s: -r for s, r in _tied(found.radius, stability["tie_rtol"]).items()},
     }
     desc = _descriptions(primary, stability)
     membership_scores = [
@@ -64,6 +64,16 @@ def score(found: Any, inp: Any, *, seed: int, confidence: float, n_bootstrap: in
     return Scores(settings, cols, per_image, scores, membership, intervals)
 
 
+def _tied(radius: dict, rtol: float) -> dict:
+    """The radii of both splits with the values that agree within ``rtol`` (their accuracy)
+    made equal, together: rounding-level differences must not rank training images against
+    held-out ones (:func:`~refinv.evaluation.stability.tie_radii`)."""
+    from ..evaluation.stability import tie_radii
+
+    both = tie_radii(np.concatenate([radius["train"], radius["test"]]), rtol)
+    return {"train": both[: len(radius["train"])], "test": both[len(radius["train"]) :]}
+
+
 def _descriptions(primary: tuple, stability: dict) -> dict:
     mask, method = primary
     return {
@@ -73,7 +83,8 @@ def _descriptions(primary: tuple, stability: dict) -> dict:
         "higher = member",
         "stability": "local stability: -(spectral radius of the linearized known-mask "
         f"PnP-ADMM at the image, {mask}, rho {stability['rho']:g}); higher = member; first "
-        f"{stability['n']} images of each split",
+        f"{stability['n']} images of each split; radii within {stability['tie_rtol']:.1g} "
+        "(relative, their accuracy) are ties",
     }
 
 

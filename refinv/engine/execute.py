@@ -142,6 +142,7 @@ def execute(
     quiet: bool = True,
     on_error: str = "record",
     on_done: Callable[[Unit, dict], Any] | None = None,
+    replace: bool = False,
 ) -> Summary:
     """Run the ``units`` the ``store`` lacks and write their results into it.
 
@@ -149,7 +150,8 @@ def execute(
     of ``workers``) or a Dask scheduler's address (:mod:`refinv.engine.dask`); in-memory
     objects (``objects``) run in this process only. ``bar``: a bar over the units;
     ``progress``: the solver's bars (this process only). ``on_done(unit, result)`` is
-    called after each unit is stored.
+    called after each unit is stored; ``replace``: a unit replaces the units of other
+    settings stored for its images (:meth:`~refinv.engine.store.Store.write_task`).
     """
     from .. import __version__
     from .._progress import Progress
@@ -179,7 +181,7 @@ def execute(
     pbar = Progress(len(todo), desc=f"{desc} ({skipped} done before)", enabled=bar, leave=True)
     try:
         for unit, out, err in it:
-            _store(store, unit, out, err, __version__, on_error, on_done, counts)
+            _store(store, unit, out, err, __version__, on_error, on_done, counts, replace)
             pbar.update(counts["done"] + counts["failed"],
                         note=f"{unit.checkpoint} {unit.mask} {unit.method} {unit.split}")  # fmt: skip
     finally:
@@ -188,9 +190,9 @@ def execute(
                    time.perf_counter() - t0, str(store.path))  # fmt: skip
 
 
-def _store(store, unit, out, err, version, on_error, on_done, counts) -> None:
+def _store(store, unit, out, err, version, on_error, on_done, counts, replace) -> None:
     if out is not None:
-        store.write_task(unit, out, version)
+        store.write_task(unit, out, version, replace=replace)
         counts["done"] += 1
         if on_done is not None:
             on_done(unit, out)

@@ -67,6 +67,7 @@ class Unit:
     keep: int = 0
     estimates: bool = False  # keep every image's estimate (x_hat; h_est of blind), for figures
     data_sha: str = ""  # the images' content hash when they are an array (else the path says)
+    data_layout: str | None = None  # the data file's image layout (NCHW/NHWC; None: decided)
     kind: str = "recovery"  # or "control" (generic inpainting), "stability" (local radius)
 
     def replace(self, **changes: Any) -> Unit:
@@ -106,6 +107,8 @@ def unit_key(d: dict) -> str:
         ident["image_shape"] = list(d["image_shape"])
     if d.get("chunk") is not None:
         ident["chunk"] = int(d["chunk"])
+    if d.get("data_layout") is not None and not d.get("data_sha"):
+        ident["data_layout"] = d["data_layout"]
     if d.get("kind", "recovery") != "recovery":
         ident["kind"] = d["kind"]
     text = json.dumps(ident, sort_keys=True, default=json_default)
@@ -149,6 +152,7 @@ def recovery_units(
     keep: int = 0,
     estimates: bool = False,
     kind: str = "recovery",
+    data_layout: str | None = None,
 ) -> list[Unit]:
     """Every unit of checkpoints x masks x splits x methods x shards, in report order.
 
@@ -158,7 +162,7 @@ def recovery_units(
     """
     common = {"threads": 1, "provider": "cpu", "batch_size": None, **(runtime or {}),
               "seed": seed, "noise_std": noise_std, "chunk": chunk, "keep": keep,
-              "estimates": estimates, "kind": kind}  # fmt: skip
+              "estimates": estimates, "kind": kind, "data_layout": data_layout}  # fmt: skip
     units = []
     for ck, mask in itertools.product(checkpoints, masks):
         model = {"checkpoint": ck["label"], "model_path": ck["path"], "sha256": ck["sha256"],

@@ -389,20 +389,34 @@ class Store:
             return None
         return dict(zip(("label", "model", "sha256", "train_loss", "test_loss"), row, strict=True))
 
-    def add_checkpoint(self, entry: dict) -> None:
+    def add_checkpoint(
+        self, entry: dict, *, refresh: bool = False, other_model: bool = False
+    ) -> None:
+        """Record a checkpoint (``label, model, sha256, train_loss, test_loss, layout``).
+
+        One already recorded under the label is kept as it is; with ``refresh`` its values
+        are replaced by ``entry``'s (losses measured again on the current images). A model
+        of another SHA-256 under the same label is refused, unless ``other_model`` (then it
+        replaces the recorded one, like ``refresh``)."""
         with self._tx():  # check and insert in one transaction: concurrent sweeps on one store
             old = self.checkpoint(entry["label"])
             if old is not None:
-                if (old["sha256"] or "") != (entry["sha256"] or ""):
+                same = (old["sha256"] or "") == (entry["sha256"] or "")
+                if not same and not other_model:
                     raise ConfigError(
                         f"{self.path}: checkpoint {entry['label']!r} was computed with a model "
-                        f"of sha256 {old['sha256'][:12]}..., the config's has "
-                        f"{entry['sha256'][:12]}...; give it another label or use another --db"
+                        f"of sha256 {(old['sha256'] or '')[:12]}..., the config's has "
+                        f"{(entry['sha256'] or '')[:12]}...; give it another label or use "
+                        "another --db"
                     )
-                return
-            pos = self.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+                if same and not refresh:
+                    return
+            pos = self.conn.execute(
+                "SELECT coalesce((SELECT position FROM checkpoints WHERE label = ?), "
+                "(SELECT count(*) FROM checkpoints))", (entry["label"],)
+            ).fetchone()[0]  # fmt: skip
             self.conn.execute(
-                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     entry["label"],
                     pos,
@@ -412,6 +426,7 @@ class Store:
                     entry["test_loss"],
                 ),
             )
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (LAYOUT_KEY + entry["label"],))
             if entry.get("layout") is not None:  # the model's layout record, in meta (no
                 # column: stores written before layouts existed read unchanged)
                 self.conn.execute(
@@ -447,8 +462,10 @@ class Store:
             "WHERE status='failed' ORDER BY checkpoint, mask, method, split, start"
         ).fetchall()
 
-    def write_task(self, task: Any, out: dict, version: str) -> None:
-        """Write a completed task: all its sample rows + its ``tasks`` row, in one transaction."""
+    def write_task(self, task: Any, out: dict, version: str, *, replace: bool = False) -> None:
+        """Write a completed task: all its sample rows, its arrays and its ``tasks`` row, in
+        one transaction. ``replace``: first remove every other task with rows of the same
+        samples (computed with other settings) instead of failing on them."""
         from .plan import json_default
 
         solver = json.dumps(task.solver, sort_keys=True, default=json_default)
@@ -480,6 +497,8 @@ class Store:
             # a task computed again (for arrays it lacked): replace its rows and arrays
             self.conn.execute("DELETE FROM results WHERE task_id = ?", (task.task_id,))
             self.conn.execute("DELETE FROM arrays WHERE task_id = ?", (task.task_id,))
+            if replace and rows:
+                self._remove_overlapping(task)
             self.conn.executemany(
                 f"INSERT INTO results ({', '.join(_RESULT_COLS)}) "
                 f"VALUES ({', '.join('?' * len(_RESULT_COLS))})",
@@ -487,6 +506,18 @@ class Store:
             )
             self.conn.executemany("INSERT INTO arrays VALUES (?, ?, ?)", blobs)
             self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)
+
+    def _remove_overlapping(self, task: Any) -> None:
+        """Delete (whole) the other tasks with rows of ``task``'s samples."""
+        others = [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT task_id FROM results WHERE checkpoint = ? AND mask = ? AND "
+            "method = ? AND split = ? AND sample >= ? AND sample < ? AND task_id != ?",
+            (task.checkpoint, task.mask, task.method, task.split, task.start, task.stop,
+             task.task_id),
+        )]  # fmt: skip
+        for t in others:
+            for table in ("results", "arrays", "tasks"):
+                self.conn.execute(f"DELETE FROM {table} WHERE task_id = ?", (t,))
 
     def write_failure(self, task: Any, error: str, version: str) -> None:
         with self._tx():
@@ -527,38 +558,44 @@ class Store:
             out.setdefault(t, set()).add(k)
         return out
 
-    def group_counts(self) -> dict[tuple, dict]:
+    def group_counts(self, task_ids: set[str] | None = None) -> dict[tuple, dict]:
         """``(checkpoint, mask, method, split) -> {"n", "pixels", "observed", "mismatched"}``:
-        the exact pixel counts of each run, summed over its done tasks (a run with a task
-        without counts is left out)."""
+        the exact pixel counts of each run, summed over its done tasks (of ``task_ids``; a run
+        with a task without counts is left out)."""
         if "arrays" not in self._tables():
             return {}
-        cur = self.conn.execute(
-            "SELECT t.task_id, t.checkpoint, t.mask, t.method, t.split, t.start, t.stop, "
-            "a.name, a.data FROM tasks t JOIN arrays a ON a.task_id = t.task_id "
-            "WHERE t.status = 'done' AND a.name IN ('observed', 'mismatched', 'pixels')"
-        )
+        tasks = {r[0]: r for r in self._done_rows(task_ids)}
         per_task: dict[str, dict] = {}
-        for tid, c, m, me, s, a, b, name, data in cur:
-            d = per_task.setdefault(tid, {"key": (c, m, me, s), "n": b - a})
-            d[name] = _from_npy(data, self.path)
-        done = dict(self.conn.execute(
-            "SELECT checkpoint || char(0) || mask || char(0) || method || char(0) || split, "
-            "count(*) FROM tasks WHERE status = 'done' GROUP BY 1"
-        ).fetchall())  # fmt: skip
+        cur = self.conn.execute(
+            "SELECT task_id, name, data FROM arrays "
+            "WHERE name IN ('observed', 'mismatched', 'pixels')"
+        )
+        for tid, name, data in cur:
+            if tid in tasks:
+                per_task.setdefault(tid, {})[name] = _from_npy(data, self.path)
         out: dict[tuple, dict] = {}
-        for d in per_task.values():
+        for tid, c, m, me, s, a, b, _, _ in tasks.values():
+            g = out.setdefault((c, m, me, s), {"n": 0, "pixels": None, "observed": 0,
+                                               "mismatched": 0, "ok": True})  # fmt: skip
+            d = per_task.get(tid, {})
             if "observed" not in d or "pixels" not in d:
+                g["ok"] = False
                 continue
-            g = out.setdefault(d["key"], {"n": 0, "pixels": int(d["pixels"]), "observed": 0,
-                                          "mismatched": 0, "tasks": 0})  # fmt: skip
-            g["n"] += d["n"]
-            g["tasks"] += 1
+            g["ok"] &= g["pixels"] in (None, int(d["pixels"]))
+            g["pixels"] = int(d["pixels"])
+            g["n"] += b - a
             g["observed"] += int(np.sum(d["observed"]))
             g["mismatched"] += int(np.sum(d["mismatched"])) if "mismatched" in d else 0
-            g["ok"] = g.get("ok", True) and int(d["pixels"]) == g["pixels"]
-        return {k: g for k, g in out.items()
-                if g.pop("ok") and g.pop("tasks") == done.get(chr(0).join(k))}  # fmt: skip
+        return {k: g for k, g in out.items() if g.pop("ok")}
+
+    def _done_rows(self, task_ids: set[str] | None = None) -> list[tuple]:
+        """``(task_id, checkpoint, mask, method, split, start, stop, seconds, onnx_seconds)``
+        of the done tasks (of ``task_ids``), in rowid order."""
+        rows = self.conn.execute(
+            "SELECT task_id, checkpoint, mask, method, split, start, stop, seconds, "
+            "onnx_seconds FROM tasks WHERE status = 'done' ORDER BY rowid"
+        ).fetchall()
+        return [r for r in rows if task_ids is None or r[0] in task_ids]
 
     # ------------------------------------------------------------ reading
     def results(self) -> list[dict]:
@@ -569,15 +606,14 @@ class Store:
         )
         return [dict(zip(_RESULT_COLS, r, strict=True)) for r in cur]
 
-    def task_seconds(self) -> dict[tuple, tuple[float, float | None]]:
-        """``(checkpoint, mask, method, split) -> (seconds, onnx_seconds)`` summed over tasks."""
+    def task_seconds(self, task_ids: set[str] | None = None) -> dict[tuple, tuple]:
+        """``(checkpoint, mask, method, split) -> (seconds, onnx_seconds)`` summed over the
+        done tasks (of ``task_ids``; ``onnx_seconds`` None when no task has it)."""
         out: dict[tuple, tuple[float, float | None]] = {}
-        cur = self.conn.execute(
-            "SELECT checkpoint, mask, method, split, sum(seconds), sum(onnx_seconds) FROM tasks "
-            "WHERE status='done' GROUP BY checkpoint, mask, method, split"
-        )
-        for c, m, me, s, sec, ort in cur:
-            out[(c, m, me, s)] = (float(sec or 0.0), ort)
+        for _, c, m, me, s, _, _, sec, ort in self._done_rows(task_ids):
+            s0, o0 = out.get((c, m, me, s), (0.0, None))
+            out[(c, m, me, s)] = (s0 + float(sec or 0.0),
+                                  o0 if ort is None else (o0 or 0.0) + ort)  # fmt: skip
         return out
 
 
@@ -595,24 +631,57 @@ def _from_npy(data: bytes, path: Path) -> np.ndarray:
 
 
 def _readable_rows(con: sqlite3.Connection, table: str, cols: list[str]) -> list[tuple]:
-    """The rows of ``table`` SQLite can read, by rowid ranges (bisected around damage)."""
+    """The rows of ``table`` SQLite can read, by rowid ranges (bisected around damage), in
+    rowid order."""
     sel = f"SELECT {', '.join(cols)} FROM {table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid"
     try:
         top = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
     except sqlite3.DatabaseError:
-        top = 1 << 40
+        return _rows_without_top(con, sel, table)
+    return _bisect(con, sel, 1, int(top))[0] if top else []
+
+
+def _bisect(con: sqlite3.Connection, sel: str, lo: int, hi: int) -> tuple[list[tuple], bool]:
+    """The readable rows of the rowid range ``[lo, hi]`` and whether any statement failed."""
     out: list[tuple] = []
-    stack = [(1, int(top))] if top else []
+    failed = False
+    stack = [(lo, hi)]
     while stack:
         lo, hi = stack.pop()
         try:
             rows = con.execute(sel, (lo, hi)).fetchall()
         except sqlite3.DatabaseError:
+            failed = True
             if lo < hi:
                 mid = (lo + hi) // 2
                 stack += [(mid + 1, hi), (lo, mid)]  # lo half first: rows stay in rowid order
             continue
         out.extend(rows)
+    return out, failed
+
+
+_CHUNK = 4096  # rowids per range when the table's largest rowid cannot be read
+
+
+def _rows_without_top(con: sqlite3.Connection, sel: str, table: str) -> list[tuple]:
+    """:func:`_readable_rows` when ``max(rowid)`` is unreadable: chunk after chunk from rowid
+    1, jumping to the next rowid SQLite can find, until the table ends or two chunks in a
+    row give nothing but failures (bounded work: no bisection of an unknown range)."""
+    nxt = f"SELECT min(rowid) FROM {table} WHERE rowid > ?"
+    out: list[tuple] = []
+    lo, barren = 1, 0
+    while barren < 2:
+        hi = lo + _CHUNK - 1
+        rows, failed = _bisect(con, sel, lo, hi)
+        out.extend(rows)
+        barren = barren + 1 if failed and not rows else 0
+        try:
+            r = con.execute(nxt, (hi,)).fetchone()[0]
+        except sqlite3.DatabaseError:
+            r = hi + 1
+        if r is None:
+            break
+        lo = int(r)
     return out
 
 

@@ -84,15 +84,16 @@ def model_file(
     return _MODELS[key]
 
 
-def images_file(path: str, key: str, f: Any, n: int) -> np.ndarray:
-    """The first ``n`` images of ``path:key`` as the model ``f`` takes them (cached)."""
-    k = (path, key, tuple(f.sample_shape), n, np.dtype(f.dtype).str)
+def images_file(path: str, key: str, f: Any, n: int, layout: str | None = None) -> np.ndarray:
+    """The first ``n`` images of ``path:key`` as the model ``f`` takes them (cached);
+    ``layout``: the file's image layout (:func:`refinv.io.load_images`)."""
+    k = (path, key, tuple(f.sample_shape), n, np.dtype(f.dtype).str, layout)
     if k not in _DATA:
         from ..io import load_images_for
 
         if len(_DATA) > 4:
             _DATA.clear()
-        _DATA[k] = load_images_for(f, path, key)[:n]
+        _DATA[k] = load_images_for(f, path, key, layout=layout)[:n]
     return _DATA[k]
 
 
@@ -100,7 +101,7 @@ def _images(unit: Unit, f: Any, objects: dict | None) -> np.ndarray:
     """The first ``n`` images of the unit's split as the model takes them."""
     if unit.data_path.startswith(OBJECT_PREFIX):
         return np.asarray(_object(unit.data_path, objects))[: unit.n]
-    return images_file(unit.data_path, unit.data_key, f, unit.n)
+    return images_file(unit.data_path, unit.data_key, f, unit.n, unit.data_layout)
 
 
 def _image_source(unit: Unit, f: Any, objects: dict | None) -> Any:
@@ -113,7 +114,7 @@ def _image_source(unit: Unit, f: Any, objects: dict | None) -> Any:
     dtype = np.float64 if f.dtype == np.float64 else np.float32
     return NpzImages(
         unit.data_path, unit.data_key, sample_shape=f.sample_shape, dtype=dtype,
-        rows_ok=flat_rows_ok(f),
+        rows_ok=flat_rows_ok(f), layout=unit.data_layout,
     )  # fmt: skip
 
 

@@ -337,11 +337,10 @@ def memorization_report(
                         methods=list(methods), solver=solver)  # fmt: skip
     with _store(db) as store:
         _init_store(store, base, seed, noise_std, solver)
-        for label, f in models:
-            if store.checkpoint(str(label)) is None or db is None:
-                store.add_checkpoint(_checkpoint(str(label), f, splits, chunk))
+        for label, f in models:  # the losses measured on these images, every time
+            store.add_checkpoint(_checkpoint(str(label), f, splits, chunk), refresh=True)
         execute(plan.units, store, objects=plan.objects, progress=progress, quiet=False,
-                on_error="raise", on_done=_warn_unit(solver))  # fmt: skip
+                on_error="raise", on_done=_warn_unit(solver), replace=True)  # fmt: skip
         doc = report_from_store(store, base, plan.groups)
         if figures_dir is not None:
             _figures(doc, store, plan, figures_dir)
@@ -401,7 +400,7 @@ def _content_sha(x: Any) -> str:
     if isinstance(x, NpzImages):  # the file's content and the array's name in it
         from ..provenance import file_sha256
 
-        return f"{file_sha256(x.path)}:{x.key}"
+        return f"{file_sha256(x.path)}:{x.key}" + (":NHWC" if getattr(x, "_nhwc", False) else "")
     a = np.ascontiguousarray(x)
     return hashlib.sha256(str((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
 
@@ -520,18 +519,21 @@ def _model_file(f: Any) -> str | None:
 
 
 # ------------------------------------------------------------------ the document
-def report_from_store(store: Any, doc: dict, groups: list[tuple] | None = None) -> dict:
+def report_from_store(
+    store: Any, doc: dict, groups: list[tuple] | None = None, task_ids: set | None = None
+) -> dict:
     """``doc`` (a :func:`new_document`) with the checkpoints and the runs of ``store``.
 
     One run per ``(checkpoint, mask, method, split)`` of ``groups``, in their order, and
     their checkpoints (default: every run the store holds, ordered by checkpoint, mask,
     split (train first) and method as the store lists them); its per-image numbers are the
     stored rows, its ``erased_fraction`` and ``mask_error`` the exact pixel counts
-    (per-image means in a store without them).
+    (per-image means in a store without them). ``task_ids``: only these tasks' rows.
     """
     rows: dict[tuple, list[dict]] = {}
     for r in store.results():
-        rows.setdefault((r["checkpoint"], r["mask"], r["method"], r["split"]), []).append(r)
+        if task_ids is None or r["task_id"] in task_ids:
+            rows.setdefault((r["checkpoint"], r["mask"], r["method"], r["split"]), []).append(r)
     checkpoints = store.checkpoints()
     if groups is not None:  # the runs of a plan, in its order
         keys = [g for g in groups if g in rows]
@@ -542,8 +544,8 @@ def report_from_store(store: Any, doc: dict, groups: list[tuple] | None = None) 
         keys = sorted(rows, key=_run_order(store.meta(), checkpoints))
     doc["checkpoints"] = checkpoints
     loss = {c["label"]: c["train_loss"] for c in checkpoints}
-    seconds = store.task_seconds()
-    counts = store.group_counts()
+    seconds = store.task_seconds(task_ids)
+    counts = store.group_counts(task_ids)
     for key in keys:
         sec, ort = seconds.get(key, (0.0, None))
         doc["runs"].append(_entry(key, loss.get(key[0]), rows[key], counts.get(key), sec, ort))
@@ -641,7 +643,7 @@ def format_table(doc: dict) -> str:
             it = float(np.mean(r["iterations"])) if r["iterations"] else 0.0
             parts.append(
                 f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f} {it:7.1f}"
+                f"{_psnr_cell(r):>7} {it:7.1f}"
             )
         lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
     th = doc["thresholds"]
@@ -671,6 +673,13 @@ def format_loss_table(doc: dict) -> str:
             lines.append(
                 f"{mask:<{wm}}  {method:<14} {r['checkpoint']:<{wc}} {loss:>10} "
                 f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f}"
+                f"{_psnr_cell(r):>7}"
             )
     return "\n".join(lines)
+
+
+def _psnr_cell(r: dict) -> str:
+    """The table's mean PSNR of a run; ``n/a`` when every sample diverged (no estimate)."""
+    if r["n"] and r.get("n_diverged", 0) >= r["n"]:
+        return "n/a"
+    return f"{r['mean_psnr']:.1f}"

@@ -111,6 +111,15 @@ def main(argv=None):
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["adam"])
         st = json.loads(saved["meta"])
+        if st["done"] and a.regime == "moderate" and st.get("final_adam_mse", 0.0) >= a.target:
+            # resumed with a LOWER target than the one it stopped at: Adam continues from
+            # the saved state (same cosine schedule, same step count)
+            if st["step"] < a.steps and str(st.get("stop", "")).startswith("train MSE"):
+                st["done"] = False
+                st.setdefault("resumed_from", []).append(
+                    dict(step=st["step"], train=st["final_adam_mse"], stop=st["stop"])
+                )
+                st.pop("stop")
     (run / "args.json").write_text(json.dumps(vars(a), indent=1))
     x, xt = torch.from_numpy(Xtr), torch.from_numpy(Xte)
     t_resume = time.time()

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,9 @@ class _Cache:
             return None
         return self.dir / f"{key['kind']}-{_fingerprint({**key, 'v': _CACHE_FORMAT})[:24]}.npz"
 
-    def get(self, key: dict) -> dict[str, np.ndarray] | None:
+    def get(self, key: dict, check: Any = None) -> Any:
+        """The cached arrays of ``key``, or ``check(arrays)`` (what the caller uses of them;
+        it raises or returns None when they are not what this unit writes); None: compute."""
         p = self._path(key)
         if p is None or not self.resume or not p.is_file():
             return None
@@ -114,6 +117,14 @@ class _Cache:
         except Exception:  # a damaged cache file is recomputed, never trusted
             log.warning("audit: unreadable cache file %s: recomputing it", p)
             return None
+        if check is not None:
+            try:
+                got = check(got)
+            except Exception:  # noqa: BLE001 - readable, other contents: recomputed too
+                got = None
+            if got is None:
+                log.warning("audit: cache file %s holds other contents: recomputing it", p)
+                return None
         self.hits += 1
         return got
 
@@ -124,6 +135,34 @@ class _Cache:
             from ..io import atomic_save_npz
 
             atomic_save_npz(p, **arrays)
+
+
+def _cached_run(got: dict, x: np.ndarray, pshape: tuple, **run: Any) -> tuple | None:
+    """``(entry, arrays)`` of a cached run if they are exactly what this run writes: the
+    entry rebuilt by ``run_entry`` from its own per-sample lists equals it (types, lengths,
+    rates, labels), and the arrays have this run's shapes and dtypes."""
+    from ..evaluation.report import run_entry
+
+    entry = json.loads(str(got["entry"]))
+    keys = ("psnr", "iterations", "converged", "diverged", "residual", "erased_fraction",
+            "mask_error", "seconds", "onnx_seconds")  # fmt: skip
+    mse = [np.nan if v is None else v for v in entry["mse"]]
+    again = run_entry(**run, mse=mse, **{k: entry[k] for k in keys})
+    n, blind = len(x), run["method"] == "blind"
+    want = {"x_hat": (x.shape, np.float32), "y": (x.shape, np.float32),
+            "mask": ((n, *pshape), np.uint8),
+            "h_est": ((n, *pshape) if blind else (0,), np.uint8)}  # fmt: skip
+    a = {k: got[k] for k in want}
+    same = json.dumps(again, sort_keys=True) == json.dumps(entry, sort_keys=True)
+    if not same or again["n"] != n or any((a[k].shape, a[k].dtype) != w for k, w in want.items()):
+        return None
+    return entry, a
+
+
+def _cached_vector(got: dict, name: str, n: int) -> np.ndarray | None:
+    """The cached float vector ``name`` of ``n`` values, or None."""
+    v = got[name]
+    return v if v.shape == (n,) and v.dtype == np.float64 else None
 
 
 # ------------------------------------------------------------------ statistics
@@ -316,10 +355,12 @@ def audit(
                         "noise_std": float(noise_std),
                         "solver": method_options(method, solver),
                     }
-                    got = cache.get(key)
+                    got = cache.get(key, partial(
+                        _cached_run, x=x, pshape=pshape, checkpoint=label,
+                        train_loss=ck["train_loss"], method=method, mask=spec.text, split=split,
+                    ))  # fmt: skip
                     if got is not None:
-                        entry = json.loads(str(got["entry"]))
-                        a = {n: got[n] for n in ("x_hat", "y", "mask", "h_est")}
+                        entry, a = got
                     else:
                         entry, res, y, mask = evaluate_split(
                             f, x, spec, method, label=label, train_loss=ck["train_loss"],
@@ -354,10 +395,8 @@ def audit(
         for split, x in splits:
             key = {"kind": "control", "data": data_sha[split], "mask": spec.text,
                    "seed": int(seed), "noise_std": float(noise_std)}  # fmt: skip
-            got = cache.get(key)
-            if got is not None:
-                psnr_c = got["psnr"]
-            else:
+            psnr_c = cache.get(key, partial(_cached_vector, name="psnr", n=len(x)))
+            if psnr_c is None:
                 y, mask = degrade(x, spec, seed=seed, noise_std=noise_std)
                 xc = biharmonic_inpaint(np.asarray(y), np.asarray(mask))
                 psnr_c = recovery_metrics(x, xc)["psnr"]
@@ -386,9 +425,9 @@ def audit(
         key = {"kind": "stability", "model": _model_id(f0, label0), "data": data_sha[split],
                "mask": primary_mask, "seed": int(seed), "n": n_stab, "rho": rho,
                "method": stability_method, "tol": stability_tol}  # fmt: skip
-        got = cache.get(key)
+        got = cache.get(key, partial(_cached_vector, name="radius", n=len(x[:n_stab])))
         if got is not None:
-            radius[split] = got["radius"]
+            radius[split] = got
         else:
             _, mask = degrade(x, specs[0], seed=seed, noise_std=0.0)
             radius[split] = np.asarray(

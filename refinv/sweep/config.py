@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, RefinvError
+from ..io import is_file
 from ..operators.masks import MaskSpec, parse_mask
 
 __all__ = ["SweepConfig", "ModelEntry", "Dataset", "load_config", "parse_config", "SOLVER_KEYS"]
@@ -149,7 +150,7 @@ def _resolve(p: str, base: Path, what: str) -> str:
     path = Path(os.path.expanduser(p))
     if not path.is_absolute():
         path = base / path
-    if not path.is_file():
+    if not is_file(path, what):
         raise ConfigError(f"{what}: no such file {str(path)!r}")
     return str(path.resolve())
 
@@ -157,7 +158,7 @@ def _resolve(p: str, base: Path, what: str) -> str:
 def _data_spec(text: Any, base: Path, what: str, default_key: str) -> tuple[str, str]:
     text = _type(text, (str,), what)
     p, key = text, default_key
-    if ":" in text and not (base / text).is_file() and not Path(text).is_file():
+    if ":" in text and not is_file(base / text, what) and not is_file(text, what):
         p, key = text.rsplit(":", 1)
     return _resolve(p, base, what), key
 
@@ -167,7 +168,7 @@ def _mask_file(text: str, base: Path, what: str) -> MaskSpec:
     as given wins over a ``:KEY`` split, as in :func:`~refinv.operators.masks.parse_mask`)."""
     arg = text[len("file:") :]
     head, sep, tail = arg.rpartition(":")
-    if sep and head and tail and not (base / arg).is_file() and not Path(arg).is_file():
+    if sep and head and tail and not is_file(base / arg, what) and not is_file(arg, what):
         return parse_mask(f"file:{_resolve(head, base, what)}:{tail}")
     return parse_mask(f"file:{_resolve(arg, base, what)}")
 
@@ -445,7 +446,7 @@ def _check_model(
 def load_config(path: str | os.PathLike) -> SweepConfig:
     """Read and validate a sweep TOML file (relative paths are relative to its folder)."""
     p = Path(path)
-    if not p.is_file():
+    if not is_file(p, "config"):
         raise ConfigError(f"{p}: no such config file")
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))

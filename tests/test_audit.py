@@ -62,7 +62,9 @@ def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
     ck = ["--checkpoints", str(d / "ae_early.onnx")]
     assert main(_audit_args(d, tmp_path / "a", *ck)) == 0
     out = capsys.readouterr().out
-    assert "training images were recovered exactly" in out and "report.html" in out
+    # 5 training and 4 held-out images: even 5 of 5 vs 0 of 4 (Fisher p = 1/126) cannot pass
+    # Holm's strictest level 0.05/8, and the audit says it had no power instead of "safe"
+    assert "No extraction detected" in out and "no power" in out and "report.html" in out
     rc = main(
         ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
          f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods", "blind,known",
@@ -71,7 +73,7 @@ def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
     assert rc == 0
     ev = json.loads((tmp_path / "ev.json").read_text())
     au = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert au["schema"] == "refinv.audit" and au["schema_version"] == 1
+    assert au["schema"] == "refinv.audit" and au["schema_version"] == 2
     rec = au["recovery"]
     assert len(rec["runs"]) == 2 * 2 * 2 * 2
     assert _strip_times(rec["runs"]) == _strip_times(ev["runs"])
@@ -82,7 +84,13 @@ def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
              if r["method"] == "known" and r["checkpoint"] == "ae"}  # fmt: skip
     assert known[("random:0.3", "train")]["accurate_rate"] == 1.0
     assert known[("random:0.3", "test")]["accurate_rate"] == 0.0
-    assert au["verdict"]["memorization_detected"] is True
+    v = au["verdict"]
+    assert v["level"] == "not_detected" and v["memorization_detected"] is False
+    assert v["n_tests"] == 8 and v["power"]["min_detectable_rate"] is None
+    exact_known = next(t for t in v["tests"] if (t["mask"], t["method"], t["criterion"])
+                       == ("random:0.3", "known", "exact"))  # fmt: skip
+    assert (exact_known["train"]["extracted"], exact_known["test"]["extracted"]) == (5, 0)
+    assert exact_known["p_value"] == pytest.approx(1 / 126)
     by_ck = {c["checkpoint"]: c for c in au["membership"]["by_checkpoint"]}
     assert set(by_ck) == {"ae", "ae_early"}
     # provenance: the helper's block, with the sha256 of every input file
@@ -182,13 +190,25 @@ def test_model_with_no_recovery_is_an_honest_report(files, tmp_path):
         out=tmp_path, n_bootstrap=100, stability_n=4, progress=False,
     )  # fmt: skip
     assert doc["verdict"]["memorization_detected"] is False
+    assert doc["verdict"]["level"] == "not_detected"
     assert doc["exposure"]["train"]["exposed"] == 0 == doc["exposure"]["test"]["exposed"]
+    # the power statement: 0 of 15 held-out extracted; at level 0.05/4 the Fisher test needs
+    # k of 15 training images, and the rate r with P(Bin(15, r) >= k) = 0.8 is stated
+    pw = doc["verdict"]["power"]
+    assert pw["level"] == pytest.approx(0.05 / 4) and pw["test_extracted"] == 0
+    from scipy.stats import binom, fisher_exact
+
+    k = pw["min_train_extracted"]
+    p = [fisher_exact([[j, 15 - j], [0, 15]], alternative="greater")[1] for j in (k - 1, k)]
+    assert p[1] <= 0.05 / 4 < p[0]
+    assert binom.sf(k - 1, 15, pw["min_detectable_rate"]) == pytest.approx(0.8)
+    assert f"{100 * pw['min_detectable_rate']:.0f}% or more" in doc["verdict"]["summary"]
     ms = {s["name"]: s for s in doc["membership"]["scores"]}
     # the identity reconstructs every image exactly: the loss attack is chance, exactly
     assert ms["reconstruction"]["auc"] == 0.5
     assert abs(ms["recovery"]["auc"] - 0.5) < 0.3
     html = (tmp_path / "report.html").read_text()
-    assert "No memorization was detected" in html and "does not prove" in html
+    assert "No extraction detected" in html and "does not prove" in html
 
 
 def test_report_html_is_self_contained(files, tmp_path):
@@ -201,7 +221,8 @@ def test_report_html_is_self_contained(files, tmp_path):
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert "<script" not in html and "<link" not in html
     for section in ("1. Verdict", "2. Recovery", "3. The most exposed", "4. Membership",
-                    "5. Control", "6. Recovery vs train loss", "7. Method, assumptions"):  # fmt: skip
+                    "5. Control", "6. Recovery vs train loss", "7. Threat model",
+                    "8. Method, assumptions"):  # fmt: skip
         assert section in html
     assert "classical and runs offline" in html
 
@@ -246,22 +267,25 @@ def test_input_errors(files, tmp_path, capsys):
 # ------------------------------------------------------------------ the pieces
 def test_roc_summary_is_the_rank_statistic():
     rng = np.random.default_rng(1)
-    m, u = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 60)
+    m, u = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 250)
     m[:5] = u[:5]  # ties count one half
-    r = roc_summary(m, u, n_bootstrap=200, seed=0)
+    r = roc_summary(m, u, seed=0, n_permutations=999)
     pairs = m[:, None] - u[None, :]
     assert r["auc"] == pytest.approx(np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0))
     lo, hi = r["auc_ci"]
     assert lo <= r["auc"] <= hi
-    # TPR at FPR t: the best threshold that calls at most t of the non-members members
-    for t, got in zip((0.01, 0.001), r["tpr_at_fpr"], strict=True):
-        best = max(
-            np.mean(m >= th) for th in np.concatenate([m, u, [np.inf]]) if np.mean(u >= th) <= t
-        )
-        assert got["tpr"] == pytest.approx(best)
-    sep = roc_summary(np.array([5.0, 6.0]), np.array([1.0, 2.0, np.nan]), n_bootstrap=20)
+    assert r["min_nonzero_fpr"] == 1 / 250
+    # TPR at FPR 1% with 250 held-out images: the best threshold that calls at most 2 of them
+    # members; 0.1% needs 1,000 held-out images and is not given as a number
+    at1, at01 = r["tpr_at_fpr"]
+    best = max(np.mean(m >= th) for th in np.concatenate([m, u]) if np.sum(u >= th) <= 2)
+    assert at1["estimable"] and at1["tpr"] == pytest.approx(best)
+    assert at1["false_positives"] <= 2 and at1["fpr"] == at1["false_positives"] / 250
+    assert not at01["estimable"] and at01["needs_nonmembers"] == 1000 and "tpr" not in at01
+    sep = roc_summary(np.array([5.0, 6.0]), np.array([1.0, 2.0, np.nan]), fprs=(0.5,))
     assert sep["auc"] == 1.0 and sep["tpr_at_fpr"][0]["tpr"] == 1.0  # NaN = least member-like
     assert tpr_at_fpr(np.array([0.0, 0.5, 1.0]), np.array([0.2, 0.7, 1.0]), 0.01) == 0.2
+    assert tpr_at_fpr(np.array([0.0, 0.01, 1.0]), np.array([0.2, 0.7, 1.0]), 0.01) == 0.7
 
 
 def test_biharmonic_control_restores_smooth_images_and_keeps_observed_pixels():

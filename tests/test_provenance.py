@@ -20,3 +20,38 @@ def test_environment_lists_core_versions_without_importing_onnx():
     for dist in ("numpy", "scipy", "onnx", "onnxruntime", "array-api-compat"):
         assert env["dependencies"][dist]
     assert "torch" not in sys.modules
+
+
+def test_library_memorization_report_carries_the_cli_provenance_block(tmp_path):
+    """``memorization_report()`` returns the schema name and the provenance block that
+    ``refinv evaluate --json`` writes: the same keys, the model file with its sha256."""
+    import json
+
+    import numpy as np
+    import onnx
+    from test_recovery import onnx_ae, projection
+
+    from refinv import OnnxModel
+    from refinv.cli import main
+    from refinv.evaluation.report import memorization_report
+    from refinv.schemas import validate
+
+    rng = np.random.default_rng(0)
+    train, test = rng.random((3, 1, 4, 5)), rng.random((2, 1, 4, 5))
+    onnx.save(onnx_ae([(projection(train), np.zeros(20), False)], (1, 4, 5)), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", train=train, test=test)
+    f = OnnxModel(tmp_path / "m.onnx")
+    doc = memorization_report(f, train.astype(np.float32), test.astype(np.float32),
+                              solver={"max_iter": 3}, argv=["lib"])  # fmt: skip
+    validate(doc, "report")
+    assert doc["schema"] == "refinv.report"
+    prov = doc["provenance"]
+    assert prov["argv"] == ["lib"]
+    assert prov["inputs"]["model"]["sha256"] == file_sha256(tmp_path / "m.onnx") == f.sha256
+    assert main(["evaluate", str(tmp_path / "m.onnx"), "--train", f"{tmp_path / 'd.npz'}:train",
+                 "--test", f"{tmp_path / 'd.npz'}:test", "--max-iter", "3", "--quiet",
+                 "--json", str(tmp_path / "e.json")]) == 0  # fmt: skip
+    cli = json.loads((tmp_path / "e.json").read_text())["provenance"]
+    assert set(cli) == set(prov)
+    assert cli["inputs"]["model"]["sha256"] == prov["inputs"]["model"]["sha256"]
+    assert set(cli["environment"]) == set(prov["environment"])

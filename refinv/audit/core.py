@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,9 @@ __all__ = ["AUDIT_SCHEMA_VERSION", "DEFAULT_MASKS", "audit", "per_image_rows", "
 
 log = logging.getLogger("refinv.audit")
 
-AUDIT_SCHEMA_VERSION = 1
+AUDIT_SCHEMA_VERSION = 2
 DEFAULT_MASKS = ("random:0.5", "center:9", "rows:2")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 # ------------------------------------------------------------------ inputs
@@ -105,28 +104,38 @@ class _Cache:
             return None
         return self.dir / f"{key['kind']}-{_fingerprint({**key, 'v': _CACHE_FORMAT})[:24]}.npz"
 
-    def get(self, key: dict, check: Any = None) -> Any:
-        """The cached arrays of ``key``, or ``check(arrays)`` (what the caller uses of them;
-        it raises or returns None when they are not what this unit writes); None: compute."""
+    def get(
+        self, key: dict, names: Sequence[str], n: int, rows: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray] | None:
+        """The arrays ``names`` of a finished unit, those in ``rows`` (default: all) with
+        ``n`` rows (one per image); None when not resuming, not cached, or the file is
+        unreadable or holds other contents (then it is recomputed, never trusted)."""
         p = self._path(key)
         if p is None or not self.resume or not p.is_file():
             return None
         try:
             with np.load(p, allow_pickle=False) as z:
-                got = {k: z[k] for k in z.files}
-        except Exception:  # a damaged cache file is recomputed, never trusted
-            log.warning("audit: unreadable cache file %s: recomputing it", p)
+                got = {k: z[k] for k in names}
+        except Exception as exc:  # unreadable, or a name missing
+            log.warning("audit: cache file %s unreadable (%s): recomputing it", p, exc)
             return None
-        if check is not None:
-            try:
-                got = check(got)
-            except Exception:  # noqa: BLE001 - readable, other contents: recomputed too
-                got = None
-            if got is None:
-                log.warning("audit: cache file %s holds other contents: recomputing it", p)
-                return None
+        bad = [k for k in (names if rows is None else rows)
+               if got[k].ndim < 1 or got[k].shape[0] != n]  # fmt: skip
+        if bad:
+            log.warning("audit: cache file %s holds other contents (%s): recomputing it", p,
+                        ", ".join(f"{k} {got[k].shape}" for k in bad))  # fmt: skip
+            return None
         self.hits += 1
         return got
+
+    def check(self, key: dict, value):
+        """``value``, or None (a hit taken back, logged) when the caller found the cached
+        contents inconsistent."""
+        if value is None:
+            self.hits -= 1
+            log.warning("audit: cache file %s holds other contents: recomputing it",
+                        self._path(key))  # fmt: skip
+        return value
 
     def put(self, key: dict, **arrays: np.ndarray) -> None:
         self.misses += 1
@@ -137,68 +146,34 @@ class _Cache:
             atomic_save_npz(p, **arrays)
 
 
-def _cached_run(got: dict, x: np.ndarray, pshape: tuple, **run: Any) -> tuple | None:
-    """``(entry, arrays)`` of a cached run if they are exactly what this run writes: the
-    entry rebuilt by ``run_entry`` from its own per-sample lists equals it (types, lengths,
-    rates, labels), and the arrays have this run's shapes and dtypes."""
-    from ..evaluation.report import run_entry
-
-    entry = json.loads(str(got["entry"]))
-    keys = ("psnr", "iterations", "converged", "diverged", "residual", "erased_fraction",
-            "mask_error", "seconds", "onnx_seconds")  # fmt: skip
-    mse = [np.nan if v is None else v for v in entry["mse"]]
-    again = run_entry(**run, mse=mse, **{k: entry[k] for k in keys})
-    n, blind = len(x), run["method"] == "blind"
-    want = {"x_hat": (x.shape, np.float32), "y": (x.shape, np.float32),
-            "mask": ((n, *pshape), np.uint8),
-            "h_est": ((n, *pshape) if blind else (0,), np.uint8)}  # fmt: skip
-    a = {k: got[k] for k in want}
-    same = json.dumps(again, sort_keys=True) == json.dumps(entry, sort_keys=True)
-    if not same or again["n"] != n or any((a[k].shape, a[k].dtype) != w for k, w in want.items()):
+def _run_from_cache(got: dict, method: str, n: int) -> tuple[dict, dict] | None:
+    """``(entry, arrays)`` of a cached run unit of ``n`` images, or None when the file's
+    entry is not such a run (other contents are recomputed, never trusted)."""
+    try:
+        entry = json.loads(str(got["entry"]))
+    except ValueError:
         return None
-    return entry, a
-
-
-def _cached_vector(got: dict, name: str, n: int) -> np.ndarray | None:
-    """The cached float vector ``name`` of ``n`` values, or None."""
-    v = got[name]
-    return v if v.shape == (n,) and v.dtype == np.float64 else None
+    h = got["h_est"]
+    if not isinstance(entry, dict) or len(entry.get("mse", ())) != n:
+        return None
+    if (h.shape[:1] != (n,)) if method == "blind" else (h.size != 0):
+        return None
+    return entry, {k: got[k] for k in ("x_hat", "y", "mask", "h_est")}
 
 
 # ------------------------------------------------------------------ statistics
-def _boot_idx(n: int, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(n, size=(n_bootstrap, n)) if n else np.zeros((n_bootstrap, 0), int)
-
-
 def _run_intervals(run: dict, n_bootstrap: int, seed: int, confidence: float) -> dict:
-    from .membership import bootstrap_interval
+    """Exact (Clopper-Pearson) intervals of a run's rates and the BCa interval of its mean
+    PSNR."""
+    from .stats import clopper_pearson, mean_interval
 
     n = run["n"]
     m = np.array([np.inf if v is None else v for v in run["mse"]], dtype=np.float64)
-    p = np.asarray(run["psnr"], dtype=np.float64)
     out = {k: run[k] for k in ("checkpoint", "mask", "method", "split", "n")}
-    if n == 0:
-        out.update(
-            accurate_rate=[None, None], approximate_rate=[None, None], mean_psnr=[None, None]
-        )
-        return out
-    idx = _boot_idx(n, n_bootstrap, np.random.default_rng([seed, 4]))
-    out["accurate_rate"] = bootstrap_interval(np.mean(m[idx] < ACCURATE_MSE, axis=1), confidence)
-    out["approximate_rate"] = bootstrap_interval(
-        np.mean(m[idx] < APPROXIMATE_MSE, axis=1), confidence
-    )
-    out["mean_psnr"] = bootstrap_interval(np.mean(p[idx], axis=1), confidence)
+    out["accurate_rate"] = clopper_pearson(int(np.sum(m < ACCURATE_MSE)), n, confidence)
+    out["approximate_rate"] = clopper_pearson(int(np.sum(m < APPROXIMATE_MSE)), n, confidence)
+    out["mean_psnr"] = mean_interval(run["psnr"], confidence, n_bootstrap=n_bootstrap, seed=seed)
     return out
-
-
-def _mean_ci(values: np.ndarray, n_bootstrap: int, seed: int, confidence: float) -> list:
-    from .membership import bootstrap_interval
-
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return [None, None]
-    idx = _boot_idx(v.size, n_bootstrap, np.random.default_rng([seed, 5]))
-    return bootstrap_interval(np.mean(v[idx], axis=1), confidence)
 
 
 def _reconstruction_error(f: Any, x: np.ndarray) -> np.ndarray:
@@ -273,6 +248,7 @@ def audit(
     from ..provenance import provenance
     from ._deps import require_audit_dependencies
     from .membership import roc_summary
+    from .stats import clopper_pearson, mean_interval
 
     require_audit_dependencies()
     started = time.time() if started is None else started
@@ -355,12 +331,11 @@ def audit(
                         "noise_std": float(noise_std),
                         "solver": method_options(method, solver),
                     }
-                    got = cache.get(key, partial(
-                        _cached_run, x=x, pshape=pshape, checkpoint=label,
-                        train_loss=ck["train_loss"], method=method, mask=spec.text, split=split,
-                    ))  # fmt: skip
-                    if got is not None:
-                        entry, a = got
+                    got = cache.get(key, ("entry", "x_hat", "y", "mask", "h_est"), len(x),
+                                    rows=("x_hat", "y", "mask"))  # fmt: skip
+                    hit = got and cache.check(key, _run_from_cache(got, method, len(x)))
+                    if hit:
+                        entry, a = hit
                     else:
                         entry, res, y, mask = evaluate_split(
                             f, x, spec, method, label=label, train_loss=ck["train_loss"],
@@ -391,24 +366,35 @@ def audit(
     t1 = time.perf_counter()
     # -------- the generic-inpainting control (main model's masks; no model)
     control_runs = []
+    control_x: dict[tuple[str, str], np.ndarray] = {}  # (mask, split) -> reconstructions
     for spec in specs:
         for split, x in splits:
             key = {"kind": "control", "data": data_sha[split], "mask": spec.text,
                    "seed": int(seed), "noise_std": float(noise_std)}  # fmt: skip
-            psnr_c = cache.get(key, partial(_cached_vector, name="psnr", n=len(x)))
-            if psnr_c is None:
+            got = cache.get(key, ("psnr", "x"), len(x))
+            if got is not None:
+                psnr_c, xc = got["psnr"], got["x"]
+            else:
                 y, mask = degrade(x, spec, seed=seed, noise_std=noise_std)
-                xc = biharmonic_inpaint(np.asarray(y), np.asarray(mask))
+                xc = biharmonic_inpaint(np.asarray(y), np.asarray(mask)).astype(np.float32)
                 psnr_c = recovery_metrics(x, xc)["psnr"]
-                cache.put(key, psnr=psnr_c)
+                cache.put(key, psnr=psnr_c, x=xc)
+            control_x[(spec.text, split)] = xc
+            k_acc = int(np.sum(10 ** (-np.asarray(psnr_c) / 10) < ACCURATE_MSE))
+            k_app = int(np.sum(10 ** (-np.asarray(psnr_c) / 10) < APPROXIMATE_MSE))
             control_runs.append(
                 {
                     "mask": spec.text,
                     "split": split,
                     "n": int(len(psnr_c)),
                     "mean_psnr": float(np.mean(psnr_c)),
-                    "mean_psnr_ci": _mean_ci(psnr_c, n_bootstrap, seed, confidence),
-                    "accurate_rate": float(np.mean(10 ** (-psnr_c / 10) < ACCURATE_MSE)),
+                    "mean_psnr_ci": mean_interval(
+                        psnr_c, confidence, n_bootstrap=n_bootstrap, seed=seed
+                    ),
+                    "accurate_rate": k_acc / len(psnr_c),
+                    "accurate_rate_ci": clopper_pearson(k_acc, len(psnr_c), confidence),
+                    "approximate_rate": k_app / len(psnr_c),
+                    "approximate_rate_ci": clopper_pearson(k_app, len(psnr_c), confidence),
                     "psnr": [float(v) for v in psnr_c],
                 }
             )
@@ -425,9 +411,9 @@ def audit(
         key = {"kind": "stability", "model": _model_id(f0, label0), "data": data_sha[split],
                "mask": primary_mask, "seed": int(seed), "n": n_stab, "rho": rho,
                "method": stability_method, "tol": stability_tol}  # fmt: skip
-        got = cache.get(key, partial(_cached_vector, name="radius", n=len(x[:n_stab])))
+        got = cache.get(key, ("radius",), n_stab)
         if got is not None:
-            radius[split] = got
+            radius[split] = got["radius"]
         else:
             _, mask = degrade(x, specs[0], seed=seed, noise_std=0.0)
             radius[split] = np.asarray(
@@ -447,96 +433,66 @@ def audit(
     stage["stability"] = time.perf_counter() - t1
     t1 = time.perf_counter()
 
-    # -------- per-image best recovery (main model)
-    per_image = {}
-    for split, x in splits:
-        n = len(x)
-        best_mse = np.full(n, np.inf)
-        best_setting = np.full(n, -1)
-        settings_list = [(s.text, m) for s in specs for m in methods]
-        cols = {}
-        for j, (mt, me) in enumerate(settings_list):
-            run = _find(rec["runs"], label0, mt, me, split)
-            m = np.array([np.inf if v is None else v for v in run["mse"]], dtype=np.float64)
-            cols[(mt, me)] = (m, np.asarray(run["psnr"], dtype=np.float64))
-            better = m < best_mse
-            best_mse = np.where(better, m, best_mse)
-            best_setting = np.where(better, j, best_setting)
-        n_exposed = sum((c[0] < ACCURATE_MSE).astype(int) for c in cols.values())
-        per_image[split] = {
-            "cols": cols,
-            "n_settings_exposed": n_exposed,
-            "best_mse": best_mse,
-            "best_setting": [settings_list[j] if j >= 0 else None for j in best_setting],
-            "exposed": best_mse < ACCURATE_MSE,
-            "approx": best_mse < APPROXIMATE_MSE,
+    # -------- per image: recovery vs the control, per setting; extraction
+    settings_list = [(sp.text, m) for sp in specs for m in methods]
+    control_psnr = {(c["mask"], c["split"]): np.asarray(c["psnr"]) for c in control_runs}
+    cols = {
+        split: {
+            (mt, me): _mse_psnr(_find(rec["runs"], label0, mt, me, split))
+            for mt, me in settings_list
         }
+        for split, _ in splits
+    }
+    per_image = {
+        split: _per_image(cols[split], control_psnr, settings_list, split) for split, _ in splits
+    }
 
     # -------- membership inference
-    prim = {s: per_image[s]["cols"][(primary_mask, primary_method)] for s, _ in splits}
-
-    def summary(name, desc, s_tr, s_te):
-        r = roc_summary(s_tr, s_te, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
-        return {"name": name, "description": desc, **r}
-
     scores = {
-        "recovery": {s: prim[s][1] for s, _ in splits},  # PSNR of the recovery (higher = member)
+        "recovery": {s: cols[s][(primary_mask, primary_method)][1] for s, _ in splits},
         "reconstruction": {s: -recon[label0][s] for s, _ in splits},
         "stability": {s: -radius[s] for s, _ in splits},
     }
+    descriptions = {
+        "recovery": f"refinv's: PSNR of the {primary_method} recovery from the degraded image "
+        f"({primary_mask}); higher = member",
+        "reconstruction": "loss-threshold attack: -||f(x) - x||^2 on the clean image; "
+        "higher = member",
+        "stability": "local stability: -(spectral radius of the linearized known-mask "
+        f"PnP-ADMM at the image, {primary_mask}, rho {rho:g}); higher = member; first "
+        f"{n_stab} images of each split",
+    }
     membership_scores = [
-        summary(
-            "recovery",
-            f"refinv's: PSNR of the {primary_method} recovery from the degraded image "
-            f"({primary_mask}); higher = member",
-            scores["recovery"]["train"], scores["recovery"]["test"],
-        ),
-        summary(
-            "reconstruction",
-            "loss-threshold attack: -||f(x) - x||^2 on the clean image; higher = member",
-            scores["reconstruction"]["train"], scores["reconstruction"]["test"],
-        ),
-        summary(
-            "stability",
-            f"local stability: -(spectral radius of the linearized known-mask PnP-ADMM at the "
-            f"image, {primary_mask}, rho {rho:g}); higher = member; first {n_stab} images "
-            "of each split",
-            scores["stability"]["train"], scores["stability"]["test"],
-        ),
+        {"name": name, "description": descriptions[name],
+         **roc_summary(sc["train"], sc["test"], seed=seed, confidence=confidence)}
+        for name, sc in scores.items()
     ]  # fmt: skip
-    from sklearn.metrics import roc_auc_score
-
-    yy = np.concatenate([np.ones(len(x_train)), np.zeros(len(x_test))])
-    by_setting = []
-    for (mt, me), (_, p_tr) in per_image["train"]["cols"].items():
-        p_te = per_image["test"]["cols"][(mt, me)][1]
-        by_setting.append(
-            {"mask": mt, "method": me,
-             "auc": float(roc_auc_score(yy, np.concatenate([p_tr, p_te])))}
-        )  # fmt: skip
-    by_checkpoint = []
-    for label, _, _ in opened:
-        row = {"checkpoint": label}
-        row["train_loss"] = next(c["train_loss"] for c in rec["checkpoints"] if c["label"] == label)
-        for name, s_tr, s_te in (
-            ("recovery",
-             np.asarray(_find(rec["runs"], label, primary_mask, primary_method, "train")["psnr"]),
-             np.asarray(_find(rec["runs"], label, primary_mask, primary_method, "test")["psnr"])),
-            ("reconstruction", -recon[label]["train"], -recon[label]["test"]),
-        ):  # fmt: skip
-            r = roc_summary(s_tr, s_te, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence)
-            row[name] = {"auc": r["auc"], "auc_ci": r["auc_ci"],
-                         "tpr_at_fpr": r["tpr_at_fpr"]}  # fmt: skip
-        by_checkpoint.append(row)
+    membership = {
+        "model": label0,
+        "scores": membership_scores,
+        "by_setting": _auc_by_setting(cols, settings_list),
+        "by_checkpoint": _membership_by_checkpoint(rec, opened, recon, primary_mask,
+                                                   primary_method, seed, confidence),
+    }  # fmt: skip
 
     # -------- the document
+    from .verdict import decide, gain_tests
+    from .verdict import extraction_tests as ext_tests
+
+    verdict = decide(
+        ext_tests(cols, control_psnr, settings_list),
+        gain_tests(cols, control_psnr, settings_list),
+        membership_scores,
+        (primary_mask, primary_method),
+        observed_fraction={
+            r["mask"]: 1.0 - r["erased_fraction"]
+            for r in rec["runs"] if r["checkpoint"] == label0 and r["split"] == "train"
+        },
+    )  # fmt: skip
     intervals = [_run_intervals(r, n_bootstrap, seed, confidence) for r in rec["runs"]]
-    n_tr, n_te = len(x_train), len(x_test)
-    ex_tr = int(per_image["train"]["exposed"].sum())
-    ex_te = int(per_image["test"]["exposed"].sum())
-    # most exposed: accurately recovered under the most settings, then the lowest best MSE
-    order = np.lexsort((per_image["train"]["best_mse"], -per_image["train"]["n_settings_exposed"]))
-    gallery_idx = [int(i) for i in order[: min(gallery, n_tr)]]
+    gain_tr = per_image["train"]["best_gain"]
+    order = np.lexsort((per_image["train"]["best_mse"], -np.nan_to_num(gain_tr, nan=-np.inf)))
+    gallery_idx = [int(i) for i in order[: min(gallery, len(x_train))]]
     doc: dict[str, Any] = {
         "schema": "refinv.audit",
         "schema_version": AUDIT_SCHEMA_VERSION,
@@ -565,36 +521,21 @@ def audit(
             "bootstrap": {
                 "n": int(n_bootstrap),
                 "confidence": float(confidence),
-                "method": "percentile, images resampled with replacement",
+                "method": "BCa bootstrap of the mean PSNR, images resampled with replacement",
+            },  # fmt: skip
+            "intervals": {
+                "rates": "Clopper-Pearson (exact binomial)",
+                "auc": "Newcombe (2006) score interval, method 5",
+                "mean_psnr": "BCa bootstrap",
+                "confidence": float(confidence),
             },  # fmt: skip
             "gallery": len(gallery_idx),
         },
-        "verdict": {},
+        "verdict": verdict,
         "recovery": rec,
         "intervals": intervals,
-        "exposure": {
-            "definition": "An image is exposed when at least one (mask, method) recovers it "
-            f"accurately (MSE < {ACCURATE_MSE:g})",
-            "train": {
-                "n": n_tr,
-                "exposed": ex_tr,
-                "exposed_indices": [int(i) for i in np.flatnonzero(per_image["train"]["exposed"])],
-                "approximate": int(per_image["train"]["approx"].sum()),
-            },  # fmt: skip
-            "test": {
-                "n": n_te,
-                "exposed": ex_te,
-                "exposed_indices": [int(i) for i in np.flatnonzero(per_image["test"]["exposed"])],
-                "approximate": int(per_image["test"]["approx"].sum()),
-            },  # fmt: skip
-            "gallery_indices": gallery_idx,
-        },
-        "membership": {
-            "model": label0,
-            "scores": membership_scores,
-            "by_setting": by_setting,
-            "by_checkpoint": by_checkpoint,
-        },
+        "exposure": _exposure(per_image, gallery_idx),
+        "membership": membership,
         "control": {
             "method": CONTROL_METHOD,
             "note": "classical and offline; the paper used a diffusion inpainter in this role",
@@ -602,7 +543,6 @@ def audit(
         },
         "timing": {},
     }
-    doc["verdict"] = _verdict(doc)
     stage["membership"] = time.perf_counter() - t1
     doc["timing"] = {
         "seconds": round(time.perf_counter() - t0, 3),
@@ -617,7 +557,7 @@ def audit(
     doc["provenance"] = provenance(prov_files, argv=argv, started=started)
     if out is not None:
         t1 = time.perf_counter()
-        figures = _figures(doc, arrays, x_train, x_test, per_image, scores)
+        figures = _figures(doc, arrays, control_x, x_train, x_test, per_image, scores)
         doc["timing"]["stages"]["figures"] = round(time.perf_counter() - t1, 3)
         write_outputs(doc, out, figures=figures, per_image=per_image, scores=scores)
     return doc
@@ -630,91 +570,102 @@ def _find(runs: list[dict], label: str, mask: str, method: str, split: str) -> d
     raise KeyError((label, mask, method, split))  # pragma: no cover - built above
 
 
-# ------------------------------------------------------------------ verdict
-def _observed(run: dict) -> str:
-    return f"{100.0 * (1.0 - run['erased_fraction']):.0f}%"
+def _mse_psnr(run: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image MSE (inf where diverged) and PSNR of a run entry."""
+    m = np.array([np.inf if v is None else v for v in run["mse"]], dtype=np.float64)
+    return m, np.asarray(run["psnr"], dtype=np.float64)
 
 
-def _verdict(doc: dict) -> dict:
-    rec = doc["recovery"]
-    label = doc["model"]
-    pm, pmeth = doc["settings"]["primary"]["mask"], doc["settings"]["primary"]["method"]
-    tr = _find(rec["runs"], label, pm, pmeth, "train")
-    te = _find(rec["runs"], label, pm, pmeth, "test")
-    k_tr = round(tr["accurate_rate"] * tr["n"])
-    k_te = round(te["accurate_rate"] * te["n"])
-    headline = (
-        f"{k_tr} of {tr['n']} training images were recovered exactly (MSE < {ACCURATE_MSE:g}) "
-        f"from {_observed(tr)} of their pixels (mask {pm}, {pmeth} recovery); "
-        f"{k_te} of {te['n']} held-out images."
-    )
-    # memorization shown: some setting's train interval lies above its held-out interval
-    iv = {(r["checkpoint"], r["mask"], r["method"], r["split"]): r for r in doc["intervals"]}
-    separated = []
-    for r in rec["runs"]:
-        if r["checkpoint"] != label or r["split"] != "train":
-            continue
-        a = iv[(label, r["mask"], r["method"], "train")]["accurate_rate"]
-        b = iv[(label, r["mask"], r["method"], "test")]["accurate_rate"]
-        if a[0] is not None and b[1] is not None and a[0] > b[1]:
-            separated.append(f"{r['mask']}/{r['method']}")
-    ex = doc["exposure"]
-    ms = {s["name"]: s for s in doc["membership"]["scores"]}
-    auc = ms["recovery"]
-    loss = ms["reconstruction"]
-    stab = ms["stability"]
-    memorized = bool(separated)
-    if memorized:
-        summary = (
-            f"This model memorized training images: {ex['train']['exposed']} of "
-            f"{ex['train']['n']} training images can be extracted exactly from a degraded copy "
-            f"under at least one of the {len(doc['settings']['masks']) * len(doc['settings']['methods'])} "
-            f"settings tried, against {ex['test']['exposed']} of {ex['test']['n']} held-out images."
-        )
-    else:
-        summary = (
-            f"No memorization was detected by recovery: no setting recovers clearly more "
-            f"training images than held-out images ({ex['train']['exposed']} of "
-            f"{ex['train']['n']} training and {ex['test']['exposed']} of {ex['test']['n']} "
-            "held-out images exposed). This does not prove that the model memorized nothing "
-            "(see Method, assumptions and limits)."
-        )
-    mi = (
-        f"Membership inference: the recovery score separates training from held-out images "
-        f"with AUC {auc['auc']:.2f} (95% interval {_ci(auc['auc_ci'])}); the loss-threshold "
-        f"attack ||f(x) - x|| with AUC {loss['auc']:.2f} ({_ci(loss['auc_ci'])}); the local "
-        f"stability with AUC {stab['auc']:.2f} ({_ci(stab['auc_ci'])}). "
-        f"AUC 0.5 is chance."
-    )
-    ctrl = {(c["mask"], c["split"]): c for c in doc["control"]["runs"]}
-    c_tr, c_te = ctrl[(pm, "train")], ctrl[(pm, "test")]
-    control = (
-        f"Generic inpainting without the model (biharmonic) reaches a mean PSNR of "
-        f"{c_tr['mean_psnr']:.1f} dB on training and {c_te['mean_psnr']:.1f} dB on held-out "
-        f"images at mask {pm}; recovery through the model reaches {tr['mean_psnr']:.1f} dB "
-        f"and {te['mean_psnr']:.1f} dB."
-    )
+def _per_image(cols: dict, control_psnr: dict, settings: list, split: str) -> dict:
+    """Per image of one split: the best setting (lowest MSE), the best gain over the
+    control over all settings, in how many settings it is extracted exactly, and its
+    extraction level (``"exact"``, ``"approximate"``, ``"none"``)."""
+    from .verdict import extracted, gain_db
+
+    n = len(next(iter(cols.values()))[0])
+    best_mse, best_setting = np.full(n, np.inf), np.full(n, -1)
+    best_gain = np.full(n, -np.inf)
+    exact, approx = np.zeros(n, bool), np.zeros(n, bool)
+    n_exact = np.zeros(n, int)
+    for j, (mt, me) in enumerate(settings):
+        m, p = cols[(mt, me)]
+        c = control_psnr[(mt, split)]
+        better = m < best_mse
+        best_mse = np.where(better, m, best_mse)
+        best_setting = np.where(better, j, best_setting)
+        best_gain = np.maximum(best_gain, gain_db(p, c))
+        e = extracted(m, p, c, ACCURATE_MSE)
+        exact |= e
+        n_exact += e
+        approx |= extracted(m, p, c, APPROXIMATE_MSE)
     return {
-        "memorization_detected": memorized,
-        "separated_settings": separated,
-        "headline": headline,
-        "summary": summary,
-        "membership": mi,
-        "control": control,
-        "exposed_train": ex["train"]["exposed"],
-        "exposed_test": ex["test"]["exposed"],
-        "n_train": ex["train"]["n"],
-        "n_test": ex["test"]["n"],
-        "recovery_auc": auc["auc"],
-        "reconstruction_auc": loss["auc"],
-        "stability_auc": stab["auc"],
+        "cols": cols,
+        "best_mse": best_mse,
+        "best_setting": [settings[j] if j >= 0 else None for j in best_setting],
+        "best_gain": best_gain,
+        "n_settings_exposed": n_exact,
+        "exposed": exact,
+        "approx": approx,
+        "level": np.where(exact, "exact", np.where(approx, "approximate", "none")),
     }
 
 
-def _ci(ci: list) -> str:
-    if ci[0] is None:
-        return "n/a"
-    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+def _exposure(per_image: dict, gallery_idx: list[int]) -> dict:
+    def split(s):
+        pi = per_image[s]
+        return {
+            "n": len(pi["best_mse"]),
+            "exposed": int(pi["exposed"].sum()),
+            "exposed_indices": [int(i) for i in np.flatnonzero(pi["exposed"])],
+            "approximate": int(pi["approx"].sum()),
+            "approximate_indices": [int(i) for i in np.flatnonzero(pi["approx"])],
+            "median_best_gain_db": float(np.median(pi["best_gain"])),
+        }
+
+    return {
+        "definition": "An image is exposed (extracted exactly) when at least one (mask, method) "
+        f"recovers it with MSE < {ACCURATE_MSE:g} and closer than the model-free control; "
+        f"approximately when MSE < {APPROXIMATE_MSE:g} (PSNR > 33 dB) and closer than the "
+        "control",
+        "train": split("train"),
+        "test": split("test"),
+        "gallery_indices": gallery_idx,
+        "gallery_order": "largest PSNR gain of the model's recovery over the control (best "
+        "setting), then the lowest MSE",
+    }
+
+
+def _auc_by_setting(cols: dict, settings: list) -> list[dict]:
+    from .stats import midrank_auc
+
+    return [
+        {"mask": mt, "method": me,
+         "auc": midrank_auc(_finite(cols["train"][(mt, me)][1]),
+                            _finite(cols["test"][(mt, me)][1]))}
+        for mt, me in settings
+    ]  # fmt: skip
+
+
+def _finite(s: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(s), s, -1.0)
+
+
+def _membership_by_checkpoint(rec, opened, recon, mask, method, seed, confidence) -> list:
+    from .membership import roc_summary
+
+    rows = []
+    for label, _, _ in opened:
+        row = {"checkpoint": label}
+        row["train_loss"] = next(c["train_loss"] for c in rec["checkpoints"] if c["label"] == label)
+        for name, s_tr, s_te in (
+            ("recovery", _mse_psnr(_find(rec["runs"], label, mask, method, "train"))[1],
+             _mse_psnr(_find(rec["runs"], label, mask, method, "test"))[1]),
+            ("reconstruction", -recon[label]["train"], -recon[label]["test"]),
+        ):  # fmt: skip
+            r = roc_summary(s_tr, s_te, seed=seed, confidence=confidence)
+            row[name] = {k: r[k] for k in ("auc", "auc_ci", "p_value", "tpr_at_fpr")}
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------ outputs
@@ -726,8 +677,8 @@ def per_image_rows(doc: dict, per_image: dict, scores: dict) -> tuple[list[str],
     for m, me in settings:
         header += [f"mse[{me}|{m}]", f"psnr[{me}|{m}]"]
     header += [f"control_psnr[{m}]" for m in doc["settings"]["masks"]]
-    header += ["best_mse", "best_psnr", "best_setting", "exposed", "exposed_settings",
-               "approximately_exposed",
+    header += ["best_mse", "best_psnr", "best_setting", "best_gain_over_control_db",
+               "extraction", "exposed", "exposed_settings", "approximately_exposed",
                "score_recovery", "score_reconstruction", "score_stability"]  # fmt: skip
     rows = []
     for split in ("train", "test"):
@@ -742,7 +693,8 @@ def per_image_rows(doc: dict, per_image: dict, scores: dict) -> tuple[list[str],
             bs = pi["best_setting"][i]
             best_psnr = max(pi["cols"][bs][1][i], 0.0) if bs is not None else 0.0
             row += [_num(pi["best_mse"][i]), _num(best_psnr),
-                    f"{bs[1]}|{bs[0]}" if bs is not None else "",
+                    f"{bs[1]}|{bs[0]}" if bs is not None else "", _num(pi["best_gain"][i]),
+                    str(pi["level"][i]),
                     "yes" if pi["exposed"][i] else "no", int(pi["n_settings_exposed"][i]),
                     "yes" if pi["approx"][i] else "no"]  # fmt: skip
             for name in ("recovery", "reconstruction", "stability"):
@@ -777,14 +729,14 @@ def write_outputs(
     return doc["files"]
 
 
-def _figures(doc, arrays, x_train, x_test, per_image, scores) -> dict[str, bytes]:
+def _figures(doc, arrays, control_x, x_train, x_test, per_image, scores) -> dict[str, bytes]:
     from . import figures as fg
 
     figs = {
         "roc": fg.roc_figure(doc["membership"]["scores"]),
         "exposure": fg.exposure_figure(doc, per_image),
         "control": fg.control_figure(doc),
-        "gallery": fg.gallery_figure(doc, arrays, x_train, x_test, per_image),
+        "gallery": fg.gallery_figure(doc, arrays, control_x, x_train, x_test, per_image),
     }
     if len(doc["recovery"]["checkpoints"]) > 1:
         figs["rate_vs_loss"] = fg.rate_vs_loss_figure(doc)

@@ -39,9 +39,19 @@ def roc_figure(scores: list[dict]) -> bytes:
         fpr = np.asarray(s["roc"]["fpr"])
         tpr = np.asarray(s["roc"]["tpr"])
         lab = f"{s['name']} (AUC {s['auc']:.2f})"
-        axes[0].plot(fpr, tpr, label=lab)
+        (line,) = axes[0].plot(fpr, tpr, label=lab)
+        # log-log: FPR 0 cannot be drawn; those points sit at 0.5/n0, marked as such
         floor = 0.5 / max(s["n_nonmembers"], 1)
-        axes[1].plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=lab)
+        axes[1].plot(np.maximum(fpr, floor), np.maximum(tpr, floor), color=line.get_color())
+        zero = fpr == 0
+        if np.any(zero & (tpr > 0)):
+            axes[1].plot(np.full(int(zero.sum()), floor), np.maximum(tpr[zero], floor), "<",
+                         color=line.get_color(), ms=5)  # fmt: skip
+    if scores:
+        f0 = 0.5 / max(scores[0]["n_nonmembers"], 1)
+        axes[1].axvline(f0, color="0.6", lw=0.8, ls="--")
+        axes[1].annotate("FPR = 0\n(drawn at 0.5/n)", (f0, 1.0), xytext=(4, -4),
+                         textcoords="offset points", fontsize=6, va="top", color="0.35")  # fmt: skip
     for ax in axes:
         ax.plot([0, 1], [0, 1], ":", color="0.5", label="chance")
         ax.set_xlabel("false-positive rate (held-out called member)")
@@ -112,14 +122,18 @@ def _tile(a) -> np.ndarray:
     return np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im
 
 
-def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) -> bytes:
-    """Most exposed training images (original / degraded / recovered / estimated mask) over
-    the held-out image with the same index, the same mask and the same method. One montage
-    (one axes), so it draws fast whatever the number of images."""
+def gallery_figure(
+    doc: dict, arrays: dict, control_x: dict, x_train, x_test, per_image: dict
+) -> bytes:
+    """Most exposed training images (the largest gain of the model's recovery over the
+    control): original / degraded / recovered through the model / the control's inpainting
+    of the same degraded image / estimated mask, over the held-out image with the same
+    index, the same mask and the same method. One montage (one axes), so it draws fast
+    whatever the number of images."""
     idx = doc["exposure"]["gallery_indices"]
     k = max(len(idx), 1)
-    names = ["training", "degraded", "recovered", "mask (est.)", "held-out", "degraded",
-             "recovered"]  # fmt: skip
+    names = ["training", "degraded", "model", "control", "mask (est.)", "held-out",
+             "degraded", "model", "control"]  # fmt: skip
     th = doc["recovery"]["thresholds"]["accurate_mse"]
     primary = (doc["settings"]["primary"]["mask"], doc["settings"]["primary"]["method"])
     cols, titles, notes = [], [], []
@@ -131,15 +145,17 @@ def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) ->
             mask, method = per_image["train"]["best_setting"][i] or primary
         a_tr = arrays[(mask, method, "train")]
         h = a_tr["h_est"][i] if a_tr["h_est"].size else a_tr["mask"][i]
-        cells = [x_train[i], a_tr["y"][i], a_tr["x_hat"][i], h]
+        cells = [x_train[i], a_tr["y"][i], a_tr["x_hat"][i], control_x[(mask, "train")][i], h]
         m_tr = per_image["train"]["cols"][(mask, method)][0][i]
         m_te = np.nan
         if i < len(x_test):  # the held-out image with the same index, when there is one
             a_te = arrays[(mask, method, "test")]
-            cells += [x_test[i], a_te["y"][i], a_te["x_hat"][i]]
+            cells += [x_test[i], a_te["y"][i], a_te["x_hat"][i], control_x[(mask, "test")][i]]
             m_te = per_image["test"]["cols"][(mask, method)][0][i]
         cols.append([_tile(c) for c in cells])
-        titles.append(f"#{i}  {method}\n{mask}")
+        gain = per_image["train"]["best_gain"][i]
+        titles.append(f"#{i}  {method}\n{mask}\n+{gain:.0f} dB vs control"
+                      if np.isfinite(gain) else f"#{i}  {method}\n{mask}")  # fmt: skip
         notes.append((m_tr, m_te))
     if not cols:
         cols, titles, notes = [[_tile(x_train[0])]], [""], [(np.nan, np.nan)]
@@ -159,8 +175,8 @@ def gallery_figure(doc: dict, arrays: dict, x_train, x_test, per_image: dict) ->
     ax.set_yticks([pad + r * (hh + pad) + hh / 2 for r in range(len(names))], names, fontsize=8)
     for j, (m_tr, m_te) in enumerate(notes):
         x = pad + j * (ww + pad) + ww / 2
-        for r, m in ((2, m_tr), (6, m_te)):
-            if r == 6 and len(cols[j]) < 7:
+        for r, m in ((2, m_tr), (7, m_te)):
+            if r == 7 and len(cols[j]) < 9:
                 continue
             txt = f"MSE {m:.0e}" if np.isfinite(m) else "diverged"
             ax.text(x, pad + r * (hh + pad) + hh + pad * 0.45, txt, ha="center", va="center",

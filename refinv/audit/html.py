@@ -28,6 +28,12 @@ def _num(v, fmt: str = ".1f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _pval(p) -> str:
+    if p is None:
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
 def render_html(doc: dict, figures: dict[str, bytes]) -> str:
     """The report as one self-contained HTML page (``figures``: name -> PNG bytes)."""
     import jinja2
@@ -35,7 +41,7 @@ def render_html(doc: dict, figures: dict[str, bytes]) -> str:
     env = jinja2.Environment(
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
     )
-    env.filters.update(pct=_pct, ci_pct=_ci_pct, ci=_ci, num=_num)
+    env.filters.update(pct=_pct, ci_pct=_ci_pct, ci=_ci, num=_num, pval=_pval)
     text = resources.files(__package__).joinpath("templates", TEMPLATE).read_text("utf-8")
     uris = {k: "data:image/png;base64," + base64.b64encode(v).decode("ascii")
             for k, v in figures.items()}  # fmt: skip

@@ -452,6 +452,8 @@ def memorization_report(
     command: str = "evaluate",
     n_figure: int = 6,
     chunk: int | None = None,
+    files: dict | None = None,
+    argv: Sequence[str] | None = None,
 ) -> dict:
     """Sweep checkpoints x masks x methods on the training and held-out images.
 
@@ -480,12 +482,17 @@ def memorization_report(
         one stream). ``train``/``test`` may then also be
         :class:`~refinv.evaluation.chunked.NpzImages` (read chunk by chunk). None: one
         batch per split.
+    files : ``role -> path`` of the input files for the ``provenance`` block (default: the
+        models' own paths, ``model`` and ``checkpoint_1`` ..., where they have one).
+    argv : the command line for the ``provenance`` block (default ``sys.argv``).
 
     Returns
     -------
     dict
-        The JSON-ready report (schema in the module docstring).
+        The JSON-ready report (schema in the module docstring), with the same
+        ``schema``, ``schema_version`` and ``provenance`` block as ``refinv evaluate --json``.
     """
+    started = time.time()
     if not isinstance(models, (list, tuple)):
         models = [(getattr(models, "label", "model"), models)]
     methods = list(methods)
@@ -580,7 +587,23 @@ def memorization_report(
             figure_examples(out / name, **d)
         if len(doc["checkpoints"]) > 1:
             figure_rate_vs_loss(doc, out / "rate_vs_train_loss.png")
+    from ..provenance import provenance
+
+    if files is None:
+        files = {
+            ("model" if i == 0 else f"checkpoint_{i}"): _model_file(f)
+            for i, (_, f) in enumerate(models)
+        }
+    doc = {"schema": "refinv.report", **doc}
+    doc["provenance"] = provenance(files, argv=argv, started=started)
     return doc
+
+
+def _model_file(f: Any) -> str | None:
+    """The file a model was loaded from (an :class:`~refinv.onnx.OnnxModel` opened from a
+    path is labelled with it), or None (bytes, a proto, a plain callable)."""
+    label = getattr(f, "label", None)
+    return label if isinstance(label, str) and Path(label).is_file() else None
 
 
 def _checkpoint_entry_chunked(label: str, f: Any, splits: list, chunk: int) -> dict:

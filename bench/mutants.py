@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODULE_TESTS = {
     "evaluation/report.py": ["tests/test_report.py"],
+    "evaluation/runs.py": ["tests/test_report.py"],
     "evaluation/metrics.py": ["tests/test_report.py"],
     "evaluation/stability.py": ["tests/test_stability.py"],
     "solvers/recovery.py": ["tests/test_recovery.py"],
@@ -57,7 +58,10 @@ MODULE_TESTS = {
     "operators/activations.py": ["tests/test_activations.py"],
     "regularizers/tv.py": ["tests/test_tv.py"],
     "onnx/_chain_reader.py": ["tests/test_chain_reader.py"],
+    "onnx/_chain_rules.py": ["tests/test_chain_reader.py"],
+    "onnx/_chain_builder.py": ["tests/test_chain_reader.py"],
     "onnx/model.py": ["tests/test_onnx_model.py"],
+    "onnx/loading.py": ["tests/test_onnx_model.py"],
     "sweep/store.py": ["tests/test_sweep.py"],
 }
 
@@ -85,7 +89,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "report-accurate-1e-6",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         '"accurate_rate": float(np.mean(finite < ACCURATE_MSE))',
         '"accurate_rate": float(np.mean(finite < 1e-6))',
         "straddling",
@@ -93,7 +97,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "report-nan-recovered",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         "finite = np.where(np.isnan(m), np.inf, m)",
         "finite = np.where(np.isnan(m), 0.0, m)",
         "nan_mse or diverging",
@@ -109,7 +113,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "report-ae-calls",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         'out["max_iter"] = outer * int(solver.get("inner_iter") or DEFAULTS["inner_iter"])',
         'out["max_iter"] = outer',
         "cost_as_much",
@@ -117,35 +121,35 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "report-ae-inner-default",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         'out["max_iter"] = outer * int(solver.get("inner_iter") or DEFAULTS["inner_iter"])',
         'out["max_iter"] = outer * int(solver.get("inner_iter") or 1)',
         "cost_as_much",
     ),
     M(
         "report-approx-le",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         '"approximate_rate": float(np.mean(finite < APPROXIMATE_MSE))',
         '"approximate_rate": float(np.mean(finite <= APPROXIMATE_MSE))',
         "straddling",
     ),
     M(
         "report-accurate-le",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         '"accurate_rate": float(np.mean(finite < ACCURATE_MSE))',
         '"accurate_rate": float(np.mean(finite <= ACCURATE_MSE))',
         "straddling",
     ),
     M(
         "report-psnr-floor",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         "np.clip(p, 0.0, PSNR_CAP_DB)",
         "np.clip(p, -PSNR_CAP_DB, PSNR_CAP_DB)",
         "clamps",
     ),
     M(
         "report-inf-mse-kept",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         "m = np.where(np.isfinite(m), m, np.nan)",
         "m = m",
         "clamps",
@@ -159,7 +163,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "report-known-reinsert-noisy",
-        "evaluation/report.py",
+        "evaluation/runs.py",
         'opts.setdefault("reinsert", not noisy)',
         'opts.setdefault("reinsert", True)',
         "reinsert",
@@ -644,15 +648,15 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "chain-leaky-default",
-        "onnx/_chain_reader.py",
-        'slope = float(a.get("alpha", 0.01))',
-        'slope = float(a.get("alpha", 0.1))',
+        "onnx/_chain_rules.py",
+        'float(n.a.get("alpha", 0.01))',
+        'float(n.a.get("alpha", 0.1))',
         "leaky_relu_without",
         True,
     ),
     M(
         "chain-bn-convtranspose-as-conv",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_builder.py",
         'if o["kind"] == "conv_transpose":  # weight',
         'if o["kind"] == "conv_transposed":  # weight',
         "batchnorm_after_conv_transpose",
@@ -660,16 +664,16 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "chain-bn-bias",
-        "onnx/_chain_reader.py",
+        "onnx/_chain_rules.py",
         'o["bias"] = s * (bias - mean) + beta',
         'o["bias"] = s * bias - mean + beta',
         "random_mlp or matmul_add",
     ),
     M(
         "chain-gemm-alpha",
-        "onnx/_chain_reader.py",
-        'w = float(a.get("alpha", 1.0)) * w',
-        "w = 1.0 * w",
+        "onnx/_chain_rules.py",
+        'wt = float(a.get("alpha", 1.0)) * wt',
+        "wt = 1.0 * wt",
         "random_mlp",
     ),
     M(
@@ -686,10 +690,10 @@ MUTANTS: list[Mutant] = [
         'o["bias"] = add.copy()',
         "sub_bias or matmul_add or random_mlp",
     ),
-    # ---------------------------------------------------------------- onnx/model.py guards
+    # ---------------------------------------------------------------- onnx/loading.py guards
     M(
         "guard-dotdot-removed",
-        "onnx/model.py",
+        "onnx/loading.py",
         'if ".." in p.parts or ".." in location.replace("\\\\", "/").split("/"):',
         "if False:",
         "external",
@@ -697,21 +701,21 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "guard-resolve-removed",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if full != base and base not in full.parents:",
         "if False:",
         "external",
     ),
     M(
         "guard-absolute-removed",
-        "onnx/model.py",
+        "onnx/loading.py",
         "        p.is_absolute()\n        or location.startswith",
         "        False\n        and location.startswith",
         "external",
     ),
     M(
         "guard-opset-range",
-        "onnx/model.py",
+        "onnx/loading.py",
         "if not MIN_OPSET <= default <= MAX_OPSET:",
         "if not MIN_OPSET <= default:",
         "opset",

@@ -281,7 +281,7 @@ def _external_trick(rng: random.Random) -> Case:
 
 
 def _all_tensors(m):
-    from refinv.onnx.model import _scan
+    from refinv.onnx.loading import _scan
 
     return _scan(m, "m")[0]
 

@@ -192,3 +192,18 @@ def test_gallery_ranks_by_gain_over_the_control_not_by_darkness(tmp_path):
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert all(not t["estimable"] for s in written["membership"]["scores"]
                for t in s["tpr_at_fpr"])  # fmt: skip
+
+
+def test_library_and_cli_give_the_same_verdict_and_numbers(zoo, tmp_path):
+    from refinv.cli import main
+
+    rc = main(["audit", str(zoo / "approximate.onnx"), "--train", f"{zoo / 'data.npz'}:train",
+               "--test", f"{zoo / 'data.npz'}:test", "--masks", "random:0.3", "--methods",
+               "blind,known", "--max-iter", "60", "--bootstrap", "100", "--stability-n", "4",
+               "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    assert rc == 0
+    cli = json.loads((tmp_path / "report.json").read_text())
+    lib = json.loads(json.dumps(_audit(zoo, "approximate")))
+    assert cli["verdict"] == lib["verdict"]
+    for key in ("exposure", "membership", "intervals"):
+        assert cli[key] == lib[key], key

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from refinv import OnnxModel
 from refinv.errors import BackendError
-from refinv.onnx import model as model_mod
+from refinv.onnx import session as session_mod
 
 CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
 
@@ -51,8 +51,8 @@ def test_mixed_install_detected_with_the_exact_fix(monkeypatch):
         OnnxModel(_identity_model(), provider="cuda")
     msg = str(e.value)
     assert "both onnxruntime 1.22.0 (CPU) and onnxruntime-gpu 1.22.0" in msg
-    assert model_mod.GPU_INSTALL in msg
-    assert model_mod.GPU_INSTALL == (
+    assert session_mod.GPU_INSTALL in msg
+    assert session_mod.GPU_INSTALL == (
         "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
     )
     assert "refinv[gpu]" not in msg  # not the command that produced the broken install
@@ -62,7 +62,7 @@ def test_cpu_runtime_only(monkeypatch):
     _fake_install(monkeypatch, CPU_ONLY, {"onnxruntime": "1.22.0"})
     with pytest.raises(BackendError, match="needs onnxruntime-gpu instead of the CPU") as e:
         OnnxModel(_identity_model(), provider="cuda")
-    assert model_mod.GPU_INSTALL in str(e.value)
+    assert session_mod.GPU_INSTALL in str(e.value)
 
 
 def test_gpu_runtime_without_cuda_provider(monkeypatch):
@@ -95,5 +95,5 @@ def test_listed_cuda_provider_that_falls_back_is_refused(monkeypatch):
 
 def test_real_install_is_not_mixed():
     """This environment (CI's) has exactly one onnxruntime distribution."""
-    have = [d for d in ("onnxruntime", "onnxruntime-gpu") if model_mod._dist_version(d)]
+    have = [d for d in ("onnxruntime", "onnxruntime-gpu") if session_mod._dist_version(d)]
     assert len(have) == 1, have

@@ -4,7 +4,7 @@ Inverting a generator
 
 Given a generator ``G`` (a decoder: latent code -> image) and an image
 ``y = G(z*)``, find the code. refinv reads the weights of a dense ONNX
-generator as a :class:`~refinv.onnx.graph.LayerChain` and offers
+generator as a :class:`~refinv.onnx.chain.LayerChain` and offers
 
 * **PLUGIn** (Joshi et al., 2021, eq. 5): gradient descent with the Jacobian replaced
   by the static matrix ``A_1^T ... A_d^T``
@@ -54,7 +54,7 @@ def snr_db(estimate, reference):
 # ``G(x) = ReLU(A_3 ReLU(A_2 ReLU(A_1 x)))`` with ``A_i`` of shape
 # ``n_i x n_{i-1}`` and i.i.d. ``N(0, 1/n_i)`` entries, here
 # ``n = (20, 300, 300, 600)``, and latents on the unit sphere.
-# :func:`~refinv.onnx.graph.dense_chain` builds the chain from the matrices.
+# :func:`~refinv.onnx.chain.dense_chain` builds the chain from the matrices.
 # We record the error ``||x^k - x*||`` with the solvers' ``callback``; the
 # state passed to it holds the still-running samples and their data ``y``.
 

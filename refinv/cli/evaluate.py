@@ -102,10 +102,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--methods: expected names from {', '.join(METHODS)}, got {m!r}")
     masks = _split_list(args.masks, "--masks")
     if args.figures:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+        from ..evaluation.report import require_figure_dependencies
+
+        require_figure_dependencies("--figures")
     if args.chunk < 1:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     models = open_checkpoints(args)

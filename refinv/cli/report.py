@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
-
 __all__ = ["register", "run"]
 
 
@@ -34,10 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from ._output import write_json
 
     if args.figures:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+        from ..evaluation.report import require_figure_dependencies
+
+        require_figure_dependencies("--figures")
     doc = report_from_db(args.db)
     if args.json:
         write_json(args.json, doc, "report", args, {"database": args.db})

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import ConfigError, DivergenceWarning, NonFiniteError, ShapeError
 from ..io import check_images_header, is_file, new_file_mode, npy_header
 from ..operators.masks import MaskSpec, erase, pixel_shape
+from .runs import method_options, recovery_metrics, run_entry, run_method, warn_diverged
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -226,8 +227,6 @@ def evaluate_split_chunked(
     chunk (``mask``: the true masks, bool; ``metrics``: ``{"mse", "psnr"}``),
     e.g. to stream the estimates to disk.
     """
-    from .report import method_options, recovery_metrics, run_entry, run_method, warn_diverged
-
     if int(chunk) != chunk or chunk < 1:
         raise ConfigError(f"chunk: expected a positive integer, got {chunk}")
     source = _chunks(images, chunk)

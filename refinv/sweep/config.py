@@ -243,7 +243,7 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     Opens every model and loads every split once to check shapes; raises
     :class:`~refinv.errors.ConfigError` on the first problem.
     """
-    from ..evaluation.report import METHODS
+    from ..evaluation.runs import METHODS
 
     base = Path(base)
     _unknown(doc, _TOP_KEYS, "config")
@@ -334,7 +334,7 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             layout = _type(layout, (str,), f"models[{i}].layout")
         shape = m.get("image_shape")
         if shape is not None:
-            from ..onnx.model import parse_image_shape
+            from ..onnx.layout import parse_image_shape
 
             shape = parse_image_shape(shape, f"models[{i}].image_shape")
         models.append(

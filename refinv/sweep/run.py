@@ -173,11 +173,11 @@ def run_task(task: Task) -> dict:
     """Run one task; per-sample lists ``mse, psnr, iterations, converged, diverged, residual,
     erased_fraction, mask_error`` plus ``seconds`` and ``onnx_seconds``.
 
-    Uses the evaluation engine: :func:`~refinv.evaluation.report.degrade`,
-    :func:`~refinv.evaluation.report.run_method`,
-    :func:`~refinv.evaluation.report.recovery_metrics`.
+    Uses the evaluation engine: :func:`~refinv.evaluation.runs.degrade`,
+    :func:`~refinv.evaluation.runs.run_method`,
+    :func:`~refinv.evaluation.runs.recovery_metrics`.
     """
-    from ..evaluation.report import (
+    from ..evaluation.runs import (
         degrade,
         method_options,
         recovery_metrics,

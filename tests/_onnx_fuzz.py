@@ -405,7 +405,7 @@ def _bomb(rng: random.Random) -> Case:
 def _function_bomb(depth: int) -> onnx.ModelProto:
     """Model-local functions f_i(x) = f_{i-1}(f_{i-1}(x)), f_0 = Relu: 2 * depth + 1 nodes in
     the file, 2**depth once inlined (onnxruntime inlines them at session creation)."""
-    op = [helper.make_opsetid("", OPSET)]
+    op = [helper.make_opsetid("", OPSET), helper.make_opsetid("local", 1)]
     fns = [
         helper.make_function(
             "local", "f0", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], op

@@ -16,7 +16,6 @@ exit 2) before any model is loaded or any work is done:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -28,12 +27,11 @@ _OUTPUT_FILES = ("json", "out", "save")
 
 
 def max_threads() -> int:
-    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return 4 * max(cores, 1)
+    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use (the API's
+    bound, :func:`refinv.onnx.limits.max_threads`)."""
+    from ..onnx.limits import max_threads as bound
+
+    return bound()
 
 
 def _opt(name: str) -> str:

@@ -224,7 +224,7 @@ def _solver(solver: dict, base: Path) -> dict:
 def _threads(threads: Any) -> int | None:
     """``runtime.threads``: None or 0 (onnxruntime's default) up to 4 per CPU core (onnxruntime
     starts every thread it is asked for; 100000 of them hang the machine)."""
-    from ..cli._checks import max_threads
+    from ..onnx.limits import max_threads
 
     if threads in (0, None):
         return None

@@ -2,7 +2,9 @@
 
 Each case (tests/_onnx_fuzz.py: truncations, byte flips and splices, protobuf field
 mutations of small models including the shipped tied_digits8_lrelu_k128.onnx,
-external-data tricks, subgraphs, resource bombs, non-ONNX files) runs in a worker
+external-data tricks, subgraphs, resource bombs (function inlining, initializer counts,
+text bulk among them), NaN/Inf Clip bounds and conv kernels, forced layouts, non-ONNX
+files) runs in a worker
 process, in its own sandbox folder whose root (the worker's cwd) holds a secret file that
 inotify watches. A case that takes more than --hang seconds is a hang: the worker is
 killed and replaced; a worker that dies is a crash.

@@ -50,7 +50,9 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("how", sorted(DAMAGE))
-def test_report_refuses_and_sweep_recomputes_a_logically_damaged_store(clean, tmp_path, how, capsys):
+def test_report_refuses_and_sweep_recomputes_a_logically_damaged_store(
+    clean, tmp_path, how, capsys
+):
     cfg, src = clean
     db = tmp_path / "d.sqlite"
     _edit(src, db, *DAMAGE[how])
@@ -72,7 +74,9 @@ def test_damaged_checkpoint_rows_are_refused(clean, tmp_path):
     db = tmp_path / "c.sqlite"
     _edit(src, db, "UPDATE checkpoints SET train_loss = 'low'")
     for run in (lambda: report_from_db(db), lambda: run_sweep(cfg, db, progress=False)):
-        with pytest.raises(ConfigError, match="checkpoint rows of the wrong types.*train_loss text"):
+        with pytest.raises(
+            ConfigError, match="checkpoint rows of the wrong types.*train_loss text"
+        ):
             run()
 
 

@@ -329,8 +329,8 @@ def _shape(vi):
             for d in vi.type.tensor_type.shape.dim]  # fmt: skip
 
 
-def _bomb(rng: random.Random) -> Case:
-    how = rng.choice(["constant_of_shape", "expand", "tile", "sparse_dense", "many_nodes",
+def _bomb(rng: random.Random, how: str | None = None) -> Case:
+    how = how or rng.choice(["constant_of_shape", "expand", "tile", "sparse_dense", "many_nodes",
                       "range", "big_declared_input", "deep_if", "function_inlining",
                       "many_initializers", "string_bulk"])  # fmt: skip
     n = rng.choice([2**28, 2**31, 2**34, 2**40])
@@ -430,11 +430,11 @@ def _many_initializers(k: int) -> onnx.ModelProto:
     return _model([helper.make_node("Identity", ["x"], ["y"])], inits, ["N", 4], ["N", 4])
 
 
-def _numeric(rng: random.Random) -> Case:
+def _numeric(rng: random.Random, how: str | None = None) -> Case:
     """Weights and bounds that are NaN or Inf, where a layer chain could silently differ from
     onnxruntime: a Clip with a NaN bound, a convolution kernel holding one NaN or Inf next to
     zero padding (the chain must equal the model or be refused)."""
-    how = rng.choice(["nan_clip", "nan_conv", "inf_conv", "nan_deconv"])
+    how = how or rng.choice(["nan_clip", "nan_conv", "inf_conv", "nan_deconv"])
     bad = float("nan") if how.startswith("nan") else rng.choice([float("inf"), -float("inf")])
     if how == "nan_clip":
         lo, hi = rng.choice([(bad, 1.0), (0.0, bad), (bad, bad)])
@@ -497,6 +497,22 @@ def _not_onnx(rng: random.Random) -> Case:
         data = b"".join(struct.pack("BB", rng.randrange(8, 120), rng.randrange(256))
                         for _ in range(rng.randrange(1, 300)))  # fmt: skip
     return Case(f"not_onnx:{how}", {"model/m.onnx": data})
+
+
+#: the kinds added in the second round (issue 33), each drawable on its own (make_kind)
+ROUND2_KINDS = ("bomb:function_inlining", "bomb:many_initializers", "bomb:string_bulk",
+                "numeric:nan_clip", "numeric:nan_conv", "numeric:inf_conv",
+                "numeric:nan_deconv", "layout")  # fmt: skip
+
+
+def make_kind(kind: str, rng: random.Random) -> Case:
+    """One case of ``kind`` (an entry of :data:`ROUND2_KINDS`), drawn from ``rng``."""
+    family, _, how = kind.partition(":")
+    if family == "bomb":
+        return _bomb(rng, how)
+    if family == "numeric":
+        return _numeric(rng, how)
+    return _forced_layout(rng)
 
 
 def make_case(rng: random.Random) -> Case:

@@ -20,6 +20,7 @@ import re
 import select
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +139,10 @@ def _trial(model_bytes: bytes, so: Any, *, label: str, time_limit: float, memory
     import onnxruntime as ort
 
     r, w = os.pipe()
-    with _SESSION_LOCK:  # no thread of ours is inside onnxruntime's session creation now
+    with _SESSION_LOCK, warnings.catch_warnings():  # no thread of ours is creating a session
+        # Python >= 3.12 warns on fork() in a threaded process: the child only creates the
+        # session (no lock of ours taken) and exits with os._exit
+        warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: create, report, exit (no Python cleanup, no atexit)
         try:
@@ -174,7 +178,10 @@ def _trial(model_bytes: bytes, so: Any, *, label: str, time_limit: float, memory
         raise
     finally:
         os.close(r)
-        _, status = os.waitpid(pid, 0)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD ignored by the application: reaped already
+            status = 0
     msg = b"".join(chunks).decode(errors="replace")
     if msg == "ok":
         _TRIED.add(key)
@@ -206,8 +213,11 @@ def _cap_address_space(memory_limit: float, model_bytes: int, threads: int) -> N
         return
     import resource
 
-    with open("/proc/self/status") as fh:
-        vm = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmSize:"))
+    try:
+        with open("/proc/self/status") as fh:
+            vm = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):  # no /proc: the time limit alone bounds it
+        return
     cores = os.cpu_count() or 1
     room = vm + int(memory_limit) + 2 * model_bytes + 2**30 + 80 * 2**20 * max(threads, cores)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)

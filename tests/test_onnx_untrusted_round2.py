@@ -181,6 +181,9 @@ def test_a_completed_creation_is_not_tried_again(tmp_path, monkeypatch):
         ({"provider": None}, "provider: expected 'cpu' or 'cuda', got None"),
         ({"provider": 3}, "provider"),
         ({"device_id": "0"}, "device_id"),
+        ({"allow_control_flow": "no"}, "allow_control_flow: expected True or False"),
+        ({"time_limit": "soon"}, "time_limit"),
+        ({"memory_limit": [1]}, "memory_limit"),
     ],
 )
 def test_wrong_options_are_config_errors_before_any_work(kw, match):

@@ -65,11 +65,15 @@ __all__ = ["OnnxModel"]
 log = logging.getLogger("refinv.onnx")
 
 
-def _check_options(provider: Any, batch_size: Any, intra_op_threads: Any, device_id: Any) -> None:
+def _check_options(
+    provider: Any, batch_size: Any, intra_op_threads: Any, device_id: Any, allow_cf: Any
+) -> None:
     """The options of :class:`OnnxModel` that are not limits, checked for type and range before
     anything is read (a wrong type is a :class:`~refinv.errors.ConfigError`, not a traceback)."""
     if not isinstance(provider, str):
         raise ConfigError(f"provider: expected 'cpu' or 'cuda', got {provider!r}")
+    if not isinstance(allow_cf, bool):  # "no" would be true
+        raise ConfigError(f"allow_control_flow: expected True or False, got {allow_cf!r}")
     for name, v, lo in (("batch_size", batch_size, 1), ("device_id", device_id, 0)):
         if v is None and name == "batch_size":
             continue
@@ -203,7 +207,7 @@ class OnnxModel:
         self.memory_limit = resolve_limit(
             memory_limit, "REFINV_ORT_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "memory_limit"
         )
-        _check_options(provider, batch_size, intra_op_threads, device_id)
+        _check_options(provider, batch_size, intra_op_threads, device_id, allow_control_flow)
         self.proto, self.label, self.base_dir = load_onnx(
             source, max_bytes=max_bytes, allow_control_flow=allow_control_flow
         )

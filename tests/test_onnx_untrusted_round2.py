@@ -353,8 +353,9 @@ def _identity(shape):
 )
 def test_a_forced_layout_contradicting_the_graph_is_an_error(declared, forced, tmp_path, capsys):
     p = _save(_identity(declared), tmp_path)
-    with pytest.raises(ConfigError, match=f"layout='{forced}' contradicts the graph"):
-        OnnxModel(p, layout=forced)
+    for load in (OnnxModel, read_chain):
+        with pytest.raises(ConfigError, match=f"layout='{forced}' contradicts the graph"):
+            load(p, layout=forced)
     np.savez(tmp_path / "d.npz", train=np.random.default_rng(0).random((2, 1, 25, 25)))
     rc = main(["recover", str(p), f"{tmp_path / 'd.npz'}:train", "--layout", forced, "--quiet"])
     err = capsys.readouterr().err

@@ -42,7 +42,7 @@ from ._bounds import check_tensor_sizes
 from ._chain_builder import ChainBuilder
 from ._chain_rules import RULES, Node, Walk, attrs, fuse_plu, unsupported
 from .chain import Activation, LayerChain
-from .layout import detect_layout
+from .layout import detect_layout, resolve_layout
 from .limits import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, resolve_limit
 from .loading import prod
 from .session import open_session, run_session, session_options
@@ -174,6 +174,10 @@ def _start(model: onnx.ModelProto, label: str, layout: str | None) -> tuple[Walk
             f"{len(g.output)} outputs"
         )
     in_vi = inputs[0]
+    dims = in_vi.type.tensor_type.shape.dim[1:]
+    if layout in ("NHWC", "NCHW") and all(d.HasField("dim_value") for d in dims):
+        # a given layout the graph contradicts is an error, as for OnnxModel(layout=...)
+        resolve_layout(layout, g, in_vi.name, tuple(d.dim_value for d in dims), label)
     nhwc = (layout if layout is not None else _graph_layout(g, in_vi, label)) == "NHWC"
     elem = in_vi.type.tensor_type.elem_type
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}

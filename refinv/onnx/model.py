@@ -128,12 +128,14 @@ class OnnxModel:
         session (on Linux, first done in a child process killed past the limit).
         Default: ``REFINV_ORT_TIME_LIMIT`` or 600; 0: no limit.
     memory_limit : float, optional
-        Ceiling of the session's CPU memory arena in bytes (weights and
-        activations; an allocation beyond it fails at once with
-        :class:`~refinv.errors.ResourceLimitError`); with ``provider="cuda"``
-        also the CUDA arena's ``gpu_mem_limit``. Default:
-        ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's own arena, no
-        ceiling.
+        Ceiling of the session's CPU memory arena in bytes (an allocation through
+        the arena beyond it fails at once with
+        :class:`~refinv.errors.ResourceLimitError`; measured, the weights and many
+        activations are allocated outside it: the documentation's "Security model"
+        page); with ``provider="cuda"`` also the CUDA arena's ``gpu_mem_limit``.
+        Before the probe runs, a tensor whose size the graph fixes is refused above a
+        quarter of it. Default: ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's
+        own arena, no ceiling.
     layout : {"NCHW", "NHWC", "flat"}, optional
         The layout of the model's input. Default ``None``: detected from the
         graph where unambiguous (:func:`detect_layout`: a leading ``Transpose``

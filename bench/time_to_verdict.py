@@ -5,7 +5,7 @@ The command timed (the shipped faces25 perfect-fit MLP, its 100 training and
 
     refinv evaluate models/onnx/faces25_lrelu_6x256.onnx \\
         --train models/data/faces25.npz:train --test models/data/faces25.npz:test \\
-        --masks random:0.5,center:9,rows:2 --methods blind,known,ae-iterations \\
+        --mask random:0.5,center:9,rows:2 --method blind,known,ae-iterations \\
         --figures DIR --json DIR/report.json --quiet [--threads N]
 
 Each repeat is a fresh ``python`` process (so the import is paid, as a user
@@ -115,14 +115,14 @@ def command(cmd: str, out: Path, extra: str) -> list[str]:
         return [
             "audit", str(MODEL),
             "--train", f"{DATA}:train", "--test", f"{DATA}:test",
-            "--masks", MASKS, "--methods", METHODS,
+            "--mask", MASKS, "--method", METHODS,
             "--out", str(out / "audit"), "--quiet",
             *shlex.split(extra),
         ]  # fmt: skip
     return [
         "evaluate", str(MODEL),
         "--train", f"{DATA}:train", "--test", f"{DATA}:test",
-        "--masks", MASKS, "--methods", METHODS,
+        "--mask", MASKS, "--method", METHODS,
         "--figures", str(out / "fig"), "--json", str(out / "report.json"), "--quiet",
         *shlex.split(extra),
     ]  # fmt: skip

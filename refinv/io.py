@@ -25,13 +25,15 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = [
+    "demo_files",
+    "DemoFiles",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -40,6 +42,7 @@ __all__ = [
     "load_images",
     "load_images_for",
     "is_file",
+    "channels_last",
     "parse_data_spec",
     "check_writable",
     "new_file_mode",
@@ -426,6 +429,7 @@ def load_images(
     sample_shape: tuple[int, ...] | None = None,
     dtype: Any = np.float32,
     rows_ok: bool = False,
+    layout: str | None = None,
 ) -> np.ndarray:
     """Images ``(N, *sample_shape)`` from ``DATA.npz[:key]``, validated.
 
@@ -438,7 +442,10 @@ def load_images(
     channels-last ``(N, H, W, C)`` for a ``(C, H, W)`` model, or flat rows
     of colour images) is refused: a reshape would scramble the images.
     ``rows_ok=True`` (a flat model given an image shape: its rows are its own order) also
-    accepts rows ``(N, prod(sample_shape))``, reshaped row-major.
+    accepts rows ``(N, prod(sample_shape))``, reshaped row-major. Channels-last images
+    ``(N, H, W, C)`` of a ``(C, H, W)`` model are TRANSPOSED (never reshaped) when
+    ``layout="NHWC"``, or without it where the shapes leave no doubt
+    (:func:`channels_last`); ``layout="NCHW"`` refuses them.
     """
     if key is None:
         path, key = parse_data_spec(str(spec))
@@ -451,6 +458,9 @@ def load_images(
     if key not in headers:
         raise ConfigError(f"{path}: no array {key!r}; it has {sorted(headers)}")
     shape, file_dtype = headers[key]
+    nhwc = channels_last(f"{path}:{key}", shape, sample_shape, layout)
+    if nhwc:
+        shape = (shape[0], shape[3], shape[1], shape[2])
     check_images_header(f"{path}:{key}", shape, file_dtype, sample_shape, rows_ok=rows_ok)
     made = math.prod(shape) * np.dtype(dtype).itemsize
     if made > cap:  # what the images become (float16 -> float32 doubles), not only the bytes
@@ -460,6 +470,8 @@ def load_images(
             f"{NPZ_MAX_BYTES_ENV}=BYTES to allow more"
         )
     a = _read_npz(path, [key])[key]
+    if nhwc:
+        a = np.transpose(a, (0, 3, 1, 2))
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
         a = a.reshape((a.shape[0], *sample_shape))
     a = np.ascontiguousarray(a, dtype=dtype)
@@ -468,6 +480,37 @@ def load_images(
             f"{path}:{key}: expected finite values (as {np.dtype(dtype)}), got NaN/Inf"
         )
     return a
+
+
+def channels_last(
+    label: str, shape: tuple[int, ...], sample_shape: tuple[int, ...] | None, layout: str | None
+) -> bool:
+    """Whether a data file's images ``shape`` (batch first) are the channels-last
+    ``(N, H, W, C)`` form of a model's ``(C, H, W)`` samples, to be transposed on reading.
+
+    ``layout`` ``"NHWC"`` says so (the shape must then be ``(N, H, W, C)``); ``"NCHW"`` says
+    not; ``None`` decides from the shapes where that is unambiguous: ``(N, H, W, C)`` with
+    ``C > 1`` that is not also ``(N, C, H, W)``. One channel needs no transpose (the same
+    values in the same order)."""
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ConfigError(f"data layout: expected NCHW or NHWC, got {layout!r}")
+    if sample_shape is None or len(sample_shape) != 3 or layout == "NCHW":
+        if layout == "NHWC" and (sample_shape is None or len(sample_shape) != 3):
+            raise ConfigError(
+                f"{label}: --data-layout NHWC needs a model with (C, H, W) images, got samples "
+                f"{sample_shape}"
+            )
+        return False
+    c, h, w = (int(d) for d in sample_shape)
+    nhwc = tuple(int(d) for d in shape[1:]) == (h, w, c)
+    if layout == "NHWC":
+        if not nhwc:
+            raise ShapeError(
+                f"{label}: --data-layout NHWC: expected images (N, {h}, {w}, {c}) for the "
+                f"model's ({c}, {h}, {w}), got {tuple(shape)}"
+            )
+        return c > 1
+    return nhwc and c > 1 and tuple(int(d) for d in shape[1:]) != (c, h, w)
 
 
 def check_images_header(
@@ -497,8 +540,8 @@ def check_images_header(
     if len(shape) >= 2 and math.prod(shape[1:]) == math.prod(sample_shape):
         hint = ""
         if len(sample_shape) == 3 and shape[1:] == (*sample_shape[1:], sample_shape[0]):
-            hint = (" (channels-last; transpose it to channels-first, e.g. "
-                    "np.transpose(a, (0, 3, 1, 2)))")  # fmt: skip
+            hint = (" (channels-last: --data-layout NHWC, or layout='NHWC' in Python, reads "
+                    "it transposed)")  # fmt: skip
         raise ShapeError(
             f"{label}: expected images of shape {want} to match the model, got "
             f"{shape}{hint}: the same number of values per image in another layout, "
@@ -520,14 +563,43 @@ def _same_layout(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return (len(sg) == 1 and len(sw) <= 2) or (len(sw) == 1 and len(sg) <= 2)
 
 
-def load_images_for(f: Any, spec: str | os.PathLike, key: str | None = None) -> np.ndarray:
+def load_images_for(
+    f: Any, spec: str | os.PathLike, key: str | None = None, layout: str | None = None
+) -> np.ndarray:
     """:func:`load_images` for the model ``f``: its sample shape, and float64 if the model
-    computes in float64, else float32."""
+    computes in float64, else float32; ``layout``: the data file's (``"NCHW"``, ``"NHWC"``,
+    ``None``: decided where unambiguous)."""
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype,
+                       rows_ok=flat_rows_ok(f), layout=layout)  # fmt: skip
 
 
 def flat_rows_ok(f: Any) -> bool:
     """Whether data rows ``(N, D)`` are the model's own order: a flat model ``(batch, D)``
     given an image shape (refinv flattens its ``(C, H, W)`` arrays row-major for it)."""
     return getattr(f, "layout", None) == "flat" and getattr(f, "image_shape", None) is not None
+
+
+# ------------------------------------------------------------------ the demo files
+class DemoFiles(NamedTuple):
+    """Paths of the packaged demo files."""
+
+    model: Path  #: the faces MLP autoencoder (ONNX), a perfect fit of its training images
+    data: Path  #: its data set (.npz): ``train`` (100 images 1x25x25) and ``test`` (100)
+
+
+def demo_files() -> DemoFiles:
+    """The shipped faces autoencoder and its data set, packaged in refinv itself
+    (``refinv/_data``), so they exist in a wheel as in a checkout: ``model`` is
+    ``faces25_lrelu_6x256.onnx`` (a 6-layer LeakyReLU MLP trained to train MSE ~1e-13 on
+    100 face crops), ``data`` is ``faces25.npz`` with ``train`` and ``test`` arrays
+    ``(100, 1, 25, 25)`` in [0, 1]. The rest of the model zoo lives in the repository's
+    ``models/`` folder (not in the wheel).
+
+    >>> import refinv
+    >>> model, data = refinv.demo_files()
+    >>> model.name, data.name
+    ('faces25_lrelu_6x256.onnx', 'faces25.npz')
+    """
+    root = Path(__file__).resolve().parent / "_data"
+    return DemoFiles(root / "onnx" / "faces25_lrelu_6x256.onnx", root / "data" / "faces25.npz")

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _sweeps import done_tasks as _done
+from _sweeps import run_sweep_checked
 
 from refinv.errors import ConfigError, RefinvError
-from refinv.sweep import Store, load_config, make_tasks, run_sweep, run_task
+from refinv.sweep import Store, load_config, make_tasks, run_task
 from refinv.sweep import run as sweep_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_file_mask_key_survives_the_config(tmp_path):
 
 def test_send_files_needs_a_scheduler(tmp_path):
     with pytest.raises(ConfigError, match="--send-files"):
-        run_sweep(_config(tmp_path), tmp_path / "x.sqlite", send_files=True, progress=False)
+        run_sweep_checked(_config(tmp_path), tmp_path / "x.sqlite", send_files=True, progress=False)
 
 
 # ------------------------------------------------------------------ on a LocalCluster
@@ -181,10 +182,10 @@ def test_dask_sweep_killed_resumes_to_the_uninterrupted_store(tmp_path):
     con.close()
     assert 2 <= n_done < total
 
-    s = run_sweep(cfg, db, workers=2, scheduler="local", progress=False)
+    s = run_sweep_checked(cfg, db, workers=2, scheduler="local", progress=False)
     assert (s.skipped, s.done, s.failed) == (n_done, total - n_done, 0)
     clean = tmp_path / "clean.sqlite"
-    run_sweep(cfg, clean, progress=False)  # uninterrupted, in-process
+    run_sweep_checked(cfg, clean, progress=False)  # uninterrupted, in-process
     assert _rows(db) == _rows(clean) and len(_rows(db)) == 2 * 2 * 18
 
 
@@ -194,8 +195,10 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch):
     pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
     cfg = _config(tmp_path, masks=(_file_mask(tmp_path),), n=6, shard=3, methods=("blind",))
     ref, shipped = tmp_path / "ref.sqlite", tmp_path / "shipped.sqlite"
-    run_sweep(cfg, ref, progress=False)
-    s = run_sweep(cfg, shipped, workers=1, scheduler="local", send_files=True, progress=False)
+    run_sweep_checked(cfg, ref, progress=False)
+    s = run_sweep_checked(
+        cfg, shipped, workers=1, scheduler="local", send_files=True, progress=False
+    )
     assert (s.done, s.failed) == (4, 0)
     assert _rows(shipped) == _rows(ref)
 
@@ -205,7 +208,7 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch):
     )
     db = tmp_path / "refused.sqlite"
     with pytest.raises(ConfigError, match=r"--send-files.*other content"):
-        run_sweep(cfg, db, workers=1, scheduler="local", progress=False)
+        run_sweep_checked(cfg, db, workers=1, scheduler="local", progress=False)
     with Store(db, readonly=True) as st:
         assert st.task_counts() == {}
 
@@ -214,5 +217,5 @@ def test_unreachable_scheduler_is_a_config_error(tmp_path, monkeypatch):
     pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
     monkeypatch.setattr(sweep_run, "_CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ConfigError, match="tcp://127.0.0.1:9: expected the address"):
-        run_sweep(_config(tmp_path), tmp_path / "x.sqlite", scheduler="tcp://127.0.0.1:9",
+        run_sweep_checked(_config(tmp_path), tmp_path / "x.sqlite", scheduler="tcp://127.0.0.1:9",
                   progress=False)  # fmt: skip

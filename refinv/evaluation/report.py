@@ -533,7 +533,7 @@ def format_table(doc: dict) -> str:
             it = float(np.mean(r["iterations"])) if r["iterations"] else 0.0
             parts.append(
                 f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f} {it:7.1f}"
+                f"{_psnr_cell(r):>7} {it:7.1f}"
             )
         lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
     th = doc["thresholds"]
@@ -563,9 +563,16 @@ def format_loss_table(doc: dict) -> str:
             lines.append(
                 f"{mask:<{wm}}  {method:<14} {r['checkpoint']:<{wc}} {loss:>10} "
                 f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f}"
+                f"{_psnr_cell(r):>7}"
             )
     return "\n".join(lines)
+
+
+def _psnr_cell(r: dict) -> str:
+    """The table's mean PSNR of a run; ``n/a`` when every sample diverged (no estimate)."""
+    if r["n"] and r.get("n_diverged", 0) >= r["n"]:
+        return "n/a"
+    return f"{r['mean_psnr']:.1f}"
 
 
 # ------------------------------------------------------------------ figures

@@ -55,6 +55,7 @@ from .loading import FLOAT_TYPES, ModelSource, load_onnx, onnx, prod
 from .session import (
     OrtStats,
     execution_providers,
+    open_cuda_session,
     open_session,
     run_session,
     session_options,
@@ -291,7 +292,8 @@ class OnnxModel:
         providers = execution_providers(provider, device_id, self.memory_limit)
         self.provider = provider
         self.device_id = device_id
-        self.session = open_session(
+        opener = open_cuda_session if provider == "cuda" else open_session
+        self.session = opener(
             self._bytes,
             session_options(intra_op_threads),
             providers,
@@ -299,12 +301,6 @@ class OnnxModel:
             memory_limit=self.memory_limit,
             time_limit=self.time_limit,
         )
-        if provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise BackendError(
-                f"{self.label}: provider='cuda': onnxruntime-gpu could not start its CUDA "
-                "provider (no usable GPU, or the CUDA 12 / cuDNN 9 libraries it needs are "
-                f"not found) and fell back to {self.session.get_providers()}"
-            )
 
     # ---------------------------------------------------------------- layout
     def _set_layout(self, layout: str | None, input_name: str) -> None:

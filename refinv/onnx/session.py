@@ -24,6 +24,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..backend import (
+    GPU_DEFAULT,
+    NativeStderr,
+    cuda_libraries_text,
+    gpu_route_for,
+    installed_onnxruntime_gpu_cuda_major,
+)
 from ..errors import BackendError, ConfigError, OnnxModelError, ResourceLimitError
 from .limits import check_threads
 
@@ -33,6 +40,7 @@ __all__ = [
     "session_options",
     "execution_providers",
     "cuda_provider_missing",
+    "open_cuda_session",
     "OrtStats",
     "GPU_INSTALL",
 ]
@@ -354,8 +362,16 @@ class OrtStats:
         self.seconds = 0.0
 
 
-# The one command that swaps the CPU runtime for the GPU one (docs/gpu.md).
-GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
+# The one command that swaps the CPU runtime for the GPU one, for the CUDA major of the gpu extra
+# (docs/gpu.md, refinv.backend.GPU_ROUTES); cuda_provider_missing gives the one of the installed
+# onnxruntime-gpu's CUDA major.
+GPU_INSTALL = GPU_DEFAULT.install
+
+
+def _gpu_fix() -> str:
+    """The install command for the CUDA major of the installed onnxruntime-gpu (the gpu
+    extra's when none is installed or its major is unknown)."""
+    return gpu_route_for(installed_onnxruntime_gpu_cuda_major()).install
 
 
 def _dist_version(name: str) -> str | None:
@@ -375,21 +391,65 @@ def cuda_provider_missing(available: list[str]) -> str:
     installed last owns the shared files, and typically only the CPU providers load.
     """
     cpu, gpu = _dist_version("onnxruntime"), _dist_version("onnxruntime-gpu")
+    fix = _gpu_fix()
     if cpu and gpu:
         return (
             f"provider='cuda': both onnxruntime {cpu} (CPU) and onnxruntime-gpu {gpu} are "
             "installed; they share one 'onnxruntime' package folder and the CPU build's files "
-            f"are the ones loaded (providers {available}). Fix: {GPU_INSTALL}"
+            f"are the ones loaded (providers {available}). Fix: {fix}"
         )
     if gpu:
         return (
             f"provider='cuda': onnxruntime-gpu {gpu} is installed but reports no "
-            f"CUDAExecutionProvider (providers {available}); reinstall it: {GPU_INSTALL}"
+            f"CUDAExecutionProvider (providers {available}); reinstall it: {fix}"
         )
     return (
         "provider='cuda' needs onnxruntime-gpu instead of the CPU onnxruntime"
-        f"{f' {cpu}' if cpu else ''} (providers {available}). Fix: {GPU_INSTALL}"
+        f"{f' {cpu}' if cpu else ''} (providers {available}). Fix: {fix}"
     )
+
+
+def open_cuda_session(
+    model_bytes: bytes, so: Any, providers: list[Any], *, label: str, memory_limit: float
+) -> Any:
+    """:func:`open_session` on the CUDA provider.
+
+    First ``onnxruntime.preload_dlls()`` (onnxruntime >= 1.21): it loads the CUDA and cuDNN
+    libraries of the ``nvidia-*`` pip packages that ``onnxruntime-gpu[cuda,cudnn]`` installs.
+    onnxruntime's own log lines (in colour, straight to the terminal from C++) are kept off
+    stderr (:class:`refinv.backend.NativeStderr`) and passed to the ``refinv.onnx`` logger
+    (``-v``). When the CUDA provider did not start, :class:`~refinv.errors.BackendError`
+    names the CUDA major the installed onnxruntime-gpu needs, what onnxruntime said, and the
+    fix: onnxruntime would otherwise run on the CPU silently.
+    """
+    ort = _ort()
+    with NativeStderr() as native:
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            try:
+                preload()
+            except Exception as exc:  # a missing package: onnxruntime says more below
+                log.debug("onnxruntime.preload_dlls(): %s", exc)
+        session = open_session(model_bytes, so, providers, label=label, memory_limit=memory_limit)
+    lines = [ln for ln in native.text.splitlines() if ln.strip()]
+    for ln in lines:
+        log.info("onnxruntime: %s", ln)
+    if "CUDAExecutionProvider" not in session.get_providers():
+        major = installed_onnxruntime_gpu_cuda_major()
+        said = "; onnxruntime said: " + " / ".join(_short(ln) for ln in lines[-2:]) if lines else ""
+        raise BackendError(
+            f"{label}: provider='cuda': onnxruntime-gpu could not start its CUDA provider (no "
+            f"usable GPU, or the {cuda_libraries_text(major)} it needs are not found) and fell "
+            f"back to {session.get_providers()}{said}. Fix: {gpu_route_for(major).install} "
+            "(its cuda and cudnn extras install those libraries; a driver without CUDA "
+            f"{major or 13} support needs the other route of docs/gpu.md)"
+        )
+    return session
+
+
+def _short(line: str) -> str:
+    """An onnxruntime log line without its time stamp and source location."""
+    return re.sub(r"^.*?\] ", "", line).strip()
 
 
 def session_options(intra_op_threads: int | None) -> Any:

@@ -410,7 +410,13 @@ def cuda_provider_missing(available: list[str]) -> str:
 
 
 def open_cuda_session(
-    model_bytes: bytes, so: Any, providers: list[Any], *, label: str, memory_limit: float
+    model_bytes: bytes,
+    so: Any,
+    providers: list[Any],
+    *,
+    label: str,
+    memory_limit: float,
+    time_limit: float = 0.0,
 ) -> Any:
     """:func:`open_session` on the CUDA provider.
 
@@ -430,7 +436,10 @@ def open_cuda_session(
                 preload()
             except Exception as exc:  # a missing package: onnxruntime says more below
                 log.debug("onnxruntime.preload_dlls(): %s", exc)
-        session = open_session(model_bytes, so, providers, label=label, memory_limit=memory_limit)
+        session = open_session(
+            model_bytes, so, providers, label=label, memory_limit=memory_limit,
+            time_limit=time_limit,
+        )  # fmt: skip
     lines = [ln for ln in native.text.splitlines() if ln.strip()]
     for ln in lines:
         log.info("onnxruntime: %s", ln)

@@ -422,7 +422,7 @@ def audit(
     stage["control"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     # -------- local stability at each image (main model, primary mask)
-    from ..evaluation.stability import pnp_admm_stability
+    from ..evaluation.stability import pnp_admm_stability, radius_rtol, tie_radii
 
     radius: dict[str, np.ndarray] = {}
     for split, x in splits:
@@ -466,10 +466,16 @@ def audit(
     }
 
     # -------- membership inference
+    # radii that agree within their accuracy are ties (both splits together): rounding-level
+    # differences must not rank training images against held-out ones
+    tie_rtol = radius_rtol(stability_method, tol=stability_tol, eps=1e-3,
+                           dtype=getattr(f0, "dtype", x_train.dtype))  # fmt: skip
+    both = tie_radii(np.concatenate([radius["train"], radius["test"]]), tie_rtol)
+    tied = {"train": both[: len(radius["train"])], "test": both[len(radius["train"]) :]}
     scores = {
         "recovery": {s: cols[s][(primary_mask, primary_method)][1] for s, _ in splits},
         "reconstruction": {s: -recon[label0][s] for s, _ in splits},
-        "stability": {s: -radius[s] for s, _ in splits},
+        "stability": {s: -tied[s] for s, _ in splits},
     }
     descriptions = {
         "recovery": f"refinv's: PSNR of the {primary_method} recovery from the degraded image "
@@ -478,7 +484,8 @@ def audit(
         "higher = member",
         "stability": "local stability: -(spectral radius of the linearized known-mask "
         f"PnP-ADMM at the image, {primary_mask}, rho {rho:g}); higher = member; first "
-        f"{n_stab} images of each split",
+        f"{n_stab} images of each split; radii within {tie_rtol:.1g} (relative, their "
+        "accuracy) are ties",
     }
     membership_scores = [
         {"name": name, "description": descriptions[name],
@@ -535,6 +542,7 @@ def audit(
                 "method": stability_method,
                 "tol": stability_tol,
                 "eps": 1e-3,
+                "tie_rtol": tie_rtol,
             },  # fmt: skip
             "bootstrap": {
                 "n": int(n_bootstrap),

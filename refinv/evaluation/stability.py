@@ -83,7 +83,9 @@ __all__ = [
     "pnp_admm_iteration_matrix",
     "pnp_admm_radius",
     "pnp_admm_stability",
+    "radius_rtol",
     "resolve_method",
+    "tie_radii",
 ]
 
 
@@ -350,3 +352,41 @@ def pnp_admm_radius(J: np.ndarray, h: np.ndarray, rho: float) -> float:
     N = (2.0 * d - 1.0)[:, None] * np.asarray(J, dtype=np.float64)
     N[np.diag_indices(n)] += 1.0 - d
     return float(np.abs(np.linalg.eigvals(N)).max())
+
+
+def radius_rtol(
+    method: str, *, tol: float = 1e-6, eps: float = 1e-3, dtype: Any = np.float32
+) -> float:
+    """Relative accuracy of the radii :func:`pnp_admm_stability` returns: radii closer than this
+    are indistinguishable (:func:`tie_radii`).
+
+    The eigensolver's tolerance (ARPACK's ``tol`` for ``"arnoldi"``; for ``"dense"``,
+    ``sqrt(machine epsilon)`` ~ 1.5e-8, the accuracy of a nearly defective eigenvalue of a
+    non-symmetric matrix), and no less than the rounding of the finite differences,
+    ``finfo(dtype).eps / eps`` (1.2e-4 for a float32 model at ``eps = 1e-3``)."""
+    method = "arnoldi" if method == "arnoldi" else "dense"
+    solver = float(tol) if method == "arnoldi" else float(np.sqrt(np.finfo(np.float64).eps))
+    return max(solver, float(np.finfo(np.dtype(dtype)).eps) / float(eps))
+
+
+def tie_radii(radii: Any, rtol: float) -> np.ndarray:
+    """``radii`` (float64) with the values that agree within ``rtol`` made equal.
+
+    Sorted, the values are grouped from the smallest: a value within ``rtol`` (relative) of
+    its group's first value joins the group, and every value of a group becomes that first
+    value. A non-decreasing map that moves no value by more than ``rtol`` of it, so a ranking
+    (an ROC, its AUC) keeps every difference larger than the radii's accuracy
+    (:func:`radius_rtol`) and sees the rest as ties. NaNs are kept."""
+    r = np.array(radii, dtype=np.float64)
+    if not rtol >= 0:
+        raise ConfigError(f"rtol: expected >= 0, got {rtol}")
+    flat = r.reshape(-1)
+    idx = np.flatnonzero(~np.isnan(flat))
+    order = idx[np.argsort(flat[idx], kind="stable")]
+    start = None
+    for i in order:
+        v = flat[i]
+        if start is None or abs(v - start) > rtol * max(abs(start), abs(v)):
+            start = v
+        flat[i] = start
+    return r

@@ -607,24 +607,57 @@ def _describe_bad(bad: list[tuple], orphans: int) -> str:
 
 
 def _readable_rows(con: sqlite3.Connection, table: str, cols: list[str]) -> list[tuple]:
-    """The rows of ``table`` SQLite can read, by rowid ranges (bisected around damage)."""
+    """The rows of ``table`` SQLite can read, by rowid ranges (bisected around damage), in
+    rowid order."""
     sel = f"SELECT {', '.join(cols)} FROM {table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid"
     try:
         top = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
     except sqlite3.DatabaseError:
-        top = 1 << 40
+        return _rows_without_top(con, sel, table)
+    return _bisect(con, sel, 1, int(top))[0] if top else []
+
+
+def _bisect(con: sqlite3.Connection, sel: str, lo: int, hi: int) -> tuple[list[tuple], bool]:
+    """The readable rows of the rowid range ``[lo, hi]`` and whether any statement failed."""
     out: list[tuple] = []
-    stack = [(1, int(top))] if top else []
+    failed = False
+    stack = [(lo, hi)]
     while stack:
         lo, hi = stack.pop()
         try:
             rows = con.execute(sel, (lo, hi)).fetchall()
         except sqlite3.DatabaseError:
+            failed = True
             if lo < hi:
                 mid = (lo + hi) // 2
                 stack += [(mid + 1, hi), (lo, mid)]  # lo half first: rows stay in rowid order
             continue
         out.extend(rows)
+    return out, failed
+
+
+_CHUNK = 4096  # rowids per range when the table's largest rowid cannot be read
+
+
+def _rows_without_top(con: sqlite3.Connection, sel: str, table: str) -> list[tuple]:
+    """:func:`_readable_rows` when ``max(rowid)`` is unreadable: chunk after chunk from rowid
+    1, jumping to the next rowid SQLite can find, until the table ends or two chunks in a
+    row give nothing but failures (bounded work: no bisection of an unknown range)."""
+    nxt = f"SELECT min(rowid) FROM {table} WHERE rowid > ?"
+    out: list[tuple] = []
+    lo, barren = 1, 0
+    while barren < 2:
+        hi = lo + _CHUNK - 1
+        rows, failed = _bisect(con, sel, lo, hi)
+        out.extend(rows)
+        barren = barren + 1 if failed and not rows else 0
+        try:
+            r = con.execute(nxt, (hi,)).fetchone()[0]
+        except sqlite3.DatabaseError:
+            r = hi + 1
+        if r is None:
+            break
+        lo = int(r)
     return out
 
 

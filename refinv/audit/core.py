@@ -120,7 +120,7 @@ class _Cache:
             log.warning("audit: cache file %s unreadable (%s): recomputing it", p, exc)
             return None
         bad = [k for k in (names if rows is None else rows)
-               if got[k].ndim < 1 or got[k].shape[0] != n]  # fmt: skip
+               if got[k].ndim < 1 or got[k].shape[0] != n or got[k].dtype.kind not in "biuf"]  # fmt: skip
         if bad:
             log.warning("audit: cache file %s holds other contents (%s): recomputing it", p,
                         ", ".join(f"{k} {got[k].shape}" for k in bad))  # fmt: skip
@@ -158,7 +158,25 @@ def _run_from_cache(got: dict, method: str, n: int) -> tuple[dict, dict] | None:
         return None
     if (h.shape[:1] != (n,)) if method == "blind" else (h.size != 0):
         return None
+    if not _entry_consistent(entry, method):
+        return None
     return entry, {k: got[k] for k in ("x_hat", "y", "mask", "h_est")}
+
+
+def _entry_consistent(entry: dict, method: str) -> bool:
+    """Whether a cached run entry is what ``run_entry`` writes from its own per-sample lists
+    (types, lengths, rates): text where numbers go, or a rate that does not follow from the
+    MSEs, is other contents."""
+    from ..evaluation.report import run_entry
+
+    keys = ("checkpoint", "train_loss", "mask", "split", "psnr", "iterations", "converged",
+            "diverged", "residual", "erased_fraction", "mask_error", "seconds", "onnx_seconds")  # fmt: skip
+    try:
+        mse = [np.nan if v is None else v for v in entry["mse"]]
+        again = run_entry(method=method, mse=mse, **{k: entry[k] for k in keys})
+    except (KeyError, TypeError, ValueError):
+        return False
+    return json.dumps(again, sort_keys=True) == json.dumps(entry, sort_keys=True)
 
 
 # ------------------------------------------------------------------ statistics

@@ -27,7 +27,7 @@ from refinv.errors import ConfigError  # noqa: E402
 from refinv.evaluation.control import biharmonic_inpaint  # noqa: E402
 
 SHAPE = (1, 6, 7)
-FAST = ["--max-iter", "60", "--bootstrap", "50", "--stability-n", "3", "--quiet"]
+FAST = ["--max-iter", "60", "--bootstrap", "50", "--stability-limit", "3", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def _strip_times(runs):
 
 def _audit_args(d, out, *extra):
     return ["audit", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train",
-            "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2",
-            "--methods", "blind,known", "--out", str(out), *FAST, *extra]  # fmt: skip
+            "--test", f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2",
+            "--method", "blind,known", "--out", str(out), *FAST, *extra]  # fmt: skip
 
 
 def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
     assert "No extraction detected" in out and "no power" in out and "report.html" in out
     rc = main(
         ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods", "blind,known",
+         f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method", "blind,known",
          "--json", str(tmp_path / "ev.json"), "--max-iter", "60", "--quiet", *ck]
     )  # fmt: skip
     assert rc == 0
@@ -232,6 +232,7 @@ def test_missing_extra_names_it(files, tmp_path, monkeypatch, capsys):
     assert main(_audit_args(files, tmp_path)) == 2
     err = capsys.readouterr().err
     assert "refinv audit: error:" in err and "scikit-learn" in err and "refinv[audit]" in err
+    assert err.count("refinv audit:") == 1  # the prefix once (it was printed twice)
     with pytest.raises(ConfigError, match=r"refinv\[audit\]"):
         refinv.audit(files / "ae.onnx", np.zeros((2, *SHAPE)), np.zeros((2, *SHAPE)))
 
@@ -239,8 +240,8 @@ def test_missing_extra_names_it(files, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["--masks", "bogus:1"], "unknown family"),
-        (["--methods", "blind,magic"], "magic"),
+        (["--mask", "bogus:1"], "unknown family"),
+        (["--method", "blind,magic"], "magic"),
         (["--rho", "-1"], "rho"),
         (["--bootstrap", "0"], "--bootstrap"),
     ],

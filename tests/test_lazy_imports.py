@@ -44,20 +44,20 @@ def test_cli_help_does_not_import_onnx_or_torch():
 
 def test_loading_a_model_imports_onnx_and_keeps_its_checks():
     code = (
-        "import refinv.onnx.model as M\n"
+        "import refinv.onnx.loading as L, refinv.onnx.model as M\n"
         "f = M.OnnxModel('models/onnx/digits8_lrelu_6x320.onnx')\n"
         "import onnx\n"
-        "assert M.MAX_OPSET == onnx.defs.onnx_opset_version()\n"
-        "assert M._FLOAT_TYPES[onnx.TensorProto.FLOAT] == f.dtype\n"
-        "assert M._FLOAT_TYPES[onnx.TensorProto.DOUBLE].name == 'float64'\n"
-        "assert M._FLOAT_TYPES[onnx.TensorProto.FLOAT16].name == 'float16'\n"
+        "assert L.MAX_OPSET == onnx.defs.onnx_opset_version()\n"
+        "assert L.FLOAT_TYPES[onnx.TensorProto.FLOAT] == f.dtype\n"
+        "assert L.FLOAT_TYPES[onnx.TensorProto.DOUBLE].name == 'float64'\n"
+        "assert L.FLOAT_TYPES[onnx.TensorProto.FLOAT16].name == 'float16'\n"
     )
     assert "onnx" in _modules_after(code)
 
 
 def test_max_opset_readable_before_onnx_is_imported():
     code = (
-        "from refinv.onnx.model import MAX_OPSET\n"
+        "from refinv.onnx.loading import MAX_OPSET\n"
         "import onnx\n"
         "assert MAX_OPSET == onnx.defs.onnx_opset_version()\n"
     )

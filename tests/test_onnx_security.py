@@ -28,7 +28,8 @@ from refinv.errors import (
     UnsupportedGraphError,
 )
 from refinv.onnx import load_onnx, read_chain
-from refinv.onnx import model as model_mod
+from refinv.onnx import loading as loading_mod
+from refinv.onnx import session as session_mod
 
 LEAKS_WITH_PLAIN_ORT = [
     "sparse_initializer_values",
@@ -91,7 +92,7 @@ def test_external_data_inside_the_folder_is_loaded_by_refinv(secret_cwd, kind):
     f = OnnxModel(p, allow_control_flow=True)
     x = np.random.default_rng(0).random((3, 4)).astype(np.float32)
     np.testing.assert_allclose(f(x), x + expected_c(kind), rtol=1e-6)
-    tensors, _, _ = model_mod._scan(onnx.load_from_string(f._bytes), "m")
+    tensors, _, _ = loading_mod._scan(onnx.load_from_string(f._bytes), "m")
     assert tensors and all(t.data_location != TensorProto.EXTERNAL for t in tensors)
 
 
@@ -344,10 +345,10 @@ def test_telemetry_is_disabled_unless_asked(monkeypatch):
     monkeypatch.setattr(ort, "disable_telemetry_events", lambda: calls.append("off"))
     monkeypatch.setattr(ort, "enable_telemetry_events", lambda: calls.append("on"))
     c = numpy_helper.from_array(np.arange(4, dtype=np.float32), "c")
-    monkeypatch.setattr(model_mod, "_TELEMETRY_DONE", False)
+    monkeypatch.setattr(session_mod, "_TELEMETRY_DONE", False)
     OnnxModel(_plus_c(c))
     OnnxModel(_plus_c(c))
-    monkeypatch.setattr(model_mod, "_TELEMETRY_DONE", False)
+    monkeypatch.setattr(session_mod, "_TELEMETRY_DONE", False)
     monkeypatch.setenv("REFINV_ORT_TELEMETRY", "1")
     OnnxModel(_plus_c(c))
     assert calls == ["off", "on"]

@@ -232,10 +232,13 @@ def test_diverging_model_recovers_nothing(memorizer):
         return a * np.nan
 
     nan_model.sample_shape = nan_model.output_sample_shape = (1, 6, 6)
+    from refinv.errors import DivergenceWarning
+
     for method in ("known", "ae-iterations", "blind"):
-        entry, *_ = evaluate_split(
-            nan_model, train, parse_mask("random:0.5"), method, solver={"max_iter": 3}
-        )
+        with pytest.warns(DivergenceWarning, match="4 of 4 samples diverged"):
+            entry, *_ = evaluate_split(
+                nan_model, train, parse_mask("random:0.5"), method, solver={"max_iter": 3}
+            )
         assert entry["n_diverged"] == 4
         assert entry["accurate_rate"] == entry["approximate_rate"] == 0.0
         assert entry["mse"] == [None] * 4 and entry["mean_psnr"] == 0.0

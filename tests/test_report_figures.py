@@ -96,3 +96,16 @@ def test_figure_examples_holds_every_image_magnified(tmp_path, sample):
         checkpoint="ck", mask="random:0.5", method="known", split="train",
     )  # fmt: skip
     assert q.read_bytes() == p.read_bytes()
+
+
+@pytest.mark.parametrize("module, dist", [("PIL", "Pillow"), ("matplotlib", "matplotlib")])
+def test_missing_figure_packages_name_the_plot_extra(tmp_path, monkeypatch, module, dist):
+    from refinv.errors import ConfigError
+    from refinv.evaluation.report import require_figure_dependencies
+
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # import fails
+    with pytest.raises(ConfigError, match=rf"{dist}.*pip install 'refinv\[plot\]'"):
+        require_figure_dependencies()
+    x = np.zeros((1, 1, 4, 4))
+    with pytest.raises(ConfigError, match="plot"):
+        figure_examples(tmp_path / "g.png", x=x, y=x, xhat=x, h_true=x)

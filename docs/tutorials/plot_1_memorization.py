@@ -49,6 +49,10 @@ from refinv.solvers.recovery import DEFAULTS, blind_recovery
 
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
 N = 20 if FAST else 100  # images per split
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  20 images per split instead of 100:")
+    print("  the numbers below check that the code runs; they are not the results")
 
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 f = OnnxModel(MODELS / "onnx" / "faces25_lrelu_6x256.onnx")

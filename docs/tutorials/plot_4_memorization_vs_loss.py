@@ -23,6 +23,10 @@ from refinv.onnx import OnnxModel
 
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
 N = 10 if FAST else 100  # images per split
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  10 images per split instead of 100:")
+    print("  the numbers below check that the code runs; they are not the results")
 
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 manifest = json.loads((MODELS / "MANIFEST.json").read_text())["files"]

@@ -4,7 +4,7 @@ Inverting a generator
 
 Given a generator ``G`` (a decoder: latent code -> image) and an image
 ``y = G(z*)``, find the code. refinv reads the weights of a dense ONNX
-generator as a :class:`~refinv.onnx.graph.LayerChain` and offers
+generator as a :class:`~refinv.onnx.chain.LayerChain` and offers
 
 * **PLUGIn** (Joshi et al., 2021, eq. 5): gradient descent with the Jacobian replaced
   by the static matrix ``A_1^T ... A_d^T``
@@ -36,6 +36,11 @@ from refinv.solvers.generators import gradient_descent, plugin
 from refinv.solvers.layered import latent_pursuit
 
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  4 latents (not 16), 300 GD iterations (not 1000); 4 images, 1000 PLUGIn")
+    print("  iterations (not 16, 5000):")
+    print("  the numbers below check that the code runs; they are not the results")
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 
 
@@ -54,7 +59,7 @@ def snr_db(estimate, reference):
 # ``G(x) = ReLU(A_3 ReLU(A_2 ReLU(A_1 x)))`` with ``A_i`` of shape
 # ``n_i x n_{i-1}`` and i.i.d. ``N(0, 1/n_i)`` entries, here
 # ``n = (20, 300, 300, 600)``, and latents on the unit sphere.
-# :func:`~refinv.onnx.graph.dense_chain` builds the chain from the matrices.
+# :func:`~refinv.onnx.chain.dense_chain` builds the chain from the matrices.
 # We record the error ``||x^k - x*||`` with the solvers' ``callback``; the
 # state passed to it holds the still-running samples and their data ``y``.
 

@@ -120,7 +120,7 @@ class _Cache:
             log.warning("audit: cache file %s unreadable (%s): recomputing it", p, exc)
             return None
         bad = [k for k in (names if rows is None else rows)
-               if got[k].ndim < 1 or got[k].shape[0] != n]  # fmt: skip
+               if got[k].ndim < 1 or got[k].shape[0] != n or got[k].dtype.kind not in "biuf"]  # fmt: skip
         if bad:
             log.warning("audit: cache file %s holds other contents (%s): recomputing it", p,
                         ", ".join(f"{k} {got[k].shape}" for k in bad))  # fmt: skip
@@ -158,7 +158,25 @@ def _run_from_cache(got: dict, method: str, n: int) -> tuple[dict, dict] | None:
         return None
     if (h.shape[:1] != (n,)) if method == "blind" else (h.size != 0):
         return None
+    if not _entry_consistent(entry, method):
+        return None
     return entry, {k: got[k] for k in ("x_hat", "y", "mask", "h_est")}
+
+
+def _entry_consistent(entry: dict, method: str) -> bool:
+    """Whether a cached run entry is what ``run_entry`` writes from its own per-sample lists
+    (types, lengths, rates): text where numbers go, or a rate that does not follow from the
+    MSEs, is other contents."""
+    from ..evaluation.report import run_entry
+
+    keys = ("checkpoint", "train_loss", "mask", "split", "psnr", "iterations", "converged",
+            "diverged", "residual", "erased_fraction", "mask_error", "seconds", "onnx_seconds")  # fmt: skip
+    try:
+        mse = [np.nan if v is None else v for v in entry["mse"]]
+        again = run_entry(method=method, mse=mse, **{k: entry[k] for k in keys})
+    except (KeyError, TypeError, ValueError):
+        return False
+    return json.dumps(again, sort_keys=True) == json.dumps(entry, sort_keys=True)
 
 
 # ------------------------------------------------------------------ statistics
@@ -404,7 +422,7 @@ def audit(
     stage["control"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     # -------- local stability at each image (main model, primary mask)
-    from ..evaluation.stability import pnp_admm_stability
+    from ..evaluation.stability import pnp_admm_stability, radius_rtol, tie_radii
 
     radius: dict[str, np.ndarray] = {}
     for split, x in splits:
@@ -448,10 +466,16 @@ def audit(
     }
 
     # -------- membership inference
+    # radii that agree within their accuracy are ties (both splits together): rounding-level
+    # differences must not rank training images against held-out ones
+    tie_rtol = radius_rtol(stability_method, tol=stability_tol, eps=1e-3,
+                           dtype=getattr(f0, "dtype", x_train.dtype))  # fmt: skip
+    both = tie_radii(np.concatenate([radius["train"], radius["test"]]), tie_rtol)
+    tied = {"train": both[: len(radius["train"])], "test": both[len(radius["train"]) :]}
     scores = {
         "recovery": {s: cols[s][(primary_mask, primary_method)][1] for s, _ in splits},
         "reconstruction": {s: -recon[label0][s] for s, _ in splits},
-        "stability": {s: -radius[s] for s, _ in splits},
+        "stability": {s: -tied[s] for s, _ in splits},
     }
     descriptions = {
         "recovery": f"refinv's: PSNR of the {primary_method} recovery from the degraded image "
@@ -460,7 +484,8 @@ def audit(
         "higher = member",
         "stability": "local stability: -(spectral radius of the linearized known-mask "
         f"PnP-ADMM at the image, {primary_mask}, rho {rho:g}); higher = member; first "
-        f"{n_stab} images of each split",
+        f"{n_stab} images of each split; radii within {tie_rtol:.1g} (relative, their "
+        "accuracy) are ties",
     }
     membership_scores = [
         {"name": name, "description": descriptions[name],
@@ -517,6 +542,7 @@ def audit(
                 "method": stability_method,
                 "tol": stability_tol,
                 "eps": 1e-3,
+                "tie_rtol": tie_rtol,
             },  # fmt: skip
             "bootstrap": {
                 "n": int(n_bootstrap),

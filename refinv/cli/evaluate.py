@@ -1,7 +1,7 @@
 """``refinv evaluate``: the memorization report of an autoencoder (and its checkpoints).
 
     refinv evaluate MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
-        --masks random:0.5,center:9,rows:2 --methods blind,known,ae-iterations \\
+        --mask random:0.5,center:9,rows:2 --method blind,known,ae-iterations \\
         --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...] \\
         [--no-control]
 """
@@ -13,16 +13,16 @@ from pathlib import Path
 
 from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from .recover import add_solver_args, open_model, progress_flag, solver_options
+from . import _args
+from ._args import add_solver_args, progress_flag
+from .recover import open_model, solver_options
 
 __all__ = ["register", "run"]
 
+RECOVERY_METHODS = ("blind", "known", "ae-iterations")
 
-def _split_list(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise ConfigError(f"{what}: expected a comma-separated list, got {text!r}")
-    return items
+
+_split_list = _args.split_list  # the former name (refinv.cli.audit imported it)
 
 
 def open_checkpoints(args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -56,22 +56,18 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
     p.add_argument("--train", required=True, metavar="DATA.npz:train", help="training images")
     p.add_argument("--test", default=None, metavar="DATA.npz:test", help="held-out images")
-    p.add_argument(
-        "--masks", "--mask", dest="masks", default="random:0.5",
-        help="comma-separated mask specs (--mask is the same option)",
-    )  # fmt: skip
-    p.add_argument(
-        "--methods", default="blind,known,ae-iterations",
-        help="comma-separated subset of blind,known,ae-iterations (default: all three)",
-    )  # fmt: skip
+    _args.add_mask(p, "random:0.5", several=True)
+    _args.add_alias(p, "--masks", "--mask", dest="mask")
+    _args.add_method(p, RECOVERY_METHODS, ",".join(RECOVERY_METHODS), several=True)
+    _args.add_alias(p, "--methods", "--method", dest="method")
     p.add_argument(
         "--checkpoints", nargs="*", default=[], metavar="CK.onnx",
         help="more models of the same training run (train loss levels); MODEL.onnx comes first "
         "(the paper's Figure 3: recovery rate vs train loss)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, Bernoulli init")
-    p.add_argument("--json", default=None, help="write the JSON report here")
-    p.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures here")
+    _args.add_seed(p)
+    _args.add_json(p)
+    _args.add_figures(p)
     p.add_argument(
         "--chunk", type=int, default=1024,
         help="images solved at a time (default 1024; memory stays flat in the number of "
@@ -88,7 +84,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _split_images(spec: str, f, default_key: str):
+def _split_images(spec: str, f, default_key: str, layout: str | None = None):
     """``DATA.npz[:key]`` read chunk by chunk for the model ``f`` (the checks of load_split)."""
     import numpy as np
 
@@ -97,7 +93,8 @@ def _split_images(spec: str, f, default_key: str):
 
     path, key = parse_data_spec(spec, default_key)
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+    return NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype,
+                     rows_ok=flat_rows_ok(f), layout=layout)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,22 +102,18 @@ def run(args: argparse.Namespace) -> int:
     from ..io import parse_data_spec
     from ._output import write_json
 
-    methods = _split_list(args.methods, "--methods")
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"--methods: expected names from {', '.join(METHODS)}, got {m!r}")
-    masks = _split_list(args.masks, "--masks")
+    methods = _args.one_of(args.method, METHODS, "--method")
+    masks = _args.split_list(args.mask, "--mask")
     if args.figures:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+        from ..evaluation.report import require_figure_dependencies
+
+        require_figure_dependencies("--figures")
     if args.chunk < 1:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     models = open_checkpoints(args)
     f0 = models[0][1]
-    train = _split_images(args.train, f0, "train")
-    test = _split_images(args.test, f0, "test") if args.test else None
+    train = _split_images(args.train, f0, "train", args.data_layout)
+    test = _split_images(args.test, f0, "test", args.data_layout) if args.test else None
     doc = memorization_report(
         models,
         train,

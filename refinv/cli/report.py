@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
+from . import _args
 
 __all__ = ["register", "run"]
 
@@ -21,8 +21,8 @@ def register(sub) -> None:
         "the recovery-rate-vs-train-loss figure, needs matplotlib). Failed tasks are listed.",
     )
     p.add_argument("db", metavar="DB", help="SQLite database written by `refinv sweep`")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the JSON report here")
-    p.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures here")
+    _args.add_json(p)
+    _args.add_figures(p)
     p.set_defaults(func=run)
 
 
@@ -34,10 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from ._output import write_json
 
     if args.figures:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--figures needs matplotlib (pip install 'refinv[plot]')") from exc
+        from ..evaluation.report import require_figure_dependencies
+
+        require_figure_dependencies("--figures")
     doc = report_from_db(args.db)
     if args.json:
         write_json(args.json, doc, "report", args, {"database": args.db})

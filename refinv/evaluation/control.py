@@ -107,7 +107,7 @@ def control_run(
     from ..operators.masks import erase, pixel_shape
     from .chunked import _chunks
     from .metrics import ACCURATE_MSE, APPROXIMATE_MSE
-    from .report import recovery_metrics
+    from .runs import recovery_metrics
 
     n_total = len(images) if hasattr(images, "chunks") else int(np.asarray(images).shape[0])
     size = int(chunk) if chunk is not None else max(n_total, 1)

@@ -71,142 +71,45 @@ import numpy as np
 
 from .._progress import progress_label
 from ..errors import ConfigError, DivergenceWarning
-from ..operators.masks import MaskSpec, erase, parse_mask, pixel_shape
-from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB, psnr_from_mse
+from ..operators.masks import MaskSpec, parse_mask, pixel_shape
+from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB
+from .runs import (
+    METHODS,
+    degrade,
+    effective_options,
+    method_options,
+    recovery_metrics,
+    run_entry,
+    run_method,
+    warn_diverged,
+)
+from .runs import sample_lists as sample_lists
 
+# METHODS, degrade, run_method, method_options, effective_options, recovery_metrics,
+# run_entry, sample_lists and warn_diverged are importable from here too (documented in
+# refinv.evaluation.runs)
 __all__ = [
     "SCHEMA_VERSION",
-    "METHODS",
-    "recovery_metrics",
-    "run_method",
-    "method_options",
-    "effective_options",
-    "run_entry",
-    "sample_lists",
     "memorization_report",
     "new_document",
     "checkpoint_entry",
     "layout_entry",
-    "degrade",
     "evaluate_split",
     "format_table",
     "format_loss_table",
     "figure_examples",
     "png_bytes",
+    "require_figure_dependencies",
     "figure_rate_vs_loss",
 ]
 
 log = logging.getLogger("refinv.evaluation.report")
 
 SCHEMA_VERSION = 2
-METHODS = ("blind", "known", "ae-iterations")
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def recovery_metrics(x_true: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sample ``mse`` (float64) and ``psnr`` clamped to ``[0, PSNR_CAP_DB]`` dB.
-
-    The floor: any estimate clipped to the data range [0, 1] has MSE <= 1, i.e.
-    PSNR >= 0 dB, so 0 dB already means "nothing recovered"; diverged samples
-    (MSE NaN or astronomically large) get 0 dB instead of dragging the mean PSNR
-    to minus infinity. Their ``mse`` stays NaN (``null`` in JSON) or its true value.
-    """
-    xt = np.asarray(x_true, dtype=np.float64)
-    xh = np.asarray(x_hat, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        d = (xh - xt).reshape(xt.shape[0], -1)
-        m = np.mean(d * d, axis=1)
-    m = np.where(np.isfinite(m), m, np.nan)
-    p = np.asarray(psnr_from_mse(m, 1.0))
-    p = np.where(np.isnan(p), 0.0, np.clip(p, 0.0, PSNR_CAP_DB))
-    return {"mse": m, "psnr": p}
-
-
-def run_method(
-    method: str,
-    f: Any,
-    y: np.ndarray,
-    mask: np.ndarray,
-    *,
-    options: dict | None = None,
-    seed: int = 0,
-    noisy: bool = False,
-    progress: bool | None = None,
-):
-    """Run one recovery ``method`` (``blind``, ``known``, ``ae-iterations``) on ``y``.
-
-    ``mask`` is the true mask (used only by ``known``); ``options`` are the
-    solver's keyword options (``mask_init`` may be ``"file:PATH.npz[:KEY]"``: a 0/1 array
-    ``(H, W)`` or ``(N, H, W)`` read as a mask spec). Returns the
-    :class:`~refinv.solvers.SolverResult`.
-    """
-    from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
-
-    opts = dict(options or {})
-    if method == "blind":
-        opts.setdefault("rng", np.random.default_rng([seed, 1]))
-        init = opts.get("mask_init")
-        if isinstance(init, str) and init.lower().startswith("file:"):  # file:PATH.npz[:KEY]
-            n = int(y.shape[0])
-            opts["mask_init"] = parse_mask(init).draw(pixel_shape(tuple(y.shape[1:])), n)
-        return blind_recovery(f, y, progress=progress, **opts)
-    if method == "known":
-        opts.setdefault("reinsert", not noisy)
-        return known_mask_recovery(f, y, mask, progress=progress, **opts)
-    if method == "ae-iterations":
-        return ae_iterations(f, y, progress=progress, **opts)
-    raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-
-
-def method_options(method: str, solver: dict) -> dict:
-    """Keep only the options a method accepts (blind: all; known: no mask_init/tau; ae: few)."""
-    allowed = {
-        "blind": {"max_iter", "tol", "rho", "inner_iter", "mask_init", "tau", "clip", "blowup"},
-        "known": {"max_iter", "tol", "rho", "inner_iter", "clip", "blowup", "reinsert"},
-        "ae-iterations": {"max_iter", "tol", "clip", "blowup"},
-    }[method]
-    out = {k: v for k, v in solver.items() if k in allowed and v is not None}
-    if method == "ae-iterations" and ("max_iter" in out or solver.get("inner_iter") is not None):
-        # equal cost: the baseline gets as many calls of f as blind's outer x inner (each
-        # defaulting to the solvers' DEFAULTS, also when only inner_iter is given)
-        from ..solvers.recovery import DEFAULTS
-
-        outer = int(out.get("max_iter") or DEFAULTS["max_iter"])
-        out["max_iter"] = outer * int(solver.get("inner_iter") or DEFAULTS["inner_iter"])
-    return out
-
-
-# solver keywords that are not settings of a run (callbacks, seeds derived from the run's
-# seed, output switches): left out of the effective options
-_NOT_SETTINGS = frozenset({"rng", "callback", "record_history", "progress"})
-
-
-def effective_options(method: str, solver: dict | None = None, *, noisy: bool = False) -> dict:
-    """Every option ``method`` runs with: the solver's own defaults (read from its signature,
-    so they cannot drift from it) overlaid with :func:`method_options` of ``solver``, and
-    ``reinsert`` as :func:`run_method` sets it (off when ``noisy``). ``clip`` ``None`` is
-    reported as ``False`` (no clipping). This is ``settings.solver[method]`` of the report.
-    """
-    import inspect
-
-    from ..solvers.recovery import ae_iterations, blind_recovery, known_mask_recovery
-
-    fn = {"blind": blind_recovery, "known": known_mask_recovery, "ae-iterations": ae_iterations}
-    if method not in fn:
-        raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    given = method_options(method, dict(solver or {}))
-    if method == "known":
-        given.setdefault("reinsert", not noisy)
-    out = {}
-    for name, p in inspect.signature(fn[method]).parameters.items():
-        if p.kind is p.KEYWORD_ONLY and name not in _NOT_SETTINGS:
-            out[name] = given.get(name, p.default)
-    if out.get("clip") is None:
-        out["clip"] = False
-    return out
 
 
 def _run_entry(
@@ -246,66 +149,6 @@ def _run_entry(
         seconds=seconds,
         onnx_seconds=onnx_seconds,
     )
-
-
-def run_entry(
-    *,
-    checkpoint: str,
-    train_loss: float | None,
-    method: str,
-    mask: str,
-    split: str,
-    mse: Any,
-    psnr: Any,
-    iterations: Any,
-    converged: Any,
-    diverged: Any,
-    residual: Any,
-    erased_fraction: float,
-    mask_error: float | None,
-    seconds: float,
-    onnx_seconds: float | None,
-) -> dict:
-    """One element of the report's ``runs`` from per-sample values (schema in docs/cli.md).
-
-    ``mse`` may hold NaN (diverged samples; written as ``null``), ``residual``
-    non-finite values (``null``). Rates count a NaN MSE as not recovered.
-    """
-    m = np.asarray(mse, dtype=np.float64)
-    p = np.asarray(psnr, dtype=np.float64)
-    n = int(m.shape[0])
-    finite = np.where(np.isnan(m), np.inf, m)
-    return {
-        "checkpoint": checkpoint,
-        "train_loss": train_loss,
-        "method": method,
-        "mask": mask,
-        "split": split,
-        "n": n,
-        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
-        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
-        "mean_psnr": float(np.mean(p)) if n else 0.0,
-        "median_psnr": float(np.median(p)) if n else 0.0,
-        "converged_rate": float(np.mean(np.asarray(converged, dtype=bool))) if n else 0.0,
-        "n_diverged": int(np.sum(np.asarray(diverged, dtype=bool))),
-        "seconds": float(seconds),
-        "onnx_seconds": onnx_seconds,
-        "erased_fraction": float(erased_fraction),
-        "mask_error": mask_error,
-        **sample_lists(m, p, iterations, converged, diverged, residual),
-    }
-
-
-def sample_lists(mse, psnr, iterations, converged, diverged, residual) -> dict:
-    """Per-sample values as JSON lists: NaN MSE and non-finite residuals become ``None``."""
-    return {
-        "mse": [None if np.isnan(v) else float(v) for v in np.asarray(mse, dtype=np.float64)],
-        "psnr": [float(v) for v in psnr],
-        "iterations": [int(v) for v in iterations],
-        "converged": [bool(v) for v in converged],
-        "diverged": [bool(v) for v in diverged],
-        "residual": [float(v) if v is not None and np.isfinite(v) else None for v in residual],
-    }
 
 
 def _train_loss(f: Any, x: np.ndarray) -> float:
@@ -373,16 +216,6 @@ def layout_entry(f: Any) -> dict | None:
     return info() if callable(info) else None
 
 
-def degrade(
-    x: np.ndarray, spec: MaskSpec, *, seed: int = 0, noise_std: float = 0.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(y, mask)``: masks drawn from ``default_rng(seed)``, noise from ``default_rng([seed, 2])``."""
-    n = int(x.shape[0])
-    mask = spec.draw(pixel_shape(tuple(x.shape[1:])), n, np.random.default_rng(seed))
-    y = erase(x, mask, noise_std=noise_std, rng=np.random.default_rng([seed, 2]))
-    return y, mask
-
-
 def evaluate_split(
     f: Any,
     x: np.ndarray,
@@ -434,21 +267,6 @@ def evaluate_split(
     )
     warn_diverged(entry, solver)
     return entry, res, y, mask
-
-
-def warn_diverged(entry: dict, solver: dict | None) -> None:
-    """One DivergenceWarning per run that had diverged samples, saying which run (the
-    solver's own warning is silenced by the callers)."""
-    if entry["n_diverged"]:
-        blowup = (solver or {}).get("blowup") or 1e6
-        warnings.warn(
-            f"checkpoint {entry['checkpoint']}, mask {entry['mask']}, method {entry['method']}, "
-            f"split {entry['split']}: {entry['n_diverged']} of {entry['n']} samples diverged "
-            f"(NaN/Inf or |x| > {blowup:g}) and were stopped (MSE null in the report); the "
-            "others continued",
-            DivergenceWarning,
-            stacklevel=3,
-        )
 
 
 def memorization_report(
@@ -770,11 +588,11 @@ def format_table(doc: dict) -> str:
             c = ctl.get((key[1], split)) if ctl else None
             if not ctl:
                 cells = [_pct(r["accurate_rate"]), _pct(r["approximate_rate"])]
-                cells += [f"{r['mean_psnr']:.1f}", f"{it:.1f}"]
+                cells += [_psnr_cell(r), f"{it:.1f}"]
             else:
                 cells = [_pct(r["accurate_rate"]), _pct(c["accurate_rate"]) if c else "-"]
                 cells += [_pct(r["approximate_rate"]), _pct(c["approximate_rate"]) if c else "-"]
-                cells += [f"{r['mean_psnr']:.1f}", f"{c['mean_psnr']:.1f}" if c else "-"]
+                cells += [_psnr_cell(r), f"{c['mean_psnr']:.1f}" if c else "-"]
                 cells += [f"{it:.1f}"]
             parts.append(" ".join(f"{v:>7}" for v in cells))
         lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
@@ -810,18 +628,45 @@ def format_loss_table(doc: dict) -> str:
             lines.append(
                 f"{mask:<{wm}}  {method:<14} {r['checkpoint']:<{wc}} {loss:>10} "
                 f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f}"
+                f"{_psnr_cell(r):>7}"
             )
     return "\n".join(lines)
 
 
+def _psnr_cell(r: dict) -> str:
+    """The table's mean PSNR of a run; ``n/a`` when every sample diverged (no estimate)."""
+    if r["n"] and r.get("n_diverged", 0) >= r["n"]:
+        return "n/a"
+    return f"{r['mean_psnr']:.1f}"
+
+
 # ------------------------------------------------------------------ figures
+#: The extra that figures need: matplotlib (its DejaVu font, the rate-vs-loss plot) and
+#: Pillow (PNG files, text; installed with matplotlib).
+FIGURES_EXTRA = "plot"
+
+
+def require_figure_dependencies(what: str = "figures") -> None:
+    """Import matplotlib and Pillow; a :class:`~refinv.errors.ConfigError` naming the
+    ``plot`` extra when either is missing."""
+    missing = []
+    for module, dist in (("matplotlib", "matplotlib"), ("PIL", "Pillow")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(dist)
+    if missing:
+        raise ConfigError(
+            f"{what} need {' and '.join(missing)}, the packages of the '{FIGURES_EXTRA}' extra; "
+            f"install them with: pip install 'refinv[{FIGURES_EXTRA}]'"
+        )
+
+
 def _figure_class():
     """matplotlib's ``Figure``, drawn without pyplot: the user's backend is never switched."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ConfigError("figures need matplotlib (pip install 'refinv[plot]')") from exc
+    require_figure_dependencies()
+    from matplotlib.figure import Figure
+
     return Figure
 
 
@@ -835,66 +680,37 @@ def _img(a: np.ndarray) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-_FONT: list = []
+_FONTS: dict[float, Any] = {}
 
 
-def _text(s: str, size: float = 8.0) -> np.ndarray:
-    """``s`` rendered in DejaVu Sans (shipped with matplotlib): uint8 ink coverage (h, w)."""
-    import os
+def _font(size: float = 8.0) -> Any:
+    """DejaVu Sans (shipped with matplotlib) at ``size`` points on a 100 dpi page, for Pillow."""
+    if size not in _FONTS:
+        import os
 
-    from matplotlib import ft2font, get_data_path
+        from matplotlib import get_data_path
+        from PIL import ImageFont
 
-    if not _FONT:
-        _FONT.append(
-            ft2font.FT2Font(os.path.join(get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
-        )
-    font = _FONT[0]
-    font.clear()
-    font.set_size(size, 100)
-    font.set_text(s, 0.0)
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    return np.asarray(font.get_image(), dtype=np.uint8)
-
-
-def _paste_text(canvas: np.ndarray, s: str, top: int, left: int, height: int, size=8.0) -> None:
-    """Dark text on the white canvas, vertically centred in ``[top, top + height)``, clipped."""
-    ink = _text(s, size)
-    h, w = ink.shape
-    t = top + max(0, (height - h) // 2)
-    hh, ww = min(h, canvas.shape[0] - t), min(w, canvas.shape[1] - left)
-    if hh <= 0 or ww <= 0:
-        return
-    region = canvas[t : t + hh, left : left + ww]
-    val = (255 - ink[:hh, :ww]).astype(np.uint8)
-    if canvas.ndim == 3:
-        val = val[..., None]
-    np.minimum(region, val, out=region)
+        path = os.path.join(get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+        _FONTS[size] = ImageFont.truetype(path, size=round(size * 100 / 72))
+    return _FONTS[size]
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    """A PNG file (8-bit grayscale ``(H, W)`` or RGB ``(H, W, 3)`` uint8) from an array."""
-    import struct
-    import zlib
+    """A PNG file (8-bit grayscale ``(H, W)`` or RGB ``(H, W, 3)`` uint8) from an array
+    (encoded by Pillow)."""
+    import io
+
+    from PIL import Image
 
     a = np.ascontiguousarray(img, dtype=np.uint8)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape:
         raise ValueError(
             f"png_bytes: expected a non-empty (H, W) or (H, W, 3) array, got {a.shape}"
         )
-    h, w = a.shape[:2]
-    raw = np.zeros((h, 1 + a[0].size), dtype=np.uint8)  # filter byte 0 (None) per row
-    raw[:, 1:] = a.reshape(h, -1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0 if a.ndim == 2 else 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _tile_scale(hw: tuple[int, int]) -> int:
@@ -922,15 +738,16 @@ def figure_examples(
     one column per image; ``x_control`` (the model-free control's images, with their
     ``mse_control``) adds the row "control (no model)".
 
-    Written directly as a PNG from the pixels (no plotting figure): each image
-    magnified by :func:`_tile_scale` (nearest neighbour, gray levels 0..1 ->
-    0..255, clipped), row names on the left, the recovered images' MSE above
-    them and ``checkpoint | mask | method | split`` on top. Needs matplotlib
-    only for its font.
+    Drawn from the pixels with Pillow (no plotting figure): each image magnified by
+    :func:`_tile_scale` (nearest neighbour, gray levels 0..1 -> 0..255, clipped), row
+    names on the left, the recovered images' MSE above them and
+    ``checkpoint | mask | method | split`` on top, in matplotlib's DejaVu Sans.
     """
+    require_figure_dependencies()
+    from PIL import Image, ImageDraw
+
     from ..io import atomic_write_bytes
 
-    _figure_class()  # matplotlib is needed for its font: a clear error if it is missing
     k = int(x.shape[0])
     rows = [("original", x), ("degraded", y), ("recovered", xhat)]
     if x_control is not None:
@@ -941,26 +758,32 @@ def figure_examples(
     sc = _tile_scale(hw)
     th, tw = hw[0] * sc, hw[1] * sc
     gap, cap, title_h = 6, 14, 20
-    label_w = 12 + max(_text(name).shape[1] for name, _ in rows)
+    label_w = 12 + max(round(_font().getlength(name)) for name, _ in rows)
     colour = any(t.ndim == 3 for r in tiles for t in r)
     width = label_w + max(k, 1) * (tw + gap) + gap
     height = title_h + len(rows) * (cap + th + gap) + gap
-    canvas = np.full((height, width, 3) if colour else (height, width), 255, dtype=np.uint8)
-    _paste_text(canvas, f"{checkpoint} | {mask} | {method} | {split}", 2, gap, title_h - 2, 9.0)
+    im = Image.new("RGB" if colour else "L", (width, height), "white")
+    draw = ImageDraw.Draw(im)
+
+    def text(s: str, left: int, top: int, h: int, size: float = 8.0) -> None:
+        """Black text from ``left``, vertically centred in ``[top, top + h)``."""
+        draw.text((left, top + h / 2), s, fill="black", font=_font(size), anchor="lm")
+
+    text(f"{checkpoint} | {mask} | {method} | {split}", gap, 2, title_h - 2, 9.0)
     for i, (name, _) in enumerate(rows):
         top = title_h + i * (cap + th + gap) + cap
-        _paste_text(canvas, name, top, 4, th)
+        text(name, 4, top, th)
         for j in range(k):
             left = label_w + j * (tw + gap)
+            err = mse if i == 2 else (mse_control if i == 3 and x_control is not None else None)
+            if err is not None and err[j] is not None:
+                text(f"MSE {err[j]:.1e}", left, top - cap, cap, 7.0)
             t = np.round(tiles[i][j] * 255.0).astype(np.uint8)
             t = np.repeat(np.repeat(t, sc, axis=0), sc, axis=1)
             if colour and t.ndim == 2:
-                t = t[..., None]
-            canvas[top : top + th, left : left + tw] = t
-            err = mse if i == 2 else (mse_control if i == 3 and x_control is not None else None)
-            if err is not None and err[j] is not None:
-                _paste_text(canvas, f"MSE {err[j]:.1e}", top - cap, left, cap, 7.0)
-    return atomic_write_bytes(path, png_bytes(canvas))
+                t = np.repeat(t[..., None], 3, axis=2)
+            im.paste(Image.fromarray(t), (left, top))
+    return atomic_write_bytes(path, png_bytes(np.asarray(im)))
 
 
 def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:

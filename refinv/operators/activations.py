@@ -245,7 +245,7 @@ class Clip(ProxActivation):
 
 
 def activation_from_graph(act: Any) -> ProxActivation:
-    """The proximal activation of a :class:`refinv.onnx.graph.Activation`.
+    """The proximal activation of a :class:`refinv.onnx.chain.Activation`.
 
     Refuses (:class:`~refinv.errors.UnsupportedGraphError`) what is not a
     proximal map of a convex function, and ``tanh``/``sigmoid`` (proximal, but

@@ -4,7 +4,7 @@ Every operator maps a batch ``(batch, *in_shape)`` to ``(batch, *out_shape)``
 with ``forward`` and back with ``adjoint`` (the transpose), so that
 ``<A u, v> = <u, A^T v>`` per sample. Weights live in the namespace/device of
 the arrays given to the constructor (:func:`from_layer` takes the NumPy
-weights of a :class:`refinv.onnx.graph.Layer` and a ``like`` array).
+weights of a :class:`refinv.onnx.chain.Layer` and a ``like`` array).
 
 * :class:`Dense` - ``x -> W x`` on the flattened sample (ONNX Gemm/MatMul).
 * :class:`Conv2d` - ONNX ``Conv`` (weight ``(M, C/group, kH, kW)``, strides,
@@ -502,7 +502,7 @@ def operator_norm(
 
 
 def from_layer(layer: Any, *, like: Any = None) -> LinearOperator:
-    """The linear part of a :class:`refinv.onnx.graph.Layer` as an operator.
+    """The linear part of a :class:`refinv.onnx.chain.Layer` as an operator.
 
     The layer's NumPy weight is moved once into the namespace/device of
     ``like`` (default NumPy), in ``like``'s dtype.

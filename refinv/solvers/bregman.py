@@ -18,7 +18,7 @@ Solvers (all batched over samples, all on :func:`refinv.solvers.run_loop`):
   discrepancy principle (the baseline of Section 5.1.1);
 * :func:`multilayer_cd` - coordinate descent over the input and the hidden
   variables, eqs. (15)-(17);
-* :func:`invert_chain` - the above for a :class:`refinv.onnx.graph.LayerChain`.
+* :func:`invert_chain` - the above for a :class:`refinv.onnx.chain.LayerChain`.
 
 Stopping follows the paper: a sample stops when the Euclidean norms of the
 changes of all its variables (``x`` and ``z``, and the hidden ``x_l``) are
@@ -478,7 +478,7 @@ def multilayer_cd(
 
 
 def layers_from_chain(chain: Any, *, like: Any) -> list[BregmanLayer]:
-    """Bregman layers from a :class:`refinv.onnx.graph.LayerChain` (weights moved to the
+    """Bregman layers from a :class:`refinv.onnx.chain.LayerChain` (weights moved to the
     namespace/device/dtype of ``like``). Refuses non-proximal activations."""
     out = []
     for layer in chain.layers:
@@ -517,7 +517,7 @@ def invert_chain(
     steps: str = "paper",
     progress: bool | None = None,
 ) -> SolverResult:
-    """Invert an encoder given as a :class:`~refinv.onnx.graph.LayerChain`.
+    """Invert an encoder given as a :class:`~refinv.onnx.chain.LayerChain`.
 
     ``method="pdhg"``: TV-regularized inversion (eq. 14 for one layer, the
     coordinate descent (15)-(17) for several); ``method="landweber"``: the

@@ -2,9 +2,9 @@
 
 Setting: ``y = G(x*) + e`` with a dense generator
 ``G(x) = s_d(A_d ... s_1(A_1 x + b_1) ... + b_d)`` given as a
-:class:`~refinv.onnx.graph.LayerChain` (read from ONNX by
+:class:`~refinv.onnx.chain.LayerChain` (read from ONNX by
 :func:`refinv.onnx.graph.read_chain`, or built with
-:func:`refinv.onnx.graph.dense_chain`). Both solvers are batched over
+:func:`refinv.onnx.chain.dense_chain`). Both solvers are batched over
 observations and run on the shared :func:`~refinv.solvers.run_loop`
 (per-sample stopping); an optional observation ``mask`` (1 = observed) keeps
 only the observed entries in the fit (inpainting).

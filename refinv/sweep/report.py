@@ -63,6 +63,11 @@ def report_from_db(db: str | Path) -> dict:
         c, mask, method, split = key
         sec, ort = seconds.get(key, (0.0, None))
         doc["runs"].append(_entry(c, loss.get(c), method, mask, split, rs, sec, ort))
+    from ..provenance import provenance
+
+    # as memorization_report: the schema name first, the provenance block (the database) last
+    doc = {"schema": "refinv.report", **doc}
+    doc["provenance"] = provenance({"database": str(db)})
     return doc
 
 
@@ -75,7 +80,7 @@ class _Named:
 
 def _entry(checkpoint, train_loss, method, mask, split, rs, seconds, onnx_seconds) -> dict:
     """One ``runs`` element from the stored rows, as ``refinv evaluate`` builds it."""
-    from ..evaluation.report import run_entry
+    from ..evaluation.runs import run_entry
 
     me = [r["mask_error"] for r in rs]
     return run_entry(

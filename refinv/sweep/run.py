@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -173,11 +174,11 @@ def run_task(task: Task) -> dict:
     """Run one task; per-sample lists ``mse, psnr, iterations, converged, diverged, residual,
     erased_fraction, mask_error`` plus ``seconds`` and ``onnx_seconds``.
 
-    Uses the evaluation engine: :func:`~refinv.evaluation.report.degrade`,
-    :func:`~refinv.evaluation.report.run_method`,
-    :func:`~refinv.evaluation.report.recovery_metrics`.
+    Uses the evaluation engine: :func:`~refinv.evaluation.runs.degrade`,
+    :func:`~refinv.evaluation.runs.run_method`,
+    :func:`~refinv.evaluation.runs.recovery_metrics`.
     """
-    from ..evaluation.report import (
+    from ..evaluation.runs import (
         degrade,
         method_options,
         recovery_metrics,
@@ -379,19 +380,50 @@ def _worker_check(files: dict[str, str], version: str) -> dict:
 
 _SHIPPED: dict[str, str] = {}  # sha256 -> local path, per worker process
 
+#: environment variable naming the folder of the shipped files on a worker
+CACHE_ENV = "REFINV_SWEEP_CACHE"
+
+
+def _cache_folder() -> Path:
+    """The worker's folder of shipped files: ``$REFINV_SWEEP_CACHE``, else
+    ``$TMPDIR/refinv-sweep-files-UID`` (one per user). Created private (0700); refused unless
+    it is a real folder (not a link) owned by this user, since another user could otherwise
+    have made it and swap the files in it."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    raw = os.environ.get(CACHE_ENV)
+    folder = Path(raw) if raw else Path(tempfile.gettempdir()) / f"refinv-sweep-files-{uid}"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError as exc:
+        raise ConfigError(
+            f"{folder}: cannot make the folder of shipped sweep files ({exc})"
+        ) from exc
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if not is_dir or (uid is not None and st.st_uid != uid):
+        got = f"a folder of uid {st.st_uid}" if is_dir else "a link or a file"
+        raise ConfigError(
+            f"{folder}: expected a folder of this user (uid {uid}) for the shipped sweep "
+            f"files, got {got}; set {CACHE_ENV} to a folder of your own"
+        )
+    return folder
+
 
 def _materialize(sha: str, data: bytes, name: str) -> str:
-    """Write the shipped bytes once per worker machine, to a cache file named by their hash."""
+    """Write the shipped bytes once per worker machine to a cache file named by their hash.
+
+    Content-addressed, without deletion races: a file is only ever replaced atomically by
+    the same bytes (concurrent workers, concurrent sweeps) and refinv never deletes one, so
+    a path handed out stays valid; one removed from outside (a tmp cleaner) is written again
+    at the next task."""
     if sha in _SHIPPED and os.path.isfile(_SHIPPED[sha]):
         return _SHIPPED[sha]
     from ..io import atomic_write_bytes
 
-    folder = Path(tempfile.gettempdir()) / f"refinv-sweep-files-{os.getuid()}"
-    local = folder / f"{sha[:24]}-{Path(name).name}"
+    local = _cache_folder() / f"{sha[:24]}-{Path(name).name}"
     if not (local.is_file() and file_sha256(local) == sha):
         if hashlib.sha256(data).hexdigest() != sha:
             raise ConfigError(f"{name}: the bytes the worker received do not match their SHA-256")
-        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(local, data)  # concurrent workers: each replaces it with the same bytes
     _SHIPPED[sha] = str(local)
     return str(local)

@@ -62,3 +62,18 @@ def test_the_eigenvector_is_a_subspace_vector_on_the_erased_values(pr):
     M = pnp_admm_iteration_matrix(Q @ Q.T, h, 0.5)
     w = np.concatenate([v, np.zeros(n)])
     np.testing.assert_allclose(M @ w, w, atol=1e-10)
+
+
+def test_a_projector_never_repels(pr):
+    """An orthogonal projector is the proximal map of a subspace's indicator: the ADMM is
+    that of a convex problem, so its linearization is nonexpansive (radius <= 1) for every
+    rank and mask; the identity (k = n) gives exactly 1. (The U-Nets' 1.1-1.4 is therefore
+    not a projector's.)"""
+    rng = np.random.default_rng(3)
+    n = int(np.prod(SHAPE))
+    for mask in ("random:0.75", "random:0.5", "random:0.25", "center:4", "rows:2"):
+        h = pr.value_mask(mask, SHAPE, seed=1)
+        for k in (1, 10, 40, 70, 99):
+            assert pr.projector_radius(k, h, rng)["admm_radius"] <= 1 + 1e-9, (mask, k)
+    M = pnp_admm_iteration_matrix(np.eye(n), h, 0.5)
+    assert float(np.abs(np.linalg.eigvals(M)).max()) == pytest.approx(1.0, abs=1e-12)

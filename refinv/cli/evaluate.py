@@ -2,7 +2,8 @@
 
     refinv evaluate MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
         --mask random:0.5,center:9,rows:2 --method blind,known,ae-iterations \\
-        --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...]
+        --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...] \\
+        [--no-control]
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def register(sub) -> None:
         description="Degrade the training images and the held-out images with each mask, "
         "recover them with each method through MODEL.onnx (and each --checkpoints model), and "
         "report per-sample MSE/PSNR, accurate (MSE < 1e-7) and approximate (MSE < 5e-4) "
-        "recovery rates and mean PSNR, train and held-out side by side. Table on stdout, JSON "
+        "recovery rates and mean PSNR, train and held-out side by side, each beside the "
+        "model-free control (biharmonic inpainting). Table on stdout, JSON "
         f"with --json (schema in docs/cli.md). Mask grammar: {MASK_GRAMMAR}.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
@@ -70,6 +72,13 @@ def register(sub) -> None:
         "--chunk", type=int, default=1024,
         help="images solved at a time (default 1024; memory stays flat in the number of "
         "images, results do not depend on it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--control", action=argparse.BooleanOptionalAction, default=None,
+        help="the model-free control beside every rate: biharmonic inpainting (scikit-image) of "
+        "the same degraded images with the true masks, per mask and split, in the table, the "
+        "JSON and the figures (default: on where scikit-image is installed, the 'audit' extra; "
+        "--no-control skips it)",
     )  # fmt: skip
     add_solver_args(p)
     p.set_defaults(func=run)
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         figures_dir=args.figures,
         command="evaluate",
         chunk=args.chunk,
+        control=args.control,
     )
     doc["settings"]["train"] = args.train
     doc["settings"]["test"] = args.test

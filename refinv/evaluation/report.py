@@ -12,10 +12,17 @@ Reproducibility: for a given ``seed`` the masks of a split are drawn from
 memorization); the blind solver's Bernoulli initial mask uses
 ``default_rng([seed, 1])`` and noise ``default_rng([seed, 2])``.
 
-JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
+The control (``control=True``; by default wherever scikit-image is importable): the
+same degraded images, masks and splits filled in WITHOUT the model by biharmonic
+inpainting (:mod:`refinv.evaluation.control`), so that every rate has a model-free
+rate beside it: an approximate rate that the control matches on training images
+says nothing about memorization.
+
+JSON schema (``SCHEMA_VERSION = 2``, stable; documented in docs/cli.md; version 2
+added ``control``)::
 
     {
-      "schema_version": 1, "tool": "refinv", "refinv_version": str,
+      "schema_version": 2, "tool": "refinv", "refinv_version": str,
       "command": str, "created_utc": str,
       "thresholds": {"accurate_mse": 1e-7, "approximate_mse": 5e-4,
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
@@ -35,7 +42,13 @@ JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
           "erased_fraction": float, "mask_error": float|null,
           "mse": [float], "psnr": [float], "iterations": [int],
           "converged": [bool], "diverged": [bool], "residual": [float|null]
-      }]
+      }],
+      "control": null | {"method": str, "runs": [{
+          "mask": str, "split": "train"|"test", "n": int,
+          "accurate_rate": float, "approximate_rate": float,
+          "mean_psnr": float, "median_psnr": float, "seconds": float,
+          "mse": [float|null], "psnr": [float]
+      }]}   # one run per (mask, split), joined to ``runs`` on (mask, split)
     }
 
 Rates are fractions in [0, 1]; each PSNR is clamped to [0, 200] dB (200 for
@@ -92,7 +105,7 @@ __all__ = [
 
 log = logging.getLogger("refinv.evaluation.report")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _now() -> str:
@@ -179,6 +192,7 @@ def new_document(
         },
         "checkpoints": [],
         "runs": [],
+        "control": None,
     }
 
 
@@ -272,6 +286,7 @@ def memorization_report(
     chunk: int | None = None,
     files: dict | None = None,
     argv: Sequence[str] | None = None,
+    control: bool | None = None,
 ) -> dict:
     """Sweep checkpoints x masks x methods on the training and held-out images.
 
@@ -303,6 +318,11 @@ def memorization_report(
     files : ``role -> path`` of the input files for the ``provenance`` block (default: the
         models' own paths, ``model`` and ``checkpoint_1`` ..., where they have one).
     argv : the command line for the ``provenance`` block (default ``sys.argv``).
+    control : add the model-free control (:func:`~refinv.evaluation.control.control_run`:
+        biharmonic inpainting of the same degraded images with the true masks, per mask
+        and split) as ``doc["control"]``, beside every rate in :func:`format_table` and
+        in the figures. None (default): on where scikit-image is importable; True
+        without it: ConfigError; False: off (``doc["control"]`` is None).
 
     Returns
     -------
@@ -336,10 +356,25 @@ def memorization_report(
     pshape = pixel_shape(
         tuple(first.sample_shape) if isinstance(first, NpzImages) else tuple(first.shape[1:])
     )
+    from .control import CONTROL_METHOD, control_run, resolve_control
+
+    with_control = resolve_control(control)
     doc = new_document(
         command=command, seed=seed, noise_std=noise_std, masks=specs, methods=methods, solver=solver
     )
     fig_data: list[dict] = []
+    ctl_first: dict[tuple[str, str], np.ndarray | None] = {}
+    if with_control:
+        doc["control"] = {"method": CONTROL_METHOD, "runs": []}
+        for spec in specs:
+            for split, x in splits:
+                entry, first = control_run(
+                    x, spec, split=split, seed=seed, noise_std=noise_std,
+                    chunk=int(chunk) if chunked else None,
+                    n_keep=n_figure if figures_dir is not None else 0, progress=progress,
+                )  # fmt: skip
+                doc["control"]["runs"].append(entry)
+                ctl_first[(spec.text, split)] = first
     for label, f in models:
         if chunked:
             ck = _checkpoint_entry_chunked(str(label), f, splits, int(chunk))
@@ -400,8 +435,13 @@ def memorization_report(
                         )
     if figures_dir is not None:
         out = Path(figures_dir)
+        ctl = {k: c["mse"] for k, c in _control_index(doc).items()}
         for i, d in enumerate(fig_data):
             name = f"{i:03d}_{_slug(d['checkpoint'])}_{_slug(d['mask'])}_{d['method']}_{d['split']}.png"
+            key = (d["mask"], d["split"])
+            if ctl_first.get(key) is not None:
+                k = int(np.asarray(d["x"]).shape[0])
+                d = dict(d, x_control=ctl_first[key][:k], mse_control=ctl[key][:k])
             figure_examples(out / name, **d)
         if len(doc["checkpoints"]) > 1:
             figure_rate_vs_loss(doc, out / "rate_vs_train_loss.png")
@@ -495,11 +535,20 @@ def _pct(v: float) -> str:
     return f"{100.0 * v:5.1f}%"
 
 
-_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (control)"}
+_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (never trained on)"}
+
+
+def _control_index(doc: dict) -> dict[tuple[str, str], dict]:
+    from .control import control_index
+
+    return control_index(doc)
 
 
 def format_table(doc: dict) -> str:
-    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns."""
+    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns.
+
+    With the control (``doc["control"]``), each rate and the mean PSNR is followed by the
+    model-free control's value for the same mask and split (column ``ctl``)."""
     rows: dict[tuple, dict[str, dict]] = {}
     splits: list[str] = []
     for r in doc["runs"]:
@@ -511,7 +560,12 @@ def format_table(doc: dict) -> str:
     head = (["checkpoint"] if several else []) + ["mask", "method"]
     keys = {k: (k if several else k[1:]) for k in rows}
     widths = [max([len(h)] + [len(str(kp[i])) for kp in keys.values()]) for i, h in enumerate(head)]
-    cols = ["acc", "approx", "PSNR", "iters"]
+    ctl = _control_index(doc)
+    cols = (
+        ["acc", "ctl", "approx", "ctl", "PSNR", "ctl", "iters"]
+        if ctl
+        else ["acc", "approx", "PSNR", "iters"]
+    )
     block = " ".join(f"{c:>7}" for c in cols)
     title = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
     top = " | ".join(f"{_SPLIT_TITLES.get(s, s):^{len(block)}}" for s in splits)
@@ -531,10 +585,16 @@ def format_table(doc: dict) -> str:
                 continue
             secs += r["seconds"]
             it = float(np.mean(r["iterations"])) if r["iterations"] else 0.0
-            parts.append(
-                f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{_psnr_cell(r):>7} {it:7.1f}"
-            )
+            c = ctl.get((key[1], split)) if ctl else None
+            if not ctl:
+                cells = [_pct(r["accurate_rate"]), _pct(r["approximate_rate"])]
+                cells += [_psnr_cell(r), f"{it:.1f}"]
+            else:
+                cells = [_pct(r["accurate_rate"]), _pct(c["accurate_rate"]) if c else "-"]
+                cells += [_pct(r["approximate_rate"]), _pct(c["approximate_rate"]) if c else "-"]
+                cells += [_psnr_cell(r), f"{c['mean_psnr']:.1f}" if c else "-"]
+                cells += [f"{it:.1f}"]
+            parts.append(" ".join(f"{v:>7}" for v in cells))
         lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
     th = doc["thresholds"]
     lines.append(
@@ -542,6 +602,11 @@ def format_table(doc: dict) -> str:
         f"PSNR: mean dB (data range 1, capped at {th['psnr_cap_db']:g}); "
         "iters: mean iterations per image (outer for blind/known, f calls for ae-iterations)"
     )
+    if ctl:
+        lines.append(
+            f"ctl: the model-free control, {doc['control']['method']}, on the same degraded "
+            "images (same masks, same split); a train rate near its ctl is not memorization"
+        )
     return "\n".join(lines)
 
 
@@ -666,8 +731,12 @@ def figure_examples(
     mask: str = "",
     method: str = "",
     split: str = "",
+    x_control: np.ndarray | None = None,
+    mse_control: Sequence[float | None] | None = None,
 ) -> Path:
-    """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image.
+    """Grid: original / degraded / recovered / [control] / estimated mask (true mask if none),
+    one column per image; ``x_control`` (the model-free control's images, with their
+    ``mse_control``) adds the row "control (no model)".
 
     Drawn from the pixels with Pillow (no plotting figure): each image magnified by
     :func:`_tile_scale` (nearest neighbour, gray levels 0..1 -> 0..255, clipped), row
@@ -681,6 +750,8 @@ def figure_examples(
 
     k = int(x.shape[0])
     rows = [("original", x), ("degraded", y), ("recovered", xhat)]
+    if x_control is not None:
+        rows.append(("control (no model)", x_control))
     rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
     tiles = [[_img(arr[j]) for j in range(k)] for _, arr in rows]
     hw = tiles[0][0].shape[:2] if k else (1, 1)
@@ -704,8 +775,9 @@ def figure_examples(
         text(name, 4, top, th)
         for j in range(k):
             left = label_w + j * (tw + gap)
-            if i == 2 and mse is not None and mse[j] is not None:
-                text(f"MSE {mse[j]:.1e}", left, top - cap, cap, 7.0)
+            err = mse if i == 2 else (mse_control if i == 3 and x_control is not None else None)
+            if err is not None and err[j] is not None:
+                text(f"MSE {err[j]:.1e}", left, top - cap, cap, 7.0)
             t = np.round(tiles[i][j] * 255.0).astype(np.uint8)
             t = np.repeat(np.repeat(t, sc, axis=0), sc, axis=1)
             if colour and t.ndim == 2:
@@ -715,7 +787,10 @@ def figure_examples(
 
 
 def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
-    """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
+    """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3.
+
+    With the control, its accurate rate on the training images of each mask is a dotted
+    horizontal line (the model-free level)."""
     import io
 
     from ..io import atomic_write_bytes
@@ -735,6 +810,11 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
         ax.plot(
             [p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{method}, {mask}"
         )
+    for (mask, split), c in sorted(_control_index(doc).items()):
+        if split == "train":
+            ax.axhline(
+                100 * c["accurate_rate"], ls=":", color="0.4", lw=1, label=f"control, {mask}"
+            )
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("train loss (MSE)")

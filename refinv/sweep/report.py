@@ -1,7 +1,7 @@
 """The memorization report of a sweep database: the same JSON schema as ``refinv evaluate``.
 
 :func:`report_from_db` aggregates the per-sample rows of the store into the
-report document of :mod:`refinv.evaluation.report` (``schema_version`` 1:
+report document of :mod:`refinv.evaluation.report` (its ``SCHEMA_VERSION``:
 the same rates, PSNR and per-sample lists, ``command = "sweep"``), so
 :func:`~refinv.evaluation.report.format_table` and the figures work on it
 unchanged. Runs are ordered like ``refinv evaluate``'s: checkpoint (config

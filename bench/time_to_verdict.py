@@ -54,7 +54,11 @@ import refinv, refinv.cli, refinv.cli.evaluate, refinv.cli.recover, refinv.io
 import refinv.evaluation.report as R, refinv.solvers.recovery, refinv.onnx.model as M
 if sys.argv[1] == "audit":
     import refinv.audit.core as A, refinv.evaluation.stability as S
-    import refinv.evaluation.control as C, refinv.audit.membership as MI
+    import refinv.audit.membership as MI
+    try:
+        import refinv.evaluation.control as C
+    except ImportError:  # checkouts before the control moved out of refinv.audit
+        import refinv.audit.control as C
 t_import, c_import = time.perf_counter() - w0, time.process_time() - c0
 onnx_at_import = "onnx" in sys.modules
 KEYS = ("load", "solvers", "stability", "control", "membership", "figures", "report")

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 import zipfile
@@ -40,6 +41,7 @@ __all__ = [
     "load_npz",
     "load_images",
     "load_images_for",
+    "is_file",
     "channels_last",
     "parse_data_spec",
     "check_writable",
@@ -67,12 +69,19 @@ def check_writable(path: str | os.PathLike, what: str = "output", *, probe: bool
     (or folder) is created there and removed at once. Raises
     :class:`~refinv.errors.ConfigError`.
     """
+    import errno
+
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{what} {str(path)!r}: expected a file path, got a directory")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{what} {str(path)!r}: expected a file path, got a directory")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ConfigError(name_too_long(path, what)) from exc
+        raise ConfigError(f"{what} {str(path)!r}: {exc.strerror or exc}") from exc
     if not parent.is_dir():
         raise ConfigError(f"{what} {str(path)!r}: {str(parent)!r} is not a directory")
     if not probe:
@@ -248,19 +257,51 @@ def _gib(n: int) -> str:
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of an ``.npy`` stream (:func:`npy_header`)."""
+    shape, _, dtype = npy_header(f)
+    return shape, dtype
+
+
+def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of an ``.npy`` stream, from its header alone
+    (formats 1.0 to 3.0), leaving ``f`` at the first data byte.
+
+    NumPy's public readers cover 1.0 and 2.0; format 3.0 (written when a structured dtype has
+    field names outside latin-1) is 2.0 with a UTF-8 header, read here with the public
+    :func:`numpy.lib.format.descr_to_dtype` and a literal-only parse (no code runs)."""
+    import ast
+
     fmt = np.lib.format
     version = fmt.read_magic(f)
     if version == (1, 0):
-        shape, _, dtype = fmt.read_array_header_1_0(f)
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
     elif version == (2, 0):
-        shape, _, dtype = fmt.read_array_header_2_0(f)
-    else:  # (3, 0): utf-8 header; NumPy has no public reader for it
-        shape, _, dtype = fmt._read_array_header(f, version)
-    return tuple(shape), dtype
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+    elif version == (3, 0):
+        (n,) = struct.unpack("<I", f.read(4))
+        if n > 100_000:
+            raise ValueError(f"an .npy header of {n} bytes (NumPy reads at most 100000)")
+        raw = f.read(n)
+        if len(raw) != n:
+            raise ValueError("truncated .npy header")
+        d = ast.literal_eval(raw.decode("utf-8"))
+        if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+            raise ValueError(
+                f"expected the .npy header keys descr, fortran_order, shape: {d!r:.100}"
+            )
+        shape, fortran, dtype = d["shape"], d["fortran_order"], fmt.descr_to_dtype(d["descr"])
+        if not isinstance(fortran, bool):
+            raise ValueError(f"expected fortran_order True or False, got {fortran!r:.40}")
+        if not (isinstance(shape, tuple) and all(isinstance(x, int) and x >= 0 for x in shape)):
+            raise ValueError(f"expected a shape of non-negative integers, got {shape!r:.100}")
+    else:
+        raise ValueError(f".npy format version {version} (refinv reads 1.0 to 3.0)")
+    return tuple(shape), fortran, dtype
 
 
-def _check_npz_size(path: Path, cap: int) -> None:
-    """Refuse an ``.npz`` over ``cap`` decompressed bytes, reading only zip and .npy headers."""
+def _check_npz_size(path: Path, cap: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Refuse an ``.npz`` over ``cap`` decompressed bytes, reading only zip and .npy headers;
+    return each array's ``(shape, dtype)`` by name."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -275,6 +316,7 @@ def _check_npz_size(path: Path, cap: int) -> None:
                 f"{len(infos)} member(s) declare {_gib(declared)}; {how}"
             )
         total = 0
+        headers = {}
         for info in infos:
             if not info.filename.endswith(".npy"):
                 continue
@@ -298,11 +340,13 @@ def _check_npz_size(path: Path, cap: int) -> None:
                     "or forged"
                 )
             total += nbytes
+            headers[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
         if total > cap:
             raise ConfigError(
                 f"{path}: expected at most {_gib(cap)} of arrays, its arrays take {_gib(total)}; "
                 f"{how}"
             )
+    return headers
 
 
 def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
@@ -315,13 +359,18 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[s
     refused at once (:class:`~refinv.errors.ConfigError`).
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path, "data"):
         raise ConfigError(f"{path}: no such file")
     cap = npz_max_bytes(max_bytes)
     _check_npz_size(path, cap)
+    return _read_npz(path, None)
+
+
+def _read_npz(path: Path, keys: list[str] | None) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (None: all) of an ``.npz`` whose headers were checked."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in (z.files if keys is None else keys)}
     except ValueError as exc:
         raise ConfigError(
             f"{path}: cannot load without pickle ({exc}); refinv never loads pickles"
@@ -330,9 +379,44 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[s
         raise ConfigError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
+def is_file(path: str | os.PathLike, what: str = "file") -> bool:
+    """Whether ``path`` is a regular file (symlinks followed), like ``Path.is_file``, except
+    that a path the system cannot even look up because a component is longer than the file
+    system allows (``ENAMETOOLONG``, which Python 3.11's pathlib raises as ``OSError``) is
+    a :class:`~refinv.errors.ConfigError` that says so."""
+    import errno
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ConfigError(name_too_long(path, what)) from exc
+        return False
+    except ValueError:  # a NUL byte in the path
+        return False
+
+
+def name_too_long(path: str | os.PathLike, what: str = "file") -> str:
+    """The message for a path the system refuses as too long (``ENAMETOOLONG``)."""
+    parts = [p for p in Path(path).parts if p != os.sep]
+    longest = max((len(os.fsencode(p)) for p in parts), default=0)
+    try:
+        limit = os.pathconf(os.getcwd(), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    text = str(path)
+    shown = text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}"
+    return (
+        f"{what} {shown!r}: the file system refuses this path as too long: expected file and "
+        f"folder names of at most {limit} bytes, got one of {longest} bytes "
+        f"({len(os.fsencode(text))} bytes in all)"
+    )
+
+
 def parse_data_spec(spec: str, default_key: str = "train") -> tuple[Path, str]:
     """``"DATA.npz:key"`` -> (path, key); no ``:key`` means ``default_key``."""
-    if ":" in spec and not Path(spec).is_file():
+    if ":" in spec and not is_file(spec, "data"):
         p, k = spec.rsplit(":", 1)
         return Path(p), k
     return Path(spec), default_key
@@ -367,18 +451,35 @@ def load_images(
         path, key = parse_data_spec(str(spec))
     else:
         path = Path(spec)
-    arrays = load_npz(path)
-    if key not in arrays:
-        raise ConfigError(f"{path}: no array {key!r}; it has {sorted(arrays)}")
-    a = arrays[key]
-    if channels_last(f"{path}:{key}", a.shape, sample_shape, layout):
+    if not is_file(path, "data"):
+        raise ConfigError(f"{path}: no such file")
+    cap = npz_max_bytes()
+    headers = _check_npz_size(path, cap)
+    if key not in headers:
+        raise ConfigError(f"{path}: no array {key!r}; it has {sorted(headers)}")
+    shape, file_dtype = headers[key]
+    nhwc = channels_last(f"{path}:{key}", shape, sample_shape, layout)
+    if nhwc:
+        shape = (shape[0], shape[3], shape[1], shape[2])
+    check_images_header(f"{path}:{key}", shape, file_dtype, sample_shape, rows_ok=rows_ok)
+    made = math.prod(shape) * np.dtype(dtype).itemsize
+    if made > cap:  # what the images become (float16 -> float32 doubles), not only the bytes
+        raise ConfigError(
+            f"{path}:{key}: expected images that take at most {_gib(cap)} as {np.dtype(dtype)}, "
+            f"its {shape} {file_dtype} array would take {_gib(made)}; set "
+            f"{NPZ_MAX_BYTES_ENV}=BYTES to allow more"
+        )
+    a = _read_npz(path, [key])[key]
+    if nhwc:
         a = np.transpose(a, (0, 3, 1, 2))
-    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape, rows_ok=rows_ok)
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
         a = a.reshape((a.shape[0], *sample_shape))
-    if not np.all(np.isfinite(a)):
-        raise NonFiniteError(f"{path}:{key}: expected finite values, got NaN/Inf")
-    return np.ascontiguousarray(a, dtype=dtype)
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():
+        raise NonFiniteError(
+            f"{path}:{key}: expected finite values (as {np.dtype(dtype)}), got NaN/Inf"
+        )
+    return a
 
 
 def channels_last(

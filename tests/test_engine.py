@@ -93,8 +93,29 @@ def test_a_report_resumes_from_its_database_without_computing(tmp_path, monkeypa
     monkeypatch.undo()
     more = memorization_report([("d8", f)], tr, te, db=db, **{**KW, "masks": ["rows:2"]})
     assert [r["mask"] for r in more["runs"]] == ["rows:2"] * 4
-    with Store(db, readonly=True) as st:
-        assert len(st.done_tasks()) == 12
+    with Store(db, readonly=True) as st:  # 12 recoveries and 6 controls (3 masks x 2 splits)
+        assert len(st.done_tasks()) == 12 + 6
+
+
+def test_the_control_through_the_store_is_control_run():
+    """The report's control runs (units of the store) are control_run's, field for field."""
+    pytest.importorskip("skimage")
+    from refinv.evaluation.control import control_run
+    from refinv.operators.masks import parse_mask
+
+    f, tr, te = _images()
+    doc = memorization_report([("d8", f)], tr, te, control=True, **KW)
+    assert [(c["mask"], c["split"]) for c in doc["control"]["runs"]] == [
+        (m, s) for m in KW["masks"] for s in ("train", "test")
+    ]
+    for c in doc["control"]["runs"]:
+        x = tr if c["split"] == "train" else te
+        want, _ = control_run(x, parse_mask(c["mask"]), split=c["split"], seed=KW["seed"])
+        assert {k: v for k, v in c.items() if k != "seconds"} == {
+            k: v for k, v in want.items() if k != "seconds"
+        }
+    off = memorization_report([("d8", f)], tr, te, control=False, **KW)
+    assert off["control"] is None and _per_image(off) == _per_image(doc)
 
 
 def test_evaluate_cli_db_resumes_and_report_renders_it(tmp_path, monkeypatch, capsys):

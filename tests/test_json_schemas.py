@@ -179,7 +179,8 @@ def documents(tmp_path_factory):
 
 
 # the audit's version 2: the three-way verdict, exact intervals, low-FPR operating points
-SCHEMA_VERSIONS = {"audit": 2, "stability": 2}  # stability 2: fixed_point, null radii
+# stability 2: fixed_point, null radii; report 2: the model-free control
+SCHEMA_VERSIONS = {"audit": 2, "stability": 2, "report": 2}
 ALL = ["demo", "recover", "evaluate", "audit", "stability", "inspect", "invert", "bregman",
        "report"]  # fmt: skip
 

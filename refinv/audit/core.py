@@ -26,7 +26,7 @@ import numpy as np
 from ..evaluation.metrics import ACCURATE_MSE, APPROXIMATE_MSE
 from ..evaluation.runs import METHODS
 from ..operators.masks import MaskSpec
-from .plan import CONTROL, STABILITY, AuditInputs, audit_plan, read_inputs
+from .plan import CONTROL, CONTROL_CHECKPOINT, STABILITY, AuditInputs, audit_plan, read_inputs
 from .score import Scores, reconstruction_error, score
 
 __all__ = ["AUDIT_SCHEMA_VERSION", "DEFAULT_MASKS", "audit", "per_image_rows", "write_outputs"]
@@ -294,8 +294,8 @@ def _gallery_arrays(found: Found, store, units: dict, inp: AuditInputs) -> None:
     for spec in inp.masks:
         for s, x in inp.images.items():
             y, mask = degrade(x, spec, seed=seed, noise_std=noise)
-            found.control_x[(spec.text, s)] = _concat(store, units[(CONTROL, spec.text,
-                                                                    CONTROL, s)], "x_hat_all")  # fmt: skip
+            ctl = units[(CONTROL_CHECKPOINT, spec.text, CONTROL, s)]
+            found.control_x[(spec.text, s)] = _concat(store, ctl, "x_hat_all")
             for me in inp.methods:
                 us = units[(label0, spec.text, me, s)]
                 h = _concat(store, us, "h_est_all") if me == "blind" else np.zeros((0,), np.uint8)

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.plan import OBJECT_PREFIX, Plan, recovery_units
+from ..engine.plan import CONTROL, CONTROL_CHECKPOINT, OBJECT_PREFIX, Plan, recovery_units
 from ..errors import ConfigError, ShapeError
 from ..evaluation.runs import METHODS
 from ..operators.masks import MaskSpec, parse_mask
 
-__all__ = ["AuditInputs", "read_inputs", "audit_plan", "CONTROL", "STABILITY"]
+__all__ = [
+    "AuditInputs", "read_inputs", "audit_plan", "CONTROL", "CONTROL_CHECKPOINT", "STABILITY",
+]  # fmt: skip
 
-#: the ``checkpoint`` and ``method`` of the control's units and rows in the store
-CONTROL = "control"
 #: the ``method`` of the stability units
 STABILITY = "stability"
 
@@ -184,8 +184,9 @@ def audit_plan(
         plan.units += recovery_units([ck], splits, masks, inp.methods, solver=solver,
                                      estimates=i == 0, runtime=_runtime(f), **common)  # fmt: skip
     ck0 = _checkpoint_ref(plan, 0, *inp.main, files)
-    control = {**ck0, "label": CONTROL, "sha256": ""}
-    plan.units += recovery_units([control], splits, masks, [CONTROL], solver={},
+    control = {**ck0, "label": CONTROL_CHECKPOINT, "sha256": ""}
+    # the audit's control inpaintings are float32 (as its gallery shows them)
+    plan.units += recovery_units([control], splits, masks, [CONTROL], solver={"float32": True},
                                  estimates=True, kind="control", **common)  # fmt: skip
     n_stab = {s: (p, k, min(n, stability["n"]), sha) for s, (p, k, n, sha) in splits.items()}
     plan.units += recovery_units([ck0], n_stab, masks[:1], [STABILITY], seed=seed,

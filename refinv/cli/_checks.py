@@ -17,7 +17,6 @@ exit 2) before any model is loaded or any work is done:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -31,12 +30,11 @@ _FLAGS = {"prox_n": "--prox-limit", "stability_n": "--stability-limit"}
 
 
 def max_threads() -> int:
-    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return 4 * max(cores, 1)
+    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use (the API's
+    bound, :func:`refinv.onnx.limits.max_threads`)."""
+    from ..onnx.limits import max_threads as bound
+
+    return bound()
 
 
 def _opt(name: str) -> str:

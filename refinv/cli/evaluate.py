@@ -2,11 +2,13 @@
 
     refinv evaluate MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
         --mask random:0.5,center:9,rows:2 --method blind,known,ae-iterations \\
-        --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...] [--db PATH]
+        --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...] \\
+        [--no-control] [--db PATH]
 
-The report is a plan (one unit per checkpoint x mask x split x method), run in this process
-into a results database (resume: units it holds are not run again), then the document
-computed from the database; the table and the figures render the document.
+The report is a plan (one unit per checkpoint x mask x split x method, and one control unit
+per mask and split), run in this process into a results database (resume: units it holds
+are not run again), then the document computed from the database; the table and the
+figures render the document.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def register(sub) -> None:
         description="Degrade the training images and the held-out images with each mask, "
         "recover them with each method through MODEL.onnx (and each --checkpoints model), and "
         "report per-sample MSE/PSNR, accurate (MSE < 1e-7) and approximate (MSE < 5e-4) "
-        "recovery rates and mean PSNR, train and held-out side by side. Table on stdout, JSON "
+        "recovery rates and mean PSNR, train and held-out side by side, each beside the "
+        "model-free control (biharmonic inpainting). Table on stdout, JSON "
         f"with --json (schema in docs/cli.md). Mask grammar: {MASK_GRAMMAR}.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
@@ -80,6 +83,13 @@ def register(sub) -> None:
         "--chunk", type=int, default=1024,
         help="images solved at a time (default 1024; memory stays flat in the number of "
         "images, results do not depend on it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--control", action=argparse.BooleanOptionalAction, default=None,
+        help="the model-free control beside every rate: biharmonic inpainting (scikit-image) of "
+        "the same degraded images with the true masks, per mask and split, in the table, the "
+        "JSON and the figures (default: on where scikit-image is installed, the 'audit' extra; "
+        "--no-control skips it)",
     )  # fmt: skip
     add_solver_args(p)
     p.set_defaults(func=run)
@@ -128,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         figures_dir=args.figures,
         command="evaluate",
         chunk=args.chunk,
+        control=args.control,
         db=args.db,
     )
     doc["settings"]["train"] = args.train

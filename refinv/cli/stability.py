@@ -111,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # is each image a fixed point at all? (the radius is about the fixed point x = f(x))
     d = (np.asarray(f(x), np.float64) - x.astype(np.float64)).reshape(n, -1)
+    bad = np.flatnonzero(~np.isfinite(d).all(axis=1))
+    if bad.size:  # NaN/Inf weights (a diverged training?): no fixed point, no Jacobian
+        from ..errors import NonFiniteError
+
+        raise NonFiniteError(
+            f"{args.model}: the model's outputs at {bad.size} of {n} images (e.g. image "
+            f"{int(bad[0])}) are NaN/Inf; expected finite outputs (refinv inspect lists the "
+            "layers that hold NaN/Inf)"
+        )
     residual, mse = np.linalg.norm(d, axis=1), np.mean(d**2, axis=1)
     if not args.fixed_tol > 0:
         raise ConfigError(f"--fixed-tol: expected a positive MSE, got {args.fixed_tol}")

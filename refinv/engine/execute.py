@@ -115,15 +115,56 @@ def iter_local(
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+def _required(u: Unit) -> dict[str, int | None]:
+    """The arrays a done unit must hold, with their length (None: a scalar)."""
+    n = u.stop - u.start
+    if u.kind == "stability":
+        return {"radius": n}
+    need: dict[str, int | None] = {"observed": n, "pixels": None}
+    if u.method == "blind":
+        need["mismatched"] = n
+    if u.keep:
+        need["x"] = min(u.keep, n)
+    if u.estimates:
+        need["x_hat_all"] = n
+        if u.method == "blind":
+            need["h_est_all"] = n
+    return need
+
+
+def _holds(store: Store, u: Unit, names: set[str]) -> bool:
+    """Whether the store holds the unit's arrays, readable, numeric, of the unit's length:
+    other contents (an array of another unit, text, a blob that is no array) are computed
+    again, never trusted."""
+    need = _required(u)
+    if not set(need) <= names:
+        return False
+    try:
+        got = store.arrays(u.task_id, tuple(need))
+    except ConfigError:
+        return False
+    for k, n in need.items():
+        a = got.get(k)
+        if a is None or a.dtype.kind not in "biuf":
+            return False
+        if n is None and a.ndim != 0:
+            return False
+        if n is not None and (a.ndim < 1 or (k != "x" and a.shape[0] != n) or len(a) < n):
+            return False
+    return True
+
+
 def _todo(units: list[Unit], store: Store) -> list[Unit]:
-    """The units the store lacks: not done, or done without the images a figure needs."""
+    """The units the store lacks: not done, or done without (readable, well-shaped) arrays
+    they need; a store written before the arrays table is trusted for its sample rows."""
     done = store.done_tasks()
-    names = store.array_names() if any(u.keep or u.estimates for u in units) else {}
+    names = store.array_names()
     todo = []
     for u in units:
-        need = {"x"} if u.keep else set()
-        need |= {"x_hat_all"} if u.estimates else set()
-        if u.task_id not in done or not need <= names.get(u.task_id, set()):
+        has = names.get(u.task_id, set())
+        if u.task_id not in done:
+            todo.append(u)
+        elif (has or u.keep or u.estimates or u.kind == "stability") and not _holds(store, u, has):
             todo.append(u)
     return todo
 

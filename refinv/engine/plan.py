@@ -24,10 +24,14 @@ from typing import Any
 
 __all__ = [
     "Unit", "Plan", "unit_key", "make_unit", "recovery_units", "json_default", "OBJECT_PREFIX",
+    "CONTROL", "CONTROL_CHECKPOINT",
 ]  # fmt: skip
 
 #: ``model_path`` / ``data_path`` of a model or image array held in memory (:attr:`Plan.objects`)
 OBJECT_PREFIX = "obj:"
+#: the ``method`` of the model-free control's units and rows, and their ``checkpoint``
+CONTROL = "control"
+CONTROL_CHECKPOINT = "(control)"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,14 @@ before anything is written. The complete tasks of a damaged store are kept
 by :meth:`Store.salvage` (``refinv sweep CONFIG --db NEW.sqlite --salvage
 DAMAGED.sqlite``): it copies every task whose row and sample rows are all
 readable into a new store; the next sweep computes the rest.
+
+A store SQLite finds intact can still hold rows refinv did not write (a deleted sample row,
+a text or blob where a number goes, rows of no completed task). Every open checks, in one
+pass over the results table (0.7 s for 200,000 rows on the shared 2-core machine), that
+each done task has exactly its sample rows ``start .. stop - 1`` with well-typed cells:
+a store opened for reading (``refinv report``) with such tasks is refused with a
+:class:`~refinv.errors.ConfigError` naming them; a store opened to resume a sweep drops
+them (a warning) and the sweep recomputes them.
 """
 
 from __future__ import annotations
@@ -206,8 +214,45 @@ class Store:
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_SCHEMA)
             self.meta()  # settings, masks, methods: the JSON refinv wrote
+            if check:
+                self._check_rows(readonly)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from exc
+
+    def _check_rows(self, readonly: bool) -> None:
+        """Refuse (reading) or recompute (resuming) what a valid SQLite file can still get
+        wrong: a done task whose sample rows are missing, outside its range or of the wrong
+        type, result rows of no done task, checkpoint rows of the wrong type."""
+        bad_ck = _bad_checkpoints(self.conn)
+        if bad_ck:
+            raise ConfigError(
+                f"{self.path}: not a refinv sweep database: checkpoint rows of the wrong types "
+                f"({'; '.join(bad_ck[:3])}); " + _recover_hint(self.path)
+            )
+        if readonly:
+            bad, orphans = _bad_tasks(self.conn), _orphan_rows(self.conn)
+            if bad or orphans:
+                raise ConfigError(
+                    f"{self.path}: {_describe_bad(bad, orphans)}; its report would leave "
+                    "samples out or mix in values refinv did not write. `refinv sweep CONFIG "
+                    f"--db {self.path}` recomputes those tasks (or "
+                    + _recover_hint(self.path)
+                    + ")"
+                )
+            return
+        with self._tx():  # checked and dropped in one transaction: concurrent sweeps
+            bad, orphans = _bad_tasks(self.conn), _orphan_rows(self.conn)
+            if bad or orphans:
+                log.warning("%s: %s; they are recomputed", self.path, _describe_bad(bad, orphans))
+                self.conn.executemany(
+                    "DELETE FROM results WHERE task_id = ?", [(t[0],) for t in bad]
+                )
+                self.conn.executemany("DELETE FROM tasks WHERE task_id = ?", [(t[0],) for t in bad])
+                self.conn.executemany(
+                    "DELETE FROM arrays WHERE task_id = ?", [(t[0],) for t in bad]
+                )
+                if orphans:
+                    self.conn.execute(f"DELETE FROM results WHERE {_ORPHAN}")
 
     def _tables(self) -> dict[str, list[str]]:
         names = [
@@ -290,7 +335,8 @@ class Store:
                     t[8] == "done"
                     and isinstance(start, int)
                     and isinstance(stop, int)
-                    and [r[6] for r in rows] == list(range(start, stop))
+                    and [r[6] for r in rows]
+                    == ([] if t[4] in ROWLESS_METHODS else list(range(start, stop)))
                     and all(tuple(r[:6]) == tuple(t[:6]) for r in rows)
                 )
                 if ok:
@@ -628,6 +674,83 @@ def _from_npy(data: bytes, path: Path) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as exc:  # never a pickle; a damaged blob says so
         raise ConfigError(f"{path}: an array of the store cannot be read ({exc})") from exc
+
+
+# a result row whose cells are not what write_task writes (SQLite keeps any type in any
+# column): numbers where numbers go (NULL only where a value may be missing), 0/1 flags
+_BAD_CELL = """(r.task_id IS NOT NULL AND (
+    typeof(r.sample) != 'integer' OR r.sample < t.start OR r.sample >= t.stop
+    OR typeof(r.mse) NOT IN ('real', 'integer', 'null')
+    OR typeof(r.psnr) NOT IN ('real', 'integer')
+    OR typeof(r.iterations) != 'integer'
+    OR typeof(r.converged) != 'integer' OR r.converged NOT IN (0, 1)
+    OR typeof(r.diverged) != 'integer' OR r.diverged NOT IN (0, 1)
+    OR typeof(r.residual) NOT IN ('real', 'integer', 'null')
+    OR typeof(r.erased_fraction) NOT IN ('real', 'integer')
+    OR typeof(r.mask_error) NOT IN ('real', 'integer', 'null')
+    OR r.checkpoint IS NOT t.checkpoint OR r.mask IS NOT t.mask
+    OR r.method IS NOT t.method OR r.split IS NOT t.split
+))"""
+_ORPHAN = "task_id NOT IN (SELECT task_id FROM tasks WHERE status = 'done')"
+#: methods of the units whose results are arrays only, no sample rows (the audit's local
+#: stability)
+ROWLESS_METHODS = ("stability",)
+# the sample rows a done task has
+_ROWS = ("CASE WHEN t.method IN (" + ", ".join(f"'{m}'" for m in ROWLESS_METHODS)
+         + ") THEN 0 ELSE t.stop - t.start END")  # fmt: skip
+
+
+def _bad_tasks(con: sqlite3.Connection) -> list[tuple]:
+    """``(task_id, checkpoint, mask, method, split, start, stop, rows, bad_rows)`` of each
+    done task whose sample rows are not exactly ``start .. stop - 1`` (none for a unit of
+    :data:`ROWLESS_METHODS`) with well-typed cells (one pass over the results table, by its
+    primary key)."""
+    return con.execute(
+        f"""SELECT t.task_id, t.checkpoint, t.mask, t.method, t.split, t.start, t.stop,
+                   count(r.task_id), coalesce(sum({_BAD_CELL}), 0)
+            FROM tasks AS t LEFT JOIN results AS r ON r.task_id = t.task_id
+            WHERE t.status = 'done'
+            GROUP BY t.task_id
+            HAVING typeof(t.start) != 'integer' OR typeof(t.stop) != 'integer'
+                OR count(r.task_id) != ({_ROWS}) OR coalesce(sum({_BAD_CELL}), 0) > 0"""
+    ).fetchall()
+
+
+def _orphan_rows(con: sqlite3.Connection) -> int:
+    """The number of result rows that belong to no done task."""
+    return con.execute(f"SELECT count(*) FROM results WHERE {_ORPHAN}").fetchone()[0]
+
+
+def _bad_checkpoints(con: sqlite3.Connection) -> list[str]:
+    rows = con.execute(
+        """SELECT label, typeof(position), typeof(model), typeof(sha256), typeof(train_loss),
+                  typeof(test_loss) FROM checkpoints
+           WHERE typeof(label) != 'text' OR typeof(position) != 'integer'
+              OR typeof(model) != 'text' OR typeof(sha256) != 'text'
+              OR typeof(train_loss) NOT IN ('real', 'integer', 'null')
+              OR typeof(test_loss) NOT IN ('real', 'integer', 'null')"""
+    ).fetchall()
+    cols = ("position", "model", "sha256", "train_loss", "test_loss")
+    return [f"{str(r[0])[:40]!r}: " + ", ".join(f"{c} {t}" for c, t in zip(cols, r[1:], strict=True))
+            for r in rows]  # fmt: skip
+
+
+def _describe_bad(bad: list[tuple], orphans: int) -> str:
+    """One sentence on the damaged tasks (the first three named) and orphan rows."""
+    parts = []
+    if bad:
+        first = "; ".join(
+            f"{c} / {m} / {me} / {s} [{a}:{b}]: {n} sample rows"
+            + (f", {k} with values of the wrong type or range" if k else "")
+            for _, c, m, me, s, a, b, n, k in bad[:3]
+        )
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        parts.append(
+            f"{len(bad)} done task(s) whose sample rows are missing or damaged ({first}{more})"
+        )
+    if orphans:
+        parts.append(f"{orphans} result row(s) of no completed task")
+    return " and ".join(parts)
 
 
 def _readable_rows(con: sqlite3.Connection, table: str, cols: list[str]) -> list[tuple]:

@@ -143,8 +143,10 @@ def run_unit(
     stats = getattr(f, "stats", None)
     ort0 = stats.seconds if stats is not None else None
     with _quiet(quiet):
-        if unit.kind == "control":
+        if unit.kind == "control" and unit.solver.get("float32"):
             out = _run_control(unit, _images(unit, f, objects))
+        elif unit.kind == "control":
+            out = _run_control_split(unit, _image_source(unit, f, objects), progress)
         elif unit.kind == "stability":
             out = _run_stability(unit, f, _images(unit, f, objects))
         elif unit.chunk is not None:
@@ -241,6 +243,35 @@ def _run_control(unit: Unit, x_all: np.ndarray) -> dict:
     cols = _Columns("control", pixel_shape(tuple(x.shape[1:])))
     cols.add(x, y, mask, res, keep=unit.keep, estimates=unit.estimates)
     return cols.result(time.perf_counter() - t0)
+
+
+def _run_control_split(unit: Unit, source: Any, progress: bool | None) -> dict:
+    """The control of ``refinv evaluate``: a whole split (``chunk`` images at a time),
+    :func:`~refinv.evaluation.control.control_run`, its inpaintings in float64."""
+    from ..evaluation.control import control_run
+    from ..operators.masks import parse_mask, pixel_shape
+
+    if unit.start != 0:
+        raise ConfigError(f"unit {unit.task_id}: this control unit covers its whole split")
+    cols: _Columns | None = None
+
+    def collect(x, y, mask, xc, met):
+        nonlocal cols
+        if cols is None:
+            cols = _Columns("control", pixel_shape(tuple(x.shape[1:])))
+        nb = len(x)
+        done = _Done(xc, np.zeros(nb, np.int64), np.ones(nb, bool), np.zeros(nb, bool), [None] * nb)
+        cols.add(x, y, mask, done, keep=unit.keep, metrics=met)
+
+    entry, first = control_run(
+        source, parse_mask(unit.mask), split=unit.split, seed=unit.seed,
+        noise_std=unit.noise_std, chunk=unit.chunk, n_keep=unit.keep, progress=progress,
+        on_chunk=collect,
+    )  # fmt: skip
+    out = (cols or _Columns("control", ())).result(entry["seconds"])
+    if first is not None:  # the figures' row: as control_run keeps them (the images' dtype)
+        out["arrays"]["x_hat"] = first
+    return out
 
 
 def _run_stability(unit: Unit, f: Any, x_all: np.ndarray) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import time
 import warnings
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DivergenceWarning, NonFiniteError, ShapeError
-from ..io import channels_last, check_images_header, new_file_mode
+from ..io import channels_last, check_images_header, is_file, new_file_mode, npy_header
 from ..operators.masks import MaskSpec, erase, pixel_shape
 from .runs import method_options, recovery_metrics, run_entry, run_method, warn_diverged
 
@@ -71,7 +72,7 @@ class NpzImages:
         self.path, self.key = Path(path), key
         self.sample_shape = tuple(int(d) for d in sample_shape)
         self.dtype = np.dtype(dtype)
-        if not self.path.is_file():
+        if not is_file(self.path, "data"):
             raise ConfigError(f"{self.path}: no such file")
         try:
             with zipfile.ZipFile(self.path) as zf:
@@ -82,6 +83,8 @@ class NpzImages:
                     shape, fortran, dt = self._header(fp)
         except zipfile.BadZipFile as exc:
             raise ConfigError(f"{self.path}: not an .npz file ({exc})") from exc
+        except (ValueError, SyntaxError, struct.error) as exc:
+            raise ConfigError(f"{self.path}: {key!r} is not a readable .npy array ({exc})") from exc
         label = f"{self.path}:{key}"
         # the rules of load_images
         self._nhwc = channels_last(label, shape, self.sample_shape, layout)
@@ -97,11 +100,7 @@ class NpzImages:
 
     @staticmethod
     def _header(fp) -> tuple[tuple[int, ...], bool, np.dtype]:
-        fmt = np.lib.format
-        version = fmt.read_magic(fp)
-        if version == (1, 0):
-            return fmt.read_array_header_1_0(fp)
-        return fmt.read_array_header_2_0(fp)
+        return npy_header(fp)  # .npy formats 1.0 to 3.0
 
     def __len__(self) -> int:
         return self.n

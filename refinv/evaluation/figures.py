@@ -115,8 +115,12 @@ def figure_examples(
     mask: str = "",
     method: str = "",
     split: str = "",
+    x_control: np.ndarray | None = None,
+    mse_control: Sequence[float | None] | None = None,
 ) -> Path:
-    """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image.
+    """Grid: original / degraded / recovered / [control] / estimated mask (true mask if none),
+    one column per image; ``x_control`` (the model-free control's images, with their
+    ``mse_control``) adds the row "control (no model)".
 
     Drawn from the pixels with Pillow (no plotting figure): each image magnified by
     :func:`_tile_scale` (nearest neighbour, gray levels 0..1 -> 0..255, clipped), row
@@ -130,6 +134,8 @@ def figure_examples(
 
     k = int(x.shape[0])
     rows = [("original", x), ("degraded", y), ("recovered", xhat)]
+    if x_control is not None:
+        rows.append(("control (no model)", x_control))
     rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
     tiles = [[_img(arr[j]) for j in range(k)] for _, arr in rows]
     hw = tiles[0][0].shape[:2] if k else (1, 1)
@@ -153,8 +159,9 @@ def figure_examples(
         text(name, 4, top, th)
         for j in range(k):
             left = label_w + j * (tw + gap)
-            if i == 2 and mse is not None and mse[j] is not None:
-                text(f"MSE {mse[j]:.1e}", left, top - cap, cap, 7.0)
+            err = mse if i == 2 else (mse_control if i == 3 and x_control is not None else None)
+            if err is not None and err[j] is not None:
+                text(f"MSE {err[j]:.1e}", left, top - cap, cap, 7.0)
             t = np.round(tiles[i][j] * 255.0).astype(np.uint8)
             t = np.repeat(np.repeat(t, sc, axis=0), sc, axis=1)
             if colour and t.ndim == 2:
@@ -164,10 +171,14 @@ def figure_examples(
 
 
 def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
-    """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
+    """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3.
+
+    With the control, its accurate rate on the training images of each mask is a dotted
+    horizontal line (the model-free level)."""
     import io
 
     from ..io import atomic_write_bytes
+    from .control import control_index
 
     Figure = _figure_class()
 
@@ -184,6 +195,11 @@ def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
         ax.plot(
             [p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{method}, {mask}"
         )
+    for (mask, split), c in sorted(control_index(doc).items()):
+        if split == "train":
+            ax.axhline(
+                100 * c["accurate_rate"], ls=":", color="0.4", lw=1, label=f"control, {mask}"
+            )
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("train loss (MSE)")
@@ -200,17 +216,28 @@ def _slug(s: str) -> str:
 
 
 def report_figures(doc: dict, store: Any, out: str | Path, task_of: dict) -> list[Path]:
-    """The example grid of every run of ``doc`` (the images the store kept for it) and, with
-    two or more checkpoints, the rate-vs-train-loss figure, written to ``out``.
+    """The example grid of every run of ``doc`` (the images the store kept for it; with the
+    control, its inpaintings of the same images as a row) and, with two or more
+    checkpoints, the rate-vs-train-loss figure, written to ``out``.
 
-    ``task_of`` maps a run's ``(checkpoint, mask, method, split)`` to the task that kept its
-    first images."""
+    ``task_of`` maps a run's ``(checkpoint, mask, method, split)`` (and the control's, under
+    its own checkpoint and method) to the task that kept its first images."""
+    from ..engine.plan import CONTROL, CONTROL_CHECKPOINT
+    from .control import control_index
+
     out = Path(out)
+    ctl = control_index(doc)
     written = []
     for i, r in enumerate(doc["runs"]):
         key = (r["checkpoint"], r["mask"], r["method"], r["split"])
         a = store.arrays(task_of[key], ("x", "y", "x_hat", "h_true", "h_est"))
         k = len(a["x"])
+        extra = {}
+        c_task = task_of.get((CONTROL_CHECKPOINT, key[1], CONTROL, key[3]))
+        if (key[1], key[3]) in ctl and c_task is not None:
+            xc = store.arrays(c_task, ("x_hat",)).get("x_hat")
+            if xc is not None:
+                extra = {"x_control": xc[:k], "mse_control": ctl[(key[1], key[3])]["mse"][:k]}
         name = f"{i:03d}_{_slug(key[0])}_{_slug(key[1])}_{key[2]}_{key[3]}.png"
         written.append(
             figure_examples(
@@ -225,6 +252,7 @@ def report_figures(doc: dict, store: Any, out: str | Path, task_of: dict) -> lis
                 mask=key[1],
                 method=key[2],
                 split=key[3],
+                **extra,
             )  # fmt: skip
         )
     if len(doc["checkpoints"]) > 1:

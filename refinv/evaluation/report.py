@@ -12,10 +12,17 @@ Reproducibility: for a given ``seed`` the masks of a split are drawn from
 memorization); the blind solver's Bernoulli initial mask uses
 ``default_rng([seed, 1])`` and noise ``default_rng([seed, 2])``.
 
-JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
+The control (``control=True``; by default wherever scikit-image is importable): the
+same degraded images, masks and splits filled in WITHOUT the model by biharmonic
+inpainting (:mod:`refinv.evaluation.control`), so that every rate has a model-free
+rate beside it: an approximate rate that the control matches on training images
+says nothing about memorization.
+
+JSON schema (``SCHEMA_VERSION = 2``, stable; documented in docs/cli.md; version 2
+added ``control``)::
 
     {
-      "schema_version": 1, "tool": "refinv", "refinv_version": str,
+      "schema_version": 2, "tool": "refinv", "refinv_version": str,
       "command": str, "created_utc": str,
       "thresholds": {"accurate_mse": 1e-7, "approximate_mse": 5e-4,
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
@@ -35,7 +42,13 @@ JSON schema (``SCHEMA_VERSION = 1``, stable; documented in docs/cli.md)::
           "erased_fraction": float, "mask_error": float|null,
           "mse": [float], "psnr": [float], "iterations": [int],
           "converged": [bool], "diverged": [bool], "residual": [float|null]
-      }]
+      }],
+      "control": null | {"method": str, "runs": [{
+          "mask": str, "split": "train"|"test", "n": int,
+          "accurate_rate": float, "approximate_rate": float,
+          "mean_psnr": float, "median_psnr": float, "seconds": float,
+          "mse": [float|null], "psnr": [float]
+      }]}   # one run per (mask, split), joined to ``runs`` on (mask, split)
     }
 
 Rates are fractions in [0, 1]; each PSNR is clamped to [0, 200] dB (200 for
@@ -89,13 +102,14 @@ __all__ = [
     "evaluate_split",
     "report_plan",
     "report_from_store",
+    "control_from_store",
     "format_table",
     "format_loss_table",
 ]
 
 log = logging.getLogger("refinv.evaluation.report")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _now() -> str:
@@ -182,6 +196,7 @@ def new_document(
         },
         "checkpoints": [],
         "runs": [],
+        "control": None,
     }
 
 
@@ -275,6 +290,7 @@ def memorization_report(
     chunk: int | None = None,
     files: dict | None = None,
     argv: Sequence[str] | None = None,
+    control: bool | None = None,
     db: str | Path | None = None,
 ) -> dict:
     """Sweep checkpoints x masks x methods on the training and held-out images.
@@ -312,6 +328,11 @@ def memorization_report(
     files : ``role -> path`` of the input files for the ``provenance`` block (default: the
         models' own paths, ``model`` and ``checkpoint_1`` ..., where they have one).
     argv : the command line for the ``provenance`` block (default ``sys.argv``).
+    control : add the model-free control (:func:`~refinv.evaluation.control.control_run`:
+        biharmonic inpainting of the same degraded images with the true masks, per mask
+        and split) as ``doc["control"]``, beside every rate in :func:`format_table` and
+        in the figures. None (default): on where scikit-image is importable; True
+        without it: ConfigError; False: off (``doc["control"]`` is None).
     db : a results database (:class:`~refinv.engine.store.Store`) to keep the runs in and
         resume from: runs it already holds (same model, images and settings) are not
         computed again. None: a temporary one. A plain callable (no ``sha256``) is known by
@@ -331,8 +352,11 @@ def memorization_report(
     solver = dict(solver or {})
     splits, chunk = _splits(train, test, chunk)
     keep = n_figure if figures_dir is not None else 0
+    from .control import resolve_control
+
     plan = report_plan(models, splits, specs, list(methods), seed=seed, noise_std=noise_std,
-                       solver=solver, chunk=chunk, keep=keep)  # fmt: skip
+                       solver=solver, chunk=chunk, keep=keep,
+                       control=resolve_control(control))  # fmt: skip
     base = new_document(command=command, seed=seed, noise_std=noise_std, masks=specs,
                         methods=list(methods), solver=solver)  # fmt: skip
     with _store(db) as store:
@@ -341,7 +365,8 @@ def memorization_report(
             store.add_checkpoint(_checkpoint(str(label), f, splits, chunk), refresh=True)
         execute(plan.units, store, objects=plan.objects, progress=progress, quiet=False,
                 on_error="raise", on_done=_warn_unit(solver), replace=True)  # fmt: skip
-        doc = report_from_store(store, base, plan.groups)
+        doc = report_from_store(store, base, [g for g in plan.groups if g[2] in METHODS])
+        doc["control"] = control_from_store(store, plan)
         if figures_dir is not None:
             _figures(doc, store, plan, figures_dir)
     from ..provenance import provenance
@@ -416,10 +441,13 @@ def report_plan(
     solver: dict,
     chunk: int | None = None,
     keep: int = 0,
+    control: bool = False,
 ) -> Any:
     """The plan of a memorization report on in-memory models and images: one unit per
-    checkpoint x mask x split x method (the whole split), in report order."""
-    from ..engine.plan import OBJECT_PREFIX, Plan, recovery_units
+    checkpoint x mask x split x method (the whole split), in report order; with
+    ``control``, one unit of the model-free control per mask and split
+    (:func:`~refinv.evaluation.control.control_run`)."""
+    from ..engine.plan import CONTROL, CONTROL_CHECKPOINT, OBJECT_PREFIX, Plan, recovery_units
 
     plan = Plan(units=[])
     split_refs = {}
@@ -434,6 +462,12 @@ def report_plan(
         plan.units += recovery_units(
             [ck], split_refs, [s.text for s in specs], methods, seed=seed, noise_std=noise_std,
             solver=solver, chunk=chunk, keep=keep,
+        )  # fmt: skip
+    if control:  # no model: the images are read as the first model takes them
+        ck = {"label": CONTROL_CHECKPOINT, "path": f"{OBJECT_PREFIX}model0", "sha256": ""}
+        plan.units += recovery_units(
+            [ck], split_refs, [s.text for s in specs], [CONTROL], seed=seed,
+            noise_std=noise_std, solver={}, chunk=chunk, keep=keep, kind="control",
         )  # fmt: skip
     return plan
 
@@ -503,12 +537,63 @@ def _warn_unit(solver: dict):
 
 def _figures(doc: dict, store: Any, plan: Any, out: str | Path) -> None:
     """The figures (:func:`~refinv.evaluation.figures.report_figures`) from the images each
-    run's first unit kept in the store."""
+    run's first unit (and the control's) kept in the store."""
     from .figures import report_figures
 
     first = {(u.checkpoint, u.mask, u.method, u.split): u.task_id
              for u in reversed(plan.units)}  # fmt: skip
     report_figures(doc, store, out, first)
+
+
+def control_from_store(store: Any, plan: Any = None) -> dict | None:
+    """``doc["control"]``: one run of the model-free control per mask and split, as
+    :func:`~refinv.evaluation.control.control_run` returns it, from the control units of
+    ``plan`` (in its order) or, without a plan, every control run the store holds (masks in
+    the store's order, train first); None when there is none."""
+    from ..engine.plan import CONTROL, CONTROL_CHECKPOINT
+    from .control import CONTROL_METHOD
+
+    ids = None
+    if plan is not None:
+        units = [u for u in plan.units if u.kind == "control"]
+        ids = {u.task_id for u in units}
+        order = list(dict.fromkeys((u.mask, u.split) for u in units))
+    rows: dict[tuple, list[dict]] = {}
+    for r in store.results():
+        if (r["checkpoint"], r["method"]) == (CONTROL_CHECKPOINT, CONTROL) and (
+            ids is None or r["task_id"] in ids
+        ):
+            rows.setdefault((r["mask"], r["split"]), []).append(r)
+    if plan is None:
+        pos = {m: i for i, m in enumerate(store.meta().get("masks", []))}
+        order = sorted(rows, key=lambda k: (pos.get(k[0], 1 << 30), k[0], k[1] != "train"))
+    if not order or not rows:
+        return None
+    seconds = store.task_seconds(ids)
+    runs = []
+    for mask, split in order:
+        rs = sorted(rows.get((mask, split), []), key=lambda r: r["sample"])
+        sec = seconds.get((CONTROL_CHECKPOINT, mask, CONTROL, split), (0.0, None))[0]
+        runs.append(_control_entry(mask, split, rs, sec))
+    return {"method": CONTROL_METHOD, "runs": runs}
+
+
+def _control_entry(mask: str, split: str, rs: list[dict], seconds: float) -> dict:
+    """One control run from its stored rows (the fields and arithmetic of ``control_run``)."""
+    mse_a = np.array([np.nan if r["mse"] is None else r["mse"] for r in rs], dtype=np.float64)
+    psnr_a = np.array([r["psnr"] for r in rs], dtype=np.float64)
+    n = int(mse_a.shape[0])
+    finite = np.where(np.isnan(mse_a), np.inf, mse_a)
+    return {
+        "mask": mask, "split": split, "n": n,
+        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
+        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
+        "mean_psnr": float(np.mean(psnr_a)) if n else 0.0,
+        "median_psnr": float(np.median(psnr_a)) if n else 0.0,
+        "seconds": float(seconds),
+        "mse": [None if np.isnan(v) else float(v) for v in mse_a],
+        "psnr": [float(v) for v in psnr_a],
+    }  # fmt: skip
 
 
 def _model_file(f: Any) -> str | None:
@@ -540,8 +625,10 @@ def report_from_store(
         labels = list(dict.fromkeys(g[0] for g in groups))
         by_label = {c["label"]: c for c in checkpoints}
         checkpoints = [by_label[c] for c in labels if c in by_label]
-    else:
-        keys = sorted(rows, key=_run_order(store.meta(), checkpoints))
+    else:  # every recovery run of the store (not its control's, nor other unit kinds')
+        keys = sorted(
+            (k for k in rows if k[2] in METHODS), key=_run_order(store.meta(), checkpoints)
+        )
     doc["checkpoints"] = checkpoints
     loss = {c["label"]: c["train_loss"] for c in checkpoints}
     seconds = store.task_seconds(task_ids)
@@ -605,11 +692,20 @@ def _pct(v: float) -> str:
     return f"{100.0 * v:5.1f}%"
 
 
-_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (control)"}
+_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (never trained on)"}
+
+
+def _control_index(doc: dict) -> dict[tuple[str, str], dict]:
+    from .control import control_index
+
+    return control_index(doc)
 
 
 def format_table(doc: dict) -> str:
-    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns."""
+    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns.
+
+    With the control (``doc["control"]``), each rate and the mean PSNR is followed by the
+    model-free control's value for the same mask and split (column ``ctl``)."""
     rows: dict[tuple, dict[str, dict]] = {}
     splits: list[str] = []
     for r in doc["runs"]:
@@ -621,7 +717,12 @@ def format_table(doc: dict) -> str:
     head = (["checkpoint"] if several else []) + ["mask", "method"]
     keys = {k: (k if several else k[1:]) for k in rows}
     widths = [max([len(h)] + [len(str(kp[i])) for kp in keys.values()]) for i, h in enumerate(head)]
-    cols = ["acc", "approx", "PSNR", "iters"]
+    ctl = _control_index(doc)
+    cols = (
+        ["acc", "ctl", "approx", "ctl", "PSNR", "ctl", "iters"]
+        if ctl
+        else ["acc", "approx", "PSNR", "iters"]
+    )
     block = " ".join(f"{c:>7}" for c in cols)
     title = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
     top = " | ".join(f"{_SPLIT_TITLES.get(s, s):^{len(block)}}" for s in splits)
@@ -641,10 +742,16 @@ def format_table(doc: dict) -> str:
                 continue
             secs += r["seconds"]
             it = float(np.mean(r["iterations"])) if r["iterations"] else 0.0
-            parts.append(
-                f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{_psnr_cell(r):>7} {it:7.1f}"
-            )
+            c = ctl.get((key[1], split)) if ctl else None
+            if not ctl:
+                cells = [_pct(r["accurate_rate"]), _pct(r["approximate_rate"])]
+                cells += [_psnr_cell(r), f"{it:.1f}"]
+            else:
+                cells = [_pct(r["accurate_rate"]), _pct(c["accurate_rate"]) if c else "-"]
+                cells += [_pct(r["approximate_rate"]), _pct(c["approximate_rate"]) if c else "-"]
+                cells += [_psnr_cell(r), f"{c['mean_psnr']:.1f}" if c else "-"]
+                cells += [f"{it:.1f}"]
+            parts.append(" ".join(f"{v:>7}" for v in cells))
         lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
     th = doc["thresholds"]
     lines.append(
@@ -652,6 +759,11 @@ def format_table(doc: dict) -> str:
         f"PSNR: mean dB (data range 1, capped at {th['psnr_cap_db']:g}); "
         "iters: mean iterations per image (outer for blind/known, f calls for ae-iterations)"
     )
+    if ctl:
+        lines.append(
+            f"ctl: the model-free control, {doc['control']['method']}, on the same degraded "
+            "images (same masks, same split); a train rate near its ctl is not memorization"
+        )
     return "\n".join(lines)
 
 

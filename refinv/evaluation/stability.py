@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import from_numpy, namespace, to_numpy
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, NonFiniteError, ShapeError
 from ..operators.masks import expand_mask
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,21 @@ def model_jacobian(f: Any, x: Any, *, eps: float = 1e-3) -> np.ndarray:
         xb = xs[b].reshape(1, n)
         P = np.concatenate([xb + E, xb - E]).reshape(2 * n, *shape)
         fp = to_numpy(f(from_numpy(P, like=x))).reshape(2 * n, n).astype(np.float64)
+        _finite_outputs(fp, b)
         out[b] = ((fp[:n] - fp[n:]) / (2.0 * eps)).T  # column j = df/dx_j
     return out
+
+
+def _finite_outputs(fp: np.ndarray, b: int | None) -> None:
+    """The Jacobian needs finite outputs around the image (NaN/Inf would reach LAPACK or
+    ARPACK as a crash, not a verdict)."""
+    if not np.isfinite(fp).all():
+        at = "" if b is None else f" {b}"
+        raise NonFiniteError(
+            f"stability: the model's outputs next to image{at} are NaN/Inf, so its Jacobian "
+            "is undefined there; expected a model with finite weights and outputs (refinv "
+            "inspect lists the layers that hold NaN/Inf)"
+        )
 
 
 def _damping(J: np.ndarray, h: np.ndarray, rho: float) -> np.ndarray:
@@ -157,6 +170,7 @@ def _arnoldi_radius(
     eps: float,
     tol: float,
     max_restarts: int,
+    index: int | None = None,
 ) -> float:
     """Largest |eigenvalue| of ``M`` at one image, matrix-free (ARPACK, implicitly restarted
     Arnoldi). ``Ms`` needs ``J s`` for one ``s``: central differences along ``s`` scaled so
@@ -174,6 +188,7 @@ def _arnoldi_radius(
         step = (eps / scale) * s
         P = np.stack([x0 + step, x0 - step]).astype(xb.dtype, copy=False)
         fp = to_numpy(f(from_numpy(P.reshape(2, *shape), like=x))).reshape(2, n)
+        _finite_outputs(fp, index)
         return (fp[0].astype(np.float64) - fp[1]) * (scale / (2.0 * eps))
 
     def matvec(w: np.ndarray) -> np.ndarray:
@@ -269,7 +284,7 @@ def pnp_admm_stability(
             raise ConfigError(f"eps: expected a positive step, got {eps}")
         hd = h.astype(np.float64)
         return np.asarray(
-            [_arnoldi_radius(f, x, xs[b], hd[b], rho, eps, tol, max_restarts)
+            [_arnoldi_radius(f, x, xs[b], hd[b], rho, eps, tol, max_restarts, b)
              for b in range(xs.shape[0])]
         )  # fmt: skip
     J = model_jacobian(f, x, eps=eps)

@@ -1,7 +1,7 @@
 """The memorization report of a sweep database: the same JSON schema as ``refinv evaluate``.
 
 :func:`report_from_db` is the report document of :mod:`refinv.evaluation.report`
-(``schema_version`` 1: the same rates, PSNR and per-sample lists, ``command = "sweep"``)
+(its ``SCHEMA_VERSION``: the same rates, PSNR and per-sample lists, ``command = "sweep"``)
 computed from the store (:func:`~refinv.evaluation.report.report_from_store`), so
 :func:`~refinv.evaluation.report.format_table` and the figures work on it unchanged. Runs
 are ordered like ``refinv evaluate``'s: checkpoint (config order), mask, split, method;
@@ -26,7 +26,7 @@ class _Named:
 
 def report_from_db(db: str | Path) -> dict:
     """The report document (schema of :mod:`refinv.evaluation.report`) of a sweep database."""
-    from ..evaluation.report import new_document, report_from_store
+    from ..evaluation.report import control_from_store, new_document, report_from_store
     from ..operators.masks import parse_mask
     from ..provenance import provenance
 
@@ -46,6 +46,7 @@ def report_from_db(db: str | Path) -> dict:
         doc["settings"]["tasks"] = {"done": counts.get("done", 0),
                                     "failed": counts.get("failed", 0)}  # fmt: skip
         doc = report_from_store(store, doc)
+        doc["control"] = control_from_store(store)  # a store of refinv evaluate --db
     # as memorization_report: the schema name first, the provenance block (the database) last
     doc = {"schema": "refinv.report", **doc}
     doc["provenance"] = provenance({"database": str(db)})

@@ -65,7 +65,7 @@ MODULE_TESTS = {
     "onnx/_chain_builder.py": ["tests/test_chain_reader.py"],
     "onnx/model.py": ["tests/test_onnx_model.py"],
     "onnx/loading.py": ["tests/test_onnx_model.py"],
-    "sweep/store.py": ["tests/test_sweep.py"],
+    "engine/store.py": ["tests/test_sweep.py"],
 }
 
 
@@ -100,9 +100,9 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- evaluation/report.py
     M(
         "report-heldout-seed",
-        "evaluation/report.py",
-        "split=split,\n                        seed=seed,",
-        'split=split,\n                        seed=seed + (split == "test"),',
+        "engine/plan.py",
+        "**shard, **common, solver",
+        '**shard, **{**common, "seed": seed + (split == "test")}, solver',
         "same_masks",
         True,
     ),
@@ -739,10 +739,10 @@ MUTANTS: list[Mutant] = [
         "if not MIN_OPSET <= default:",
         "opset",
     ),
-    # ---------------------------------------------------------------- sweep/store.py
+    # ---------------------------------------------------------------- engine/store.py
     M(
         "store-task-row-first",
-        "sweep/store.py",
+        "engine/store.py",
         "        with self._tx():\n            # a retried failed task",
         '        self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)\n'
         "        with self._tx():\n            # a retried failed task",
@@ -751,7 +751,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "store-no-rollback",
-        "sweep/store.py",
+        "engine/store.py",
         'self.conn.execute("ROLLBACK")',
         'self.conn.execute("COMMIT")',
         "store_failing",
@@ -867,7 +867,7 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- store salvage, opening
     N(
         "salvage-bisect-drops-a-row",
-        "sweep/store.py",
+        "engine/store.py",
         "stack += [(mid + 1, hi), (lo, mid)]",
         "stack += [(mid + 2, hi), (lo, mid)]",
         "bisection",
@@ -876,7 +876,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "salvage-bisect-stops-at-pairs",
-        "sweep/store.py",
+        "engine/store.py",
         "            if lo < hi:\n                mid = (lo + hi) // 2",
         "            if lo + 1 < hi:\n                mid = (lo + hi) // 2",
         "bisection",
@@ -884,7 +884,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "salvage-bisect-order",
-        "sweep/store.py",
+        "engine/store.py",
         "stack += [(mid + 1, hi), (lo, mid)]",
         "stack += [(lo, mid), (mid + 1, hi)]",
         "bisection",
@@ -892,7 +892,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "salvage-key-columns-unchecked",
-        "sweep/store.py",
+        "engine/store.py",
         "and all(tuple(r[:6]) == tuple(t[:6]) for r in rows)",
         "and all(r[0] == t[0] for r in rows)",
         "not_whole",
@@ -901,7 +901,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "salvage-failed-task-kept",
-        "sweep/store.py",
+        "engine/store.py",
         't[8] == "done"\n',
         't[8] in ("done", "failed")\n',
         "not_whole",
@@ -909,7 +909,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "salvage-incomplete-task-kept",
-        "sweep/store.py",
+        "engine/store.py",
         "and [r[6] for r in rows] == list(range(start, stop))",
         "and {r[6] for r in rows} <= set(range(start, stop))",
         "not_whole",
@@ -917,16 +917,16 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "salvage-some-tables",
-        "sweep/store.py",
-        "if not set(_TABLES) <= names:",
+        "engine/store.py",
+        "if not set(_TABLES) - _OPTIONAL <= names:",
         "if not set(_TABLES) & names:",
         "some_of_refinvs_tables",
         ["tests/test_store_salvage_exact.py"],
     ),
     N(
         "store-open-some-tables",
-        "sweep/store.py",
-        "if theirs or (tables and set(tables) != set(_TABLES)):",
+        "engine/store.py",
+        "if theirs or (tables and not set(_TABLES) - _OPTIONAL <= set(tables)):",
         "if theirs:",
         "some_of_refinvs_tables",
         ["tests/test_store_salvage_exact.py"],
@@ -1140,33 +1140,33 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- audit (issue 26's code)
     N(
         "audit-reconstruction-sign",
-        "audit/core.py",
-        '"reconstruction": {s: -recon[label0][s] for s, _ in splits},',
-        '"reconstruction": {s: recon[label0][s] for s, _ in splits},',
+        "audit/score.py",
+        '"reconstruction": {s: -found.recon[label0][s] for s in cols},',
+        '"reconstruction": {s: found.recon[label0][s] for s in cols},',
         "reconstruction_score",
         ["tests/test_audit_exact.py"],
         True,
     ),
     N(
         "audit-stability-sign",
-        "audit/core.py",
-        '"stability": {s: -tied[s] for s, _ in splits},',
-        '"stability": {s: tied[s] for s, _ in splits},',
+        "audit/score.py",
+        '"stability": {s: -r for s, r in _tied(',
+        '"stability": {s: r for s, r in _tied(',
         "stability_score",
         ["tests/test_audit_exact.py"],
         True,
     ),
     N(
         "audit-stability-no-ties",
-        "audit/core.py",
-        '"stability": {s: -tied[s] for s, _ in splits},',
-        '"stability": {s: -radius[s] for s, _ in splits},',
+        "audit/score.py",
+        '"stability": {s: -r for s, r in _tied(found.radius, stability["tie_rtol"]).items()},',
+        '"stability": {s: -found.radius[s] for s in cols},',
         "stability_ties",
         ["tests/test_audit_exact.py"],
     ),
     N(
         "audit-accurate-rate-counts-approximate",
-        "audit/core.py",
+        "audit/score.py",
         'out["accurate_rate"] = clopper_pearson(int(np.sum(m < ACCURATE_MSE)), n, confidence)',
         'out["accurate_rate"] = clopper_pearson(int(np.sum(m < APPROXIMATE_MSE)), n, confidence)',
         "clopper_pearson_of_the_counts",
@@ -1185,15 +1185,15 @@ MUTANTS: list[Mutant] = [
     N(
         "audit-gallery-reversed",
         "audit/core.py",
-        'order = np.lexsort((per_image["train"]["best_mse"], -np.nan_to_num(gain_tr, nan=-np.inf)))',
-        'order = np.lexsort((per_image["train"]["best_mse"], np.nan_to_num(gain_tr, nan=np.inf)))',
+        "-np.nan_to_num(gain_tr, nan=-np.inf)))",
+        "np.nan_to_num(gain_tr, nan=np.inf)))",
         "gallery",
         ["tests/test_audit_exact.py"],
         True,
     ),
     N(
         "audit-best-keeps-the-worst",
-        "audit/core.py",
+        "audit/score.py",
         "        better = m < best_mse\n",
         "        better = m > best_mse\n",
         "best_setting",
@@ -1202,7 +1202,7 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "audit-approximate-at-the-exact-threshold",
-        "audit/core.py",
+        "audit/score.py",
         "approx |= extracted(m, p, c, APPROXIMATE_MSE)",
         "approx |= extracted(m, p, c, ACCURATE_MSE)",
         "exposure_counts",
@@ -1228,20 +1228,18 @@ MUTANTS: list[Mutant] = [
     ),
     N(
         "audit-control-other-masks",
-        "audit/core.py",
-        "y, mask = degrade(x, spec, seed=seed, noise_std=noise_std)\n"
-        "                xc = biharmonic_inpaint",
-        "y, mask = degrade(x, spec, seed=seed + 1, noise_std=noise_std)\n"
-        "                xc = biharmonic_inpaint",
+        "engine/work.py",
+        "parse_mask(unit.mask), seed=unit.seed,\n",
+        "parse_mask(unit.mask), seed=unit.seed + 1,\n",
         "control",
         ["tests/test_audit_exact.py"],
         True,
     ),
     N(
         "audit-resume-key-without-solver",
-        "audit/core.py",
-        '                        "solver": method_options(method, solver),\n',
-        "",
+        "engine/plan.py",
+        'noise=d["noise_std"], solver=d["solver"]',
+        'noise=d["noise_std"]',
         "resume_key",
         ["tests/test_audit_exact.py"],
         True,
@@ -1249,8 +1247,8 @@ MUTANTS: list[Mutant] = [
     N(
         "audit-cache-read-without-resume",
         "audit/core.py",
-        "if p is None or not self.resume or not p.is_file():",
-        "if p is None or not p.is_file():",
+        "    if not resume:\n        for p in (path,",
+        "    if False:\n        for p in (path,",
         "not_read_without_resume",
         ["tests/test_audit_exact.py"],
         True,

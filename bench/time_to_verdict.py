@@ -91,6 +91,11 @@ try:  # the chunked runs of refinv evaluate (newer checkouts)
     timed(CH, "evaluate_split_chunked", "solvers")
 except ImportError:
     pass
+try:  # the engine's units (newer checkouts): every recovery goes through run_method
+    import refinv.evaluation.runs as RU
+    timed(RU, "run_method", "solvers")
+except ImportError:
+    pass
 timed(R, "figure_examples", "figures")
 timed(R, "figure_rate_vs_loss", "figures")
 if sys.argv[1] == "audit":

@@ -17,8 +17,6 @@ model-free control fills in exactly.
 from __future__ import annotations
 
 import csv
-import glob
-import json
 
 import numpy as np
 import pytest
@@ -121,13 +119,29 @@ def _control(doc, mask, split):
 
 
 def _masks(out, mask, split):
-    """The masks the recoveries used (the run cache of the known-mask method)."""
-    for p in glob.glob(str(out / "cache" / "run-*.npz")):
-        with np.load(p) as z:
-            e = json.loads(str(z["entry"]))
-            if (e["mask"], e["method"], e["split"]) == (mask, "known", split):
-                return z["mask"].astype(bool)
-    raise AssertionError("no cached run")
+    """The masks the recoveries used: drawn again from the audit's seed (0) for the split's
+    images, and checked against the store, which counts each image's observed pixels."""
+    import sqlite3
+
+    from refinv.evaluation.runs import degrade
+    from refinv.operators.masks import parse_mask
+
+    tr, te, _, _ = _data()
+    h = degrade(tr if split == "train" else te, parse_mask(mask), seed=0)[1].astype(bool)
+    con = sqlite3.connect(out / "store.sqlite")
+    try:
+        (blob,) = con.execute(
+            "SELECT a.data FROM arrays a JOIN tasks t ON a.task_id = t.task_id WHERE "
+            "a.name = 'observed' AND t.mask = ? AND t.method = 'known' AND t.split = ?",
+            (mask, split),
+        ).fetchone()
+    finally:
+        con.close()
+    import io
+
+    observed = np.load(io.BytesIO(blob), allow_pickle=False)
+    assert np.array_equal(observed, h.reshape(len(h), -1).sum(axis=1))
+    return h
 
 
 def _rows(case, split):
@@ -321,7 +335,7 @@ def _units(doc):
 def test_resume_key_covers_the_solver_settings(tmp_path, no_figures):
     """1 run per split, 1 control per split, 1 stability unit per split: 6 units. Resuming
     with another max_iter recomputes the 2 runs (the controls and the stability units do not
-    depend on it); the same settings again reuse all 6."""
+    depend on it); the same settings again reuse all 6 once stored."""
     tr, te, P, Q = _data()
     f = ("bent", Bent(P, Q))
     out = tmp_path / "out"
@@ -334,9 +348,12 @@ def test_resume_key_covers_the_solver_settings(tmp_path, no_figures):
         _run(other, "center:2", "known", "train")["mse"]
         != _run(first, "center:2", "known", "train")["mse"]
     )
+    # the store holds one result per image and run: the max_iter=3 runs replaced the first
+    # ones, so going back computes those 2 runs again (and reuses the 4 other units)
     again = refinv.audit(f, tr, te, out=out, resume=True, **SMALL)
-    assert _units(again) == (6, 0)
+    assert _units(again) == (4, 2)
     assert again["recovery"]["runs"][0]["mse"] == first["recovery"]["runs"][0]["mse"]
+    assert _units(refinv.audit(f, tr, te, out=out, resume=True, **SMALL)) == (6, 0)
 
 
 def test_the_cache_is_not_read_without_resume(tmp_path, no_figures):

@@ -114,19 +114,19 @@ def test_evaluate_accepts_the_deprecated_masks(files, tmp_path, capsys):
 
 
 def test_ctrl_c_in_a_sweep_is_one_resume_line_and_exit_130(files, tmp_path, monkeypatch, capsys):
-    import refinv.sweep.run as run_mod
+    import refinv.engine.work as work  # the engine runs the sweep's tasks
 
     cfg = _config(files, tmp_path)  # 3 shards x 2 methods = 6 tasks
     db = tmp_path / "s.sqlite"
-    real, calls = run_mod.run_task, []
+    real, calls = work.run_unit, []
 
-    def interrupted_after_two(task):
+    def interrupted_after_two(task, *a, **kw):
         calls.append(task.task_id)
         if len(calls) == 3:
             raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
-        return real(task)
+        return real(task, *a, **kw)
 
-    monkeypatch.setattr(run_mod, "run_task", interrupted_after_two)
+    monkeypatch.setattr(work, "run_unit", interrupted_after_two)
     assert main(["sweep", str(cfg), "--db", str(db), "--workers", "1", "-q"]) == 130
     out, err = capsys.readouterr()
     assert "Traceback" not in err
@@ -135,7 +135,7 @@ def test_ctrl_c_in_a_sweep_is_one_resume_line_and_exit_130(files, tmp_path, monk
     assert line.startswith("refinv sweep: interrupted; the completed tasks are saved")
     assert shlex.split(cmd) == ["refinv", "sweep", str(cfg), "--db", str(db), "-q"]
     assert _done_tasks(db) == 2
-    monkeypatch.setattr(run_mod, "run_task", real)
+    monkeypatch.setattr(work, "run_unit", real)
     assert main(shlex.split(cmd)[1:]) == 0  # the printed command resumes the sweep
     assert "6 tasks: 2 already in" in capsys.readouterr().out
     assert _done_tasks(db) == 6

@@ -10,9 +10,9 @@ import sqlite3
 import pytest
 from test_sweep import _config, pytestmark  # noqa: F401
 
+from refinv.engine.store import _readable_rows
 from refinv.errors import ConfigError
 from refinv.sweep import Store, run_sweep
-from refinv.sweep.store import _readable_rows
 
 
 @pytest.fixture(scope="module")

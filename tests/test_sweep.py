@@ -227,24 +227,24 @@ def load_model():
 
 
 def test_failing_task_is_recorded_and_retried(tmp_path, monkeypatch):
-    import refinv.sweep.run as sweep_run
+    import refinv.engine.work as work
 
     cfg = _config(tmp_path, masks=("center:4",))
-    real = sweep_run.run_task
+    real = work.run_unit
 
-    def flaky(task):
+    def flaky(task, *a, **kw):
         if task.method == "known":
             raise RuntimeError("boom")
-        return real(task)
+        return real(task, *a, **kw)
 
-    monkeypatch.setattr(sweep_run, "run_task", flaky)
+    monkeypatch.setattr(work, "run_unit", flaky)
     db = tmp_path / "f.sqlite"
     s = run_sweep_checked(cfg, db, progress=False)
     assert (s.total, s.done, s.failed) == (12, 8, 4)
     with Store(db, readonly=True) as st:
         fails = st.failures()
     assert len(fails) == 4 and all("boom" in f[-1] and f[2] == "known" for f in fails)
-    monkeypatch.setattr(sweep_run, "run_task", real)
+    monkeypatch.setattr(work, "run_unit", real)
     s2 = run_sweep_checked(cfg, db, progress=False)
     assert (s2.skipped, s2.done, s2.failed) == (8, 4, 0)
     with Store(db, readonly=True) as st:

@@ -22,9 +22,10 @@ import pytest
 from _sweeps import done_tasks as _done
 from _sweeps import run_sweep_checked
 
+from refinv.engine import dask as engine_dask
+from refinv.engine import work as engine_work
 from refinv.errors import ConfigError, RefinvError
 from refinv.sweep import Store, load_config, make_tasks, run_task
-from refinv.sweep import run as sweep_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "onnx" / "digits8_lrelu_6x320.onnx"
@@ -73,10 +74,10 @@ def own_cache(tmp_path, monkeypatch):
     """Each test ships files into its own cache folder (REFINV_SWEEP_CACHE, inherited by the
     LocalCluster workers it starts), never the user's shared one that other runs use."""
     folder = tmp_path / "shipped-cache"
-    monkeypatch.setenv(sweep_run.CACHE_ENV, str(folder))
-    sweep_run._SHIPPED.clear()
+    monkeypatch.setenv(engine_dask.CACHE_ENV, str(folder))
+    engine_dask._SHIPPED.clear()
     yield folder
-    sweep_run._SHIPPED.clear()
+    engine_dask._SHIPPED.clear()
 
 
 def _rows(db: Path) -> list[tuple]:
@@ -99,7 +100,7 @@ def test_shipped_files_give_the_same_results_as_the_parents_paths(tmp_path, own_
     mask = _file_mask(src)
     cfg = _config(tmp_path, model=model, data=data, masks=(mask, "center:3"), n=4, shard=2)
     tasks = make_tasks(load_config(cfg))
-    files = sweep_run._task_files(tasks)
+    files = engine_dask.unit_files(tasks)
     assert files == sorted([str(Path(model).resolve()), str(Path(data).resolve()),
                             str((src / "m.npz").resolve())])  # fmt: skip
     blobs = {p: (hashlib.sha256(Path(p).read_bytes()).hexdigest(), Path(p).read_bytes())
@@ -108,29 +109,29 @@ def test_shipped_files_give_the_same_results_as_the_parents_paths(tmp_path, own_
     assert len(picked) == 2 and picked[0].mask == mask  # file mask and centre, shard [2:4]
     ref = [run_task(t) for t in picked]
     shutil.rmtree(src)  # the "worker" cannot see the parent's files any more
-    sweep_run._MODELS.clear()  # nor has it opened them before
-    sweep_run._DATA.clear()
+    engine_work._MODELS.clear()  # nor has it opened them before
+    engine_work._DATA.clear()
     for t in picked:
         with pytest.raises(RefinvError):
             run_task(t)
-    got = [sweep_run._run_shipped(t, blobs) for t in picked]
+    got = [engine_dask.run_shipped(t, blobs) for t in picked]
     for a, b in zip(ref, got, strict=True):
         for k in ("mse", "psnr", "iterations", "converged", "residual", "mask_error"):
             assert a[k] == b[k], k
-    local = sweep_run._relocate(picked[0], {p: f"/w/{i}.x" for i, p in enumerate(files)})
+    local = engine_dask._relocate(picked[0], {p: f"/w/{i}.x" for i, p in enumerate(files)})
     assert local.model_path.startswith("/w/") and local.data_path.startswith("/w/")
     if picked[0].mask.startswith("file:"):
         assert local.mask.startswith("file:/w/") and local.mask.endswith(":keep")
     # bytes that do not match their hash are refused
     bad = {p: (sha, data + b"x" if p.endswith(".onnx") else data) for p, (sha, data) in
            blobs.items()}  # fmt: skip
-    sweep_run._SHIPPED.clear()
-    cache = Path(sweep_run._materialize(*blobs[files[0]], files[0])).parent
+    engine_dask._SHIPPED.clear()
+    cache = Path(engine_dask._materialize(*blobs[files[0]], files[0])).parent
     assert cache == own_cache
     shutil.rmtree(cache)  # this test's own folder: no other run uses it
-    sweep_run._SHIPPED.clear()
+    engine_dask._SHIPPED.clear()
     with pytest.raises(ConfigError, match="do not match their SHA-256"):
-        sweep_run._run_shipped(picked[0], bad)
+        engine_dask.run_shipped(picked[0], bad)
 
 
 def test_worker_check_names_each_problem(tmp_path):
@@ -139,8 +140,8 @@ def test_worker_check_names_each_problem(tmp_path):
     good = hashlib.sha256(b"abc").hexdigest()
     from refinv import __version__
 
-    assert sweep_run._worker_check({str(p): good}, __version__)["problems"] == []
-    probs = sweep_run._worker_check(
+    assert engine_dask.worker_check({str(p): good}, __version__)["problems"] == []
+    probs = engine_dask.worker_check(
         {str(p): "0" * 64, str(tmp_path / "gone.onnx"): good}, "0.0.0-other"
     )["problems"]
     assert len(probs) == 3
@@ -216,9 +217,9 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch, own_cache):
     # the worker process wrote its copies into this test's folder (model, data, mask)
     assert len([p for p in own_cache.iterdir() if not p.name.startswith(".")]) == 3
 
-    real = sweep_run.file_sha256  # the parent believes the model has other content
+    real = engine_dask.file_sha256  # the parent believes the model has other content
     monkeypatch.setattr(
-        sweep_run, "file_sha256", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
+        engine_dask, "file_sha256", lambda p: "0" * 64 if str(p).endswith(".onnx") else real(p)
     )
     db = tmp_path / "refused.sqlite"
     with pytest.raises(ConfigError, match=r"--send-files.*other content"):
@@ -229,7 +230,7 @@ def test_dask_send_files_and_the_worker_check(tmp_path, monkeypatch, own_cache):
 
 def test_unreachable_scheduler_is_a_config_error(tmp_path, monkeypatch):
     pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
-    monkeypatch.setattr(sweep_run, "_CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(engine_dask, "_CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ConfigError, match="tcp://127.0.0.1:9: expected the address"):
         run_sweep_checked(_config(tmp_path), tmp_path / "x.sqlite", scheduler="tcp://127.0.0.1:9",
                   progress=False)  # fmt: skip
@@ -241,14 +242,14 @@ def test_cache_folder_is_private_and_content_addressed(tmp_path, own_cache, monk
     something outside removed it; the default folder is per user."""
     data = b"model bytes"
     sha = hashlib.sha256(data).hexdigest()
-    p = Path(sweep_run._materialize(sha, data, "/somewhere/m.onnx"))
+    p = Path(engine_dask._materialize(sha, data, "/somewhere/m.onnx"))
     assert p.parent == own_cache and p.name == f"{sha[:24]}-m.onnx"
     assert p.read_bytes() == data and (own_cache.stat().st_mode & 0o777) == 0o700
     p.unlink()  # a tmp cleaner
-    assert Path(sweep_run._materialize(sha, data, "m.onnx")).read_bytes() == data
-    monkeypatch.delenv(sweep_run.CACHE_ENV)
-    monkeypatch.setattr(sweep_run.tempfile, "gettempdir", lambda: str(tmp_path))
-    assert sweep_run._cache_folder() == tmp_path / f"refinv-sweep-files-{os.getuid()}"
+    assert Path(engine_dask._materialize(sha, data, "m.onnx")).read_bytes() == data
+    monkeypatch.delenv(engine_dask.CACHE_ENV)
+    monkeypatch.setattr(engine_dask.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert engine_dask._cache_folder() == tmp_path / f"refinv-sweep-files-{os.getuid()}"
 
 
 def test_cache_folder_that_is_a_link_or_anothers_is_refused(tmp_path, monkeypatch):
@@ -258,10 +259,10 @@ def test_cache_folder_that_is_a_link_or_anothers_is_refused(tmp_path, monkeypatc
     real.mkdir()
     link = tmp_path / "cache"
     link.symlink_to(real)
-    monkeypatch.setenv(sweep_run.CACHE_ENV, str(link))
+    monkeypatch.setenv(engine_dask.CACHE_ENV, str(link))
     with pytest.raises(ConfigError, match="got a link or a file; set REFINV_SWEEP_CACHE"):
-        sweep_run._cache_folder()
-    monkeypatch.setenv(sweep_run.CACHE_ENV, str(real))
-    monkeypatch.setattr(sweep_run.os, "getuid", lambda: os.stat(real).st_uid + 1)
+        engine_dask._cache_folder()
+    monkeypatch.setenv(engine_dask.CACHE_ENV, str(real))
+    monkeypatch.setattr(engine_dask.os, "getuid", lambda: os.stat(real).st_uid + 1)
     with pytest.raises(ConfigError, match="got a folder of uid"):
-        sweep_run._cache_folder()
+        engine_dask._cache_folder()

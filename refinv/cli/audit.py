@@ -2,10 +2,14 @@
 
     refinv audit MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
         [--checkpoints CK1.onnx ...] [--mask random:0.5,center:9,rows:2] \\
-        [--method blind,known,ae-iterations] --out DIR [--resume]
+        [--method blind,known,ae-iterations] --out DIR [--resume] \\
+        [--workers N] [--scheduler ADDRESS|local] [--shard-size N]
 
 Writes DIR/report.json (schema in docs/cli.md), DIR/per_image.csv and one
-self-contained DIR/report.html; needs the ``audit`` extra.
+self-contained DIR/report.html; needs the ``audit`` extra. The audit is a plan of units
+(recoveries, control, stability) run into the results store DIR/store.sqlite (in this
+process, on a process pool or on Dask, as ``refinv sweep``), then scored, decided and
+rendered from the store.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..errors import ConfigError
 from . import _args
 from ._args import add_solver_args, progress_flag
 from .evaluate import RECOVERY_METHODS, open_checkpoints
-from .recover import load_split, solver_options
+from .recover import solver_options
 
 __all__ = ["register", "run"]
 
@@ -58,7 +62,24 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--resume", action="store_true",
-        help="reuse the finished runs cached in DIR/cache (an interrupted audit continues)",
+        help="reuse the units the results store DIR/store.sqlite holds (an interrupted audit "
+        "continues; without it the store starts afresh)",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes (default 1: run in this process); with --scheduler local, the "
+        "number of LocalCluster workers",
+    )  # fmt: skip
+    p.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS|local",
+        help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
+        "start a LocalCluster with --workers workers (every worker needs this refinv and the "
+        "model and data files at the same paths)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard-size", type=int, default=None, metavar="N",
+        help="images per unit of work (default: a whole split per unit; smaller units spread "
+        "a large split over the workers)",
     )  # fmt: skip
     _args.add_limit(
         p, "images of each split for the local-stability score", default=20,
@@ -98,18 +119,19 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: expected a folder, got the file {str(out)!r}")
     check_writable(out / "report.json", "--out")
+    if args.workers < 1:
+        raise ConfigError(f"--workers: expected >= 1, got {args.workers}")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise ConfigError(f"--shard-size: expected a positive count, got {args.shard_size}")
     models = open_checkpoints(args)
-    f0 = models[0][1]
-    train, _ = load_split(args.train, f0, "train", args.data_layout)
-    test, _ = load_split(args.test, f0, "test", args.data_layout)
     files = {"model": args.model, "train": str(parse_data_spec(args.train, "train")[0]),
              "test": str(parse_data_spec(args.test, "test")[0])}  # fmt: skip
     for i, p in enumerate(args.checkpoints, 1):
         files[f"checkpoint_{i}"] = p
     doc = audit(
         models[0],
-        train,
-        test,
+        args.train,  # read as the model takes them (the files name the units for workers)
+        args.test,
         checkpoints=models[1:],
         masks=masks,
         methods=methods,
@@ -126,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         data_specs=(args.train, args.test),
         started=started,
         argv=cli_argv(args),
+        data_layout=args.data_layout,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        shard_size=args.shard_size,
     )
     v = doc["verdict"]
     print(v["headline"])
@@ -138,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     t = doc["timing"]
     print(
         f"wrote {out / 'report.html'}, {out / 'report.json'}, {out / 'per_image.csv'} "
-        f"({doc['provenance']['wall_seconds']:.1f} s; {t['cached_units']} units from the cache, "
+        f"({doc['provenance']['wall_seconds']:.1f} s; {t['cached_units']} units from the store, "
         f"{t['computed_units']} computed)"
     )
     return 0

@@ -3,7 +3,12 @@
     refinv evaluate MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
         --mask random:0.5,center:9,rows:2 --method blind,known,ae-iterations \\
         --json REPORT.json [--figures DIR] [--checkpoints CK1.onnx CK2.onnx ...] \\
-        [--no-control]
+        [--no-control] [--db PATH]
+
+The report is a plan (one unit per checkpoint x mask x split x method, and one control unit
+per mask and split), run in this process into a results database (resume: units it holds
+are not run again), then the document computed from the database; the table and the
+figures render the document.
 """
 
 from __future__ import annotations
@@ -69,6 +74,12 @@ def register(sub) -> None:
     _args.add_json(p)
     _args.add_figures(p)
     p.add_argument(
+        "--db", default=None, metavar="PATH",
+        help="keep the runs in this results database (SQLite, as `refinv sweep`'s) and resume "
+        "from it: runs it already holds for the same models, images and settings are not "
+        "computed again; `refinv report PATH` renders it (default: a temporary database)",
+    )  # fmt: skip
+    p.add_argument(
         "--chunk", type=int, default=1024,
         help="images solved at a time (default 1024; memory stays flat in the number of "
         "images, results do not depend on it)",
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         command="evaluate",
         chunk=args.chunk,
         control=args.control,
+        db=args.db,
     )
     doc["settings"]["train"] = args.train
     doc["settings"]["test"] = args.test

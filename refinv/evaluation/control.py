@@ -87,6 +87,7 @@ def control_run(
     chunk: int | None = None,
     n_keep: int = 0,
     progress: bool | None = None,
+    on_chunk: Any = None,
 ) -> tuple[dict, np.ndarray | None]:
     """The control of one split and mask: the SAME degraded images and masks as the
     memorization report's runs of that split and mask, inpainted without the model.
@@ -101,7 +102,8 @@ def control_run(
     report's ``control.runs`` (``mask``, ``split``, ``n``, ``accurate_rate``,
     ``approximate_rate``, ``mean_psnr``, ``median_psnr``, ``seconds``, ``mse``,
     ``psnr``; thresholds of the report), ``first`` the inpainted first ``n_keep``
-    images (None if ``n_keep`` is 0), for the figures.
+    images (None if ``n_keep`` is 0), for the figures. ``on_chunk(x, y, mask, xc, metrics)``
+    is called after each chunk (the engine's control units keep their per-image rows).
     """
     from .._progress import Progress
     from ..operators.masks import erase, pixel_shape
@@ -125,6 +127,8 @@ def control_run(
             xc = biharmonic_inpaint(np.asarray(y), np.asarray(mask))
             seconds += time.perf_counter() - t0
             met = recovery_metrics(x, xc)
+            if on_chunk is not None:
+                on_chunk(x, y, mask, xc, met)
             mse.append(met["mse"])
             psnr.append(met["psnr"])
             need = min(n_keep - sum(len(k) for k in keep), m)

@@ -243,8 +243,6 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     Opens every model and loads every split once to check shapes; raises
     :class:`~refinv.errors.ConfigError` on the first problem.
     """
-    from ..evaluation.runs import METHODS
-
     base = Path(base)
     _unknown(doc, _TOP_KEYS, "config")
     seed = int(_type(doc.get("seed", 0), (int,), "seed"))
@@ -256,7 +254,23 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     shard = int(_type(doc.get("shard_size", 50), (int,), "shard_size"))
     if shard < 1:
         raise ConfigError(f"shard_size: expected an integer >= 1, got {shard}")
+    masks = _masks(doc, base)
+    methods = _methods(doc)
+    solver = _solver(dict(_type(doc.get("solver", {}), (dict,), "[solver]")), base)
+    threads, provider, batch_size = _runtime(doc)
+    datasets = _datasets(doc, base)
+    models = [
+        _check_model(m, datasets[m.dataset], masks, threads, provider, solver.get("mask_init"))
+        for m in _models(doc, base, datasets)
+    ]
+    return SweepConfig(
+        models=models, datasets=datasets, masks=masks, methods=methods, solver=solver,
+        seed=seed, noise_std=noise, shard_size=shard, threads=threads, provider=provider,
+        batch_size=batch_size, source=source,
+    )  # fmt: skip
 
+
+def _masks(doc: dict, base: Path) -> list[MaskSpec]:
     masks_raw = _type(doc.get("masks", ["random:0.5"]), (list,), "masks")
     if not masks_raw:
         raise ConfigError("masks: expected a non-empty list of mask specs")
@@ -269,6 +283,12 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             masks.append(parse_mask(m))  # ConfigError on an unknown mask
     if len({m.text for m in masks}) != len(masks):
         raise ConfigError(f"masks: duplicate entries in {masks_raw}")
+    return masks
+
+
+def _methods(doc: dict) -> list[str]:
+    from ..evaluation.runs import METHODS
+
     methods = list(_type(doc.get("methods", ["blind"]), (list,), "methods"))
     if not methods:
         raise ConfigError("methods: expected a non-empty list")
@@ -277,9 +297,11 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             raise ConfigError(f"methods: expected names from {', '.join(METHODS)}, got {m!r}")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods: duplicate entries in {methods}")
+    return methods
 
-    solver = _solver(dict(_type(doc.get("solver", {}), (dict,), "[solver]")), base)
 
+def _runtime(doc: dict) -> tuple[int | None, str, int | None]:
+    """``(threads, provider, batch_size)`` of ``[runtime]``."""
     rt = dict(_type(doc.get("runtime", {}), (dict,), "[runtime]"))
     _unknown(rt, _RUNTIME_KEYS, "[runtime]")
     threads = _threads(rt.get("threads", 1))
@@ -289,7 +311,10 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     batch_size = rt.get("batch_size")
     if batch_size is not None and _type(batch_size, (int,), "runtime.batch_size") < 1:
         raise ConfigError(f"runtime.batch_size: expected >= 1, got {batch_size}")
+    return threads, provider, batch_size
 
+
+def _datasets(doc: dict, base: Path) -> dict[str, Dataset]:
     dsets_raw = _type(doc.get("datasets", {}), (dict,), "[datasets]")
     if not dsets_raw:
         raise ConfigError("[datasets]: expected at least one [datasets.NAME] table")
@@ -310,7 +335,11 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
             else None,
             n=n,
         )
+    return datasets
 
+
+def _models(doc: dict, base: Path, datasets: dict[str, Dataset]) -> list[ModelEntry]:
+    """The ``[[models]]`` entries (paths resolved, labels unique; not opened yet)."""
     models_raw = _type(doc.get("models", []), (list,), "[[models]]")
     if not models_raw:
         raise ConfigError("[[models]]: expected at least one [[models]] entry")
@@ -343,25 +372,7 @@ def parse_config(doc: dict, base: str | os.PathLike = ".", *, source: str = "") 
     labels = [m.label for m in models]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"[[models]]: labels must be unique, got {labels} (set 'label')")
-
-    models = [
-        _check_model(m, datasets[m.dataset], masks, threads, provider, solver.get("mask_init"))
-        for m in models
-    ]
-    return SweepConfig(
-        models=models,
-        datasets=datasets,
-        masks=masks,
-        methods=methods,
-        solver=solver,
-        seed=seed,
-        noise_std=noise,
-        shard_size=shard,
-        threads=threads,
-        provider=provider,
-        batch_size=batch_size,
-        source=source,
-    )
+    return models
 
 
 def _check_model(

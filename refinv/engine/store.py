@@ -1,4 +1,8 @@
-"""The SQLite results store of a sweep (stdlib ``sqlite3``, WAL mode).
+"""The SQLite results store of every batch of recoveries (stdlib ``sqlite3``, WAL mode).
+
+``refinv evaluate --db``, ``refinv sweep``, ``refinv report`` and ``refinv audit`` keep their
+units' results here, keyed by each unit's content (:func:`refinv.engine.plan.unit_key`):
+a unit already in the store is not computed again (resume).
 
 Tables (full description in docs/sweep.md):
 
@@ -19,8 +23,15 @@ Tables (full description in docs/sweep.md):
     method, split, sample, mse, psnr, iterations, converged, diverged,
     residual, erased_fraction, mask_error, seed, noise_std, solver,
     refinv_version``; ``UNIQUE(checkpoint, mask, method, split, sample)``.
+``arrays``
+    Named arrays of a done task (``task_id, name, data``: a ``.npy`` file, read without
+    pickles): the exact pixel counts of its masks (``observed``, ``mismatched``,
+    ``pixels``) and the images that figures draw (``x``, ``y``, ``x_hat``, ``h_true``,
+    ``h_est`` of the first ones). A store written before this table has none: it is added
+    when the store is next opened for writing, and its reports fall back to per-sample
+    means.
 
-Crash safety: a task's result rows and its ``tasks`` row (status ``done``)
+Crash safety: a task's result rows, its arrays and its ``tasks`` row (status ``done``)
 are written in ONE transaction, so a task is either complete or absent; WAL
 journaling means a killed process never leaves a corrupt database, and the
 next run simply recomputes the missing tasks.
@@ -46,12 +57,15 @@ them (a warning) and the sweep recomputes them.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -87,6 +101,10 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (task_id, sample),
     UNIQUE (checkpoint, mask, method, split, sample)
 );
+CREATE TABLE IF NOT EXISTS arrays (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id), name TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (task_id, name)
+);
 """
 
 
@@ -109,7 +127,10 @@ _TABLES = {
         "onnx_seconds refinv_version finished_utc"
     ).split(),
     "results": _RESULT_COLS,
+    "arrays": ["task_id", "name", "data"],
 }
+#: tables a store written before ``arrays`` existed lacks (added when opened for writing)
+_OPTIONAL = {"arrays"}
 
 
 def _recover_hint(path: Path) -> str:
@@ -168,7 +189,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from exc
         theirs = sorted(t for t in tables if t not in _TABLES)
-        if theirs or (tables and set(tables) != set(_TABLES)):
+        if theirs or (tables and not set(_TABLES) - _OPTIONAL <= set(tables)):
             raise ConfigError(
                 f"{self.path}: not a refinv sweep database: expected the tables "
                 f"{sorted(_TABLES)}, it has {sorted(tables)} (another program's database? "
@@ -227,6 +248,9 @@ class Store:
                     "DELETE FROM results WHERE task_id = ?", [(t[0],) for t in bad]
                 )
                 self.conn.executemany("DELETE FROM tasks WHERE task_id = ?", [(t[0],) for t in bad])
+                self.conn.executemany(
+                    "DELETE FROM arrays WHERE task_id = ?", [(t[0],) for t in bad]
+                )
                 if orphans:
                     self.conn.execute(f"DELETE FROM results WHERE {_ORPHAN}")
 
@@ -276,12 +300,12 @@ class Store:
             names = {
                 r[0] for r in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
             }
-            if not set(_TABLES) <= names:
+            if not set(_TABLES) - _OPTIONAL <= names:
                 raise ConfigError(
                     f"{damaged}: not a refinv sweep database (tables {sorted(names)}); "
                     "nothing to salvage"
                 )
-            data = {t: _readable_rows(con, t, _TABLES[t]) for t in _TABLES}
+            data = {t: _readable_rows(con, t, _TABLES[t]) for t in _TABLES if t in names}
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{damaged}: cannot be read at all ({exc}); rerun the sweep") from exc
         finally:
@@ -292,6 +316,9 @@ class Store:
         by_task: dict[str, list[tuple]] = {}
         for r in data["results"]:
             by_task.setdefault(r[0], []).append(r)
+        arrays: dict[str, list[tuple]] = {}
+        for r in data.get("arrays", []):
+            arrays.setdefault(r[0], []).append(r)
         kept = dropped = 0
         with cls(new) as out:
             with out._tx():
@@ -308,7 +335,8 @@ class Store:
                     t[8] == "done"
                     and isinstance(start, int)
                     and isinstance(stop, int)
-                    and [r[6] for r in rows] == list(range(start, stop))
+                    and [r[6] for r in rows]
+                    == ([] if t[4] in ROWLESS_METHODS else list(range(start, stop)))
                     and all(tuple(r[:6]) == tuple(t[:6]) for r in rows)
                 )
                 if ok:
@@ -320,6 +348,9 @@ class Store:
                             out.conn.executemany(
                                 f"INSERT INTO results VALUES ({', '.join('?' * len(_RESULT_COLS))})",
                                 rows,
+                            )
+                            out.conn.executemany(
+                                "INSERT INTO arrays VALUES (?, ?, ?)", arrays.get(t[0], [])
                             )
                     except sqlite3.DatabaseError:
                         ok = False
@@ -404,29 +435,44 @@ class Store:
             return None
         return dict(zip(("label", "model", "sha256", "train_loss", "test_loss"), row, strict=True))
 
-    def add_checkpoint(self, entry: dict) -> None:
+    def add_checkpoint(
+        self, entry: dict, *, refresh: bool = False, other_model: bool = False
+    ) -> None:
+        """Record a checkpoint (``label, model, sha256, train_loss, test_loss, layout``).
+
+        One already recorded under the label is kept as it is; with ``refresh`` its values
+        are replaced by ``entry``'s (losses measured again on the current images). A model
+        of another SHA-256 under the same label is refused, unless ``other_model`` (then it
+        replaces the recorded one, like ``refresh``)."""
         with self._tx():  # check and insert in one transaction: concurrent sweeps on one store
             old = self.checkpoint(entry["label"])
             if old is not None:
-                if old["sha256"] != entry["sha256"]:
+                same = (old["sha256"] or "") == (entry["sha256"] or "")
+                if not same and not other_model:
                     raise ConfigError(
                         f"{self.path}: checkpoint {entry['label']!r} was computed with a model "
-                        f"of sha256 {old['sha256'][:12]}..., the config's has "
-                        f"{entry['sha256'][:12]}...; give it another label or use another --db"
+                        f"of sha256 {(old['sha256'] or '')[:12]}..., the config's has "
+                        f"{(entry['sha256'] or '')[:12]}...; give it another label or use "
+                        "another --db"
                     )
-                return
-            pos = self.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+                if same and not refresh:
+                    return
+            pos = self.conn.execute(
+                "SELECT coalesce((SELECT position FROM checkpoints WHERE label = ?), "
+                "(SELECT count(*) FROM checkpoints))", (entry["label"],)
+            ).fetchone()[0]  # fmt: skip
             self.conn.execute(
-                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     entry["label"],
                     pos,
                     entry["model"],
-                    entry["sha256"],
+                    entry["sha256"] or "",  # "": a model without a file (a plain callable)
                     entry["train_loss"],
                     entry["test_loss"],
                 ),
             )
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (LAYOUT_KEY + entry["label"],))
             if entry.get("layout") is not None:  # the model's layout record, in meta (no
                 # column: stores written before layouts existed read unchanged)
                 self.conn.execute(
@@ -443,6 +489,7 @@ class Store:
         out = []
         for r in rows:
             ck = dict(zip(keys, r, strict=True))
+            ck["sha256"] = ck["sha256"] or None
             layout = meta.get(LAYOUT_KEY + ck["label"])
             ck["layout"] = layout if isinstance(layout, dict) else None
             out.append(ck)
@@ -461,12 +508,17 @@ class Store:
             "WHERE status='failed' ORDER BY checkpoint, mask, method, split, start"
         ).fetchall()
 
-    def write_task(self, task: Any, out: dict, version: str) -> None:
-        """Write a completed task: all its sample rows + its ``tasks`` row, in one transaction."""
-        solver = json.dumps(task.solver, sort_keys=True)
+    def write_task(self, task: Any, out: dict, version: str, *, replace: bool = False) -> None:
+        """Write a completed task: all its sample rows, its arrays and its ``tasks`` row, in
+        one transaction. ``replace``: first remove every other task with rows of the same
+        samples (computed with other settings) instead of failing on them."""
+        from .plan import json_default
+
+        solver = json.dumps(task.solver, sort_keys=True, default=json_default)
         rows = []
         key = _task_key(task)
-        for j, i in enumerate(range(task.start, task.stop)):
+        # a unit with per-image rows (recovery, control); a stability unit has arrays only
+        for j, i in enumerate(range(task.start, task.stop) if "mse" in out else ()):
             rows.append(
                 (
                     *key,
@@ -485,15 +537,33 @@ class Store:
                     version,
                 )
             )
+        blobs = [(task.task_id, k, _npy(v)) for k, v in (out.get("arrays") or {}).items()]
         with self._tx():
-            # a retried failed task: replace its row (a failed task never has sample rows)
+            # a retried failed task: replace its row (a failed task never has sample rows);
+            # a task computed again (for arrays it lacked): replace its rows and arrays
             self.conn.execute("DELETE FROM results WHERE task_id = ?", (task.task_id,))
+            self.conn.execute("DELETE FROM arrays WHERE task_id = ?", (task.task_id,))
+            if replace and rows:
+                self._remove_overlapping(task)
             self.conn.executemany(
                 f"INSERT INTO results ({', '.join(_RESULT_COLS)}) "
                 f"VALUES ({', '.join('?' * len(_RESULT_COLS))})",
                 rows,
             )
+            self.conn.executemany("INSERT INTO arrays VALUES (?, ?, ?)", blobs)
             self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)
+
+    def _remove_overlapping(self, task: Any) -> None:
+        """Delete (whole) the other tasks with rows of ``task``'s samples."""
+        others = [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT task_id FROM results WHERE checkpoint = ? AND mask = ? AND "
+            "method = ? AND split = ? AND sample >= ? AND sample < ? AND task_id != ?",
+            (task.checkpoint, task.mask, task.method, task.split, task.start, task.stop,
+             task.task_id),
+        )]  # fmt: skip
+        for t in others:
+            for table in ("results", "arrays", "tasks"):
+                self.conn.execute(f"DELETE FROM {table} WHERE task_id = ?", (t,))
 
     def write_failure(self, task: Any, error: str, version: str) -> None:
         with self._tx():
@@ -515,6 +585,64 @@ class Store:
             ),
         )
 
+    # ------------------------------------------------------------ arrays
+    def arrays(self, task_id: str, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The named arrays of a done task (``names``: only these); ``{}`` if none."""
+        if "arrays" not in self._tables():
+            return {}
+        rows = self.conn.execute(
+            "SELECT name, data FROM arrays WHERE task_id = ? ORDER BY name", (task_id,)
+        ).fetchall()
+        return {k: _from_npy(v, self.path) for k, v in rows if names is None or k in names}
+
+    def array_names(self) -> dict[str, set[str]]:
+        """``task_id -> names`` of the arrays every task has."""
+        if "arrays" not in self._tables():
+            return {}
+        out: dict[str, set[str]] = {}
+        for t, k in self.conn.execute("SELECT task_id, name FROM arrays"):
+            out.setdefault(t, set()).add(k)
+        return out
+
+    def group_counts(self, task_ids: set[str] | None = None) -> dict[tuple, dict]:
+        """``(checkpoint, mask, method, split) -> {"n", "pixels", "observed", "mismatched"}``:
+        the exact pixel counts of each run, summed over its done tasks (of ``task_ids``; a run
+        with a task without counts is left out)."""
+        if "arrays" not in self._tables():
+            return {}
+        tasks = {r[0]: r for r in self._done_rows(task_ids)}
+        per_task: dict[str, dict] = {}
+        cur = self.conn.execute(
+            "SELECT task_id, name, data FROM arrays "
+            "WHERE name IN ('observed', 'mismatched', 'pixels')"
+        )
+        for tid, name, data in cur:
+            if tid in tasks:
+                per_task.setdefault(tid, {})[name] = _from_npy(data, self.path)
+        out: dict[tuple, dict] = {}
+        for tid, c, m, me, s, a, b, _, _ in tasks.values():
+            g = out.setdefault((c, m, me, s), {"n": 0, "pixels": None, "observed": 0,
+                                               "mismatched": 0, "ok": True})  # fmt: skip
+            d = per_task.get(tid, {})
+            if "observed" not in d or "pixels" not in d:
+                g["ok"] = False
+                continue
+            g["ok"] &= g["pixels"] in (None, int(d["pixels"]))
+            g["pixels"] = int(d["pixels"])
+            g["n"] += b - a
+            g["observed"] += int(np.sum(d["observed"]))
+            g["mismatched"] += int(np.sum(d["mismatched"])) if "mismatched" in d else 0
+        return {k: g for k, g in out.items() if g.pop("ok")}
+
+    def _done_rows(self, task_ids: set[str] | None = None) -> list[tuple]:
+        """``(task_id, checkpoint, mask, method, split, start, stop, seconds, onnx_seconds)``
+        of the done tasks (of ``task_ids``), in rowid order."""
+        rows = self.conn.execute(
+            "SELECT task_id, checkpoint, mask, method, split, start, stop, seconds, "
+            "onnx_seconds FROM tasks WHERE status = 'done' ORDER BY rowid"
+        ).fetchall()
+        return [r for r in rows if task_ids is None or r[0] in task_ids]
+
     # ------------------------------------------------------------ reading
     def results(self) -> list[dict]:
         """All sample rows, ordered by (checkpoint, mask, method, split, sample)."""
@@ -524,16 +652,28 @@ class Store:
         )
         return [dict(zip(_RESULT_COLS, r, strict=True)) for r in cur]
 
-    def task_seconds(self) -> dict[tuple, tuple[float, float | None]]:
-        """``(checkpoint, mask, method, split) -> (seconds, onnx_seconds)`` summed over tasks."""
+    def task_seconds(self, task_ids: set[str] | None = None) -> dict[tuple, tuple]:
+        """``(checkpoint, mask, method, split) -> (seconds, onnx_seconds)`` summed over the
+        done tasks (of ``task_ids``; ``onnx_seconds`` None when no task has it)."""
         out: dict[tuple, tuple[float, float | None]] = {}
-        cur = self.conn.execute(
-            "SELECT checkpoint, mask, method, split, sum(seconds), sum(onnx_seconds) FROM tasks "
-            "WHERE status='done' GROUP BY checkpoint, mask, method, split"
-        )
-        for c, m, me, s, sec, ort in cur:
-            out[(c, m, me, s)] = (float(sec or 0.0), ort)
+        for _, c, m, me, s, _, _, sec, ort in self._done_rows(task_ids):
+            s0, o0 = out.get((c, m, me, s), (0.0, None))
+            out[(c, m, me, s)] = (s0 + float(sec or 0.0),
+                                  o0 if ort is None else (o0 or 0.0) + ort)  # fmt: skip
         return out
+
+
+def _npy(a: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(data: bytes, path: Path) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:  # never a pickle; a damaged blob says so
+        raise ConfigError(f"{path}: an array of the store cannot be read ({exc})") from exc
 
 
 # a result row whose cells are not what write_task writes (SQLite keeps any type in any
@@ -552,12 +692,19 @@ _BAD_CELL = """(r.task_id IS NOT NULL AND (
     OR r.method IS NOT t.method OR r.split IS NOT t.split
 ))"""
 _ORPHAN = "task_id NOT IN (SELECT task_id FROM tasks WHERE status = 'done')"
+#: methods of the units whose results are arrays only, no sample rows (the audit's local
+#: stability)
+ROWLESS_METHODS = ("stability",)
+# the sample rows a done task has
+_ROWS = ("CASE WHEN t.method IN (" + ", ".join(f"'{m}'" for m in ROWLESS_METHODS)
+         + ") THEN 0 ELSE t.stop - t.start END")  # fmt: skip
 
 
 def _bad_tasks(con: sqlite3.Connection) -> list[tuple]:
     """``(task_id, checkpoint, mask, method, split, start, stop, rows, bad_rows)`` of each
-    done task whose sample rows are not exactly ``start .. stop - 1`` with well-typed cells
-    (one pass over the results table, by its primary key)."""
+    done task whose sample rows are not exactly ``start .. stop - 1`` (none for a unit of
+    :data:`ROWLESS_METHODS`) with well-typed cells (one pass over the results table, by its
+    primary key)."""
     return con.execute(
         f"""SELECT t.task_id, t.checkpoint, t.mask, t.method, t.split, t.start, t.stop,
                    count(r.task_id), coalesce(sum({_BAD_CELL}), 0)
@@ -565,7 +712,7 @@ def _bad_tasks(con: sqlite3.Connection) -> list[tuple]:
             WHERE t.status = 'done'
             GROUP BY t.task_id
             HAVING typeof(t.start) != 'integer' OR typeof(t.stop) != 'integer'
-                OR count(r.task_id) != t.stop - t.start OR coalesce(sum({_BAD_CELL}), 0) > 0"""
+                OR count(r.task_id) != ({_ROWS}) OR coalesce(sum({_BAD_CELL}), 0) > 0"""
     ).fetchall()
 
 

@@ -19,7 +19,7 @@ digits8 MLP (1x8x8) with its 100 training and 100 held-out images each tiled
 to N::
 
     refinv evaluate models/onnx/digits8_lrelu_6x320.onnx --train DATA.npz:train \\
-        --test DATA.npz:test --masks random:0.5 --methods blind,known,ae-iterations \\
+        --test DATA.npz:test --mask random:0.5 --method blind,known,ae-iterations \\
         --max-iter 1 --inner-iter 1 --threads 1 --quiet [--json OUT.json]
 
 (``--with-out`` adds ``--json``: the report holds per-image lists, O(N) by design).
@@ -72,8 +72,8 @@ def peak_rss(src: Path, data: Path, out: Path | None, command: str = "recover", 
     if command == "evaluate":
         cmd = [
             sys.executable, "-m", "refinv", "evaluate", str(model or DIGITS_MODEL),
-            "--train", f"{data}:train", "--test", f"{data}:test", "--masks", "random:0.5",
-            "--methods", "blind,known,ae-iterations", "--max-iter", "1", "--inner-iter", "1",
+            "--train", f"{data}:train", "--test", f"{data}:test", "--mask", "random:0.5",
+            "--method", "blind,known,ae-iterations", "--max-iter", "1", "--inner-iter", "1",
             "--threads", "1", "--quiet",
         ]  # fmt: skip
         if out is not None:
@@ -169,8 +169,8 @@ def main(argv=None) -> None:
         src=str(src),
         machine_load=args.load,
         command=(
-            f"refinv evaluate {args.dataset.upper()}_MODEL --train DATA.npz:train --test DATA.npz:test --masks "
-            "random:0.5 --methods blind,known,ae-iterations --max-iter 1 --inner-iter 1 "
+            f"refinv evaluate {args.dataset.upper()}_MODEL --train DATA.npz:train --test DATA.npz:test --mask "
+            "random:0.5 --method blind,known,ae-iterations --max-iter 1 --inner-iter 1 "
             "--threads 1 --quiet [--json OUT.json]"
             if args.command == "evaluate"
             else "refinv recover MODEL DATA.npz --method blind --max-iter 1 --inner-iter 1 "

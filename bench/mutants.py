@@ -7,6 +7,7 @@ Usage (from the repository root; CPU-heavy, run it niced and not in CI)::
     nice -n 10 .venv/bin/python bench/mutants.py --only report-heldout-seed,loop-tol-le
     .venv/bin/python bench/mutants.py --list        # the mutants, no test run
     .venv/bin/python bench/mutants.py --check       # every mutant applies (exact text, compiles)
+    nice -n 10 .venv/bin/python bench/mutants.py --area issue-32 --jobs 2   # one area only
 
 How: the package ``refinv/``, ``tests/`` and ``pyproject.toml`` are copied to a temporary
 directory (``models/`` is linked, read-only use) and the mutant is written into THAT copy by
@@ -17,11 +18,13 @@ selection is run once on the unmutated copy and must pass (otherwise a "kill" wo
 nothing). A mutant is *killed* when its selection fails (or exceeds the time limit: a hang
 that pytest-timeout turns into a failure in CI); *survived* when it passes.
 
-Each mutant runs the test files of its module (``MODULE_TESTS``), narrowed with ``-k`` to the
-tests that exercise the changed function, to keep the run affordable on a shared machine.
+Each mutant runs the test files of its module (``MODULE_TESTS``), or its own (``tests=``: the
+mutants of the issue-32 area, ``--area issue-32``), narrowed with ``-k`` to the tests that
+exercise the changed function, to keep the run affordable on a shared machine.
 
 Output: one JSON document on stdout (or ``--json PATH``): per mutant ``id``, ``module``,
-``status`` (killed / survived / error), ``seconds``, and the totals with the kill rate.
+``status`` (killed / survived / error), ``seconds``, ``failed`` (the ids of the tests that
+caught it), and the totals with the kill rate.
 Survivors are listed (with the reason they are equivalent, if known) in docs/development.md.
 """
 
@@ -62,28 +65,44 @@ MODULE_TESTS = {
     "onnx/_chain_builder.py": ["tests/test_chain_reader.py"],
     "onnx/model.py": ["tests/test_onnx_model.py"],
     "onnx/loading.py": ["tests/test_onnx_model.py"],
-    "sweep/store.py": ["tests/test_sweep.py"],
+    "engine/store.py": ["tests/test_sweep.py"],
 }
 
 
 @dataclass(frozen=True)
 class Mutant:
     id: str
-    module: str  # path under refinv/
+    module: str  # path under refinv/ (a .py module, or a shipped .json schema)
     old: str  # exact source text (must occur once)
     new: str
     k: str | None = None  # pytest -k expression narrowing the module's tests
     issue: bool = False  # one of the planted bugs of issue 21
+    tests: tuple[str, ...] = ()  # its own test files (default: MODULE_TESTS[module])
+    issue32: bool = False  # one of the 42 survivors named in issue 32
+    area: str = ""  # "issue-32": the code added in that round (``--area issue-32``)
 
 
 M = Mutant
+
+
+def N(id, module, old, new, k, tests, named=False) -> Mutant:  # noqa: A002, N802
+    """A mutant of the code added in the round of issue 32 (the audit, the ONNX guards and
+    layouts, chain folding and Resize, the prox check, chunked input, provenance, store
+    salvage), with its own test files; ``named``: one of the survivors the issue lists."""
+    return Mutant(id, module, old, new, k, tests=tuple(tests), issue32=named, area="issue-32")
+
+
+def _tests(m: Mutant) -> list[str]:
+    return list(m.tests or MODULE_TESTS[m.module])
+
+
 MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- evaluation/report.py
     M(
         "report-heldout-seed",
-        "evaluation/report.py",
-        "split=split,\n                        seed=seed,",
-        'split=split,\n                        seed=seed + (split == "test"),',
+        "engine/plan.py",
+        "**shard, **common, solver",
+        '**shard, **{**common, "seed": seed + (split == "test")}, solver',
         "same_masks",
         True,
     ),
@@ -253,8 +272,8 @@ MUTANTS: list[Mutant] = [
     M(
         "recovery-mask-channels-max",
         "solvers/recovery.py",
-        "lhs = xp.sum(lhs, axis=1, keepdims=True)",
-        "lhs = xp.max(lhs, axis=1, keepdims=True)",
+        "lhs = xp.sum(lhs, axis=1, keepdims=True)\n        rhs = xp.sum(",
+        "lhs = xp.max(lhs, axis=1, keepdims=True)\n        rhs = xp.sum(",
         "mask_step",
     ),
     M(
@@ -274,8 +293,8 @@ MUTANTS: list[Mutant] = [
     M(
         "recovery-tol-zero-refused",
         "solvers/recovery.py",
-        "if not (tol >= 0 and math.isfinite(tol)):",
-        "if not (tol > 0 and math.isfinite(tol)):",
+        "if not (t >= 0 and math.isfinite(t)):",
+        "if not (t > 0 and math.isfinite(t)):",
         "algorithm_box",
     ),
     M(
@@ -408,8 +427,8 @@ MUTANTS: list[Mutant] = [
     M(
         "stability-d-numerator",
         "evaluation/stability.py",
-        "d = rho / (np.asarray(h, dtype=np.float64) + rho)",
-        "d = np.asarray(h, dtype=np.float64) / (np.asarray(h, dtype=np.float64) + rho)",
+        "return rho / (np.asarray(h, dtype=np.float64) + rho)",
+        "return np.asarray(h, dtype=np.float64) / (np.asarray(h, dtype=np.float64) + rho)",
         "brute_force",
     ),
     M(
@@ -640,9 +659,9 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- onnx/_chain_reader.py
     M(
         "chain-sub-sign",
-        "onnx/_chain_reader.py",
-        "c = -c if node.input[1] != current else None",
-        "c = c if node.input[1] != current else None",
+        "onnx/_chain_rules.py",
+        "b.elementwise(one, -k, n.lbl) if first else b.elementwise(-one, k, n.lbl)",
+        "b.elementwise(one, k, n.lbl) if first else b.elementwise(-one, k, n.lbl)",
         "sub_bias",
         True,
     ),
@@ -678,16 +697,16 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "chain-matmul-transpose",
-        "onnx/_chain_reader.py",
-        'b.open_layer(kind="dense", weight=w.T.copy(), bias=None, name=node.name)',
-        'b.open_layer(kind="dense", weight=w.copy(), bias=None, name=node.name)',
+        "onnx/_chain_rules.py",
+        "_open_dense(w, n, *w.b.dense_inputs(wt.T.copy(), None))",
+        "_open_dense(w, n, *w.b.dense_inputs(wt.copy(), None))",
         "matmul_add",
     ),
     M(
         "chain-bias-accumulate",
-        "onnx/_chain_reader.py",
-        'o["bias"] = add.copy() if o.get("bias") is None else o["bias"] + add',
-        'o["bias"] = add.copy()',
+        "onnx/_chain_builder.py",
+        'o["bias"] = c.copy() if bias is None else s * bias + c',
+        'o["bias"] = c.copy()',
         "sub_bias or matmul_add or random_mlp",
     ),
     # ---------------------------------------------------------------- onnx/loading.py guards
@@ -720,10 +739,10 @@ MUTANTS: list[Mutant] = [
         "if not MIN_OPSET <= default:",
         "opset",
     ),
-    # ---------------------------------------------------------------- sweep/store.py
+    # ---------------------------------------------------------------- engine/store.py
     M(
         "store-task-row-first",
-        "sweep/store.py",
+        "engine/store.py",
         "        with self._tx():\n            # a retried failed task",
         '        self._task_row(task, "done", None, out["seconds"], out["onnx_seconds"], version)\n'
         "        with self._tx():\n            # a retried failed task",
@@ -732,10 +751,560 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "store-no-rollback",
-        "sweep/store.py",
+        "engine/store.py",
         'self.conn.execute("ROLLBACK")',
         'self.conn.execute("COMMIT")',
         "store_failing",
+    ),
+    # ================================================================ the round of issue 32
+    # each with its own tests; named=True: one of the 42 survivors the issue lists
+    # ---------------------------------------------------------------- stability, prox check
+    N(
+        "stability-auto-strict",
+        "evaluation/stability.py",
+        'return "dense" if n <= max_dim else "arnoldi"',
+        'return "dense" if n < max_dim else "arnoldi"',
+        "max_dim",
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "stability-dense-refused-at-max-dim",
+        "evaluation/stability.py",
+        'if method == "dense" and n > max_dim:',
+        'if method == "dense" and n >= max_dim:',
+        "max_dim",
+        ["tests/test_prox_check_exact.py"],
+    ),
+    N(
+        "prox-symmetric-strict",
+        "evaluation/prox.py",
+        'st["symmetric"] = st["asymmetry"] <= sym_tol',
+        'st["symmetric"] = st["asymmetry"] < sym_tol',
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-no-eig-tol",
+        "evaluation/prox.py",
+        'st["eig_min"] >= -eig_tol and st["eig_max"] <= 1.0 + eig_tol',
+        'st["eig_min"] >= 0.0 and st["eig_max"] <= 1.0',
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-any-point",
+        "evaluation/prox.py",
+        '"is_prox": bool(all(ok)),',
+        '"is_prox": bool(any(ok)),',
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-asymmetry-unnormalised",
+        "evaluation/prox.py",
+        "asym = float(np.linalg.norm(J - J.T)) / nrm if nrm > 0 else 0.0",
+        "asym = float(np.linalg.norm(J - J.T))",
+        None,
+        ["tests/test_prox_check_exact.py"],
+        True,
+    ),
+    N(
+        "prox-eigenvalues-of-J",
+        "evaluation/prox.py",
+        "ev = np.linalg.eigvalsh(0.5 * (J + J.T))",
+        "ev = np.linalg.eigvalsh(J)",
+        None,
+        ["tests/test_prox_check_exact.py"],
+    ),
+    N(
+        "prox-n-ignored",
+        "evaluation/prox.py",
+        "    x = x[:n]\n",
+        "    n = total\n",
+        None,
+        ["tests/test_prox_check_exact.py"],
+    ),
+    # ---------------------------------------------------------------- chunked input, provenance
+    N(
+        "chunked-inf-passes",
+        "evaluation/chunked.py",
+        "if not np.all(np.isfinite(a)):",
+        "if np.any(np.isnan(a)):",
+        "chunked",
+        ["tests/test_inputs_exact.py"],
+        True,
+    ),
+    N(
+        "provenance-folder-hashed",
+        "provenance.py",
+        '"sha256": file_sha256(p) if p.is_file() else None',
+        '"sha256": file_sha256(p) if p.exists() else None',
+        "provenance",
+        ["tests/test_inputs_exact.py"],
+        True,
+    ),
+    N(
+        "schema-input-sha256-optional",
+        "schemas/provenance.json",
+        '"required": ["path", "sha256"],',
+        '"required": ["path"],',
+        "provenance",
+        ["tests/test_inputs_exact.py"],
+        True,
+    ),
+    N(
+        "schema-input-sha256-any-case",
+        "schemas/provenance.json",
+        '"pattern": "^[0-9a-f]{64}$"',
+        '"pattern": "^[0-9a-fA-F]{64}$"',
+        "provenance",
+        ["tests/test_inputs_exact.py"],
+    ),
+    # ---------------------------------------------------------------- store salvage, opening
+    N(
+        "salvage-bisect-drops-a-row",
+        "engine/store.py",
+        "stack += [(mid + 1, hi), (lo, mid)]",
+        "stack += [(mid + 2, hi), (lo, mid)]",
+        "bisection",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    N(
+        "salvage-bisect-stops-at-pairs",
+        "engine/store.py",
+        "            if lo < hi:\n                mid = (lo + hi) // 2",
+        "            if lo + 1 < hi:\n                mid = (lo + hi) // 2",
+        "bisection",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-bisect-order",
+        "engine/store.py",
+        "stack += [(mid + 1, hi), (lo, mid)]",
+        "stack += [(lo, mid), (mid + 1, hi)]",
+        "bisection",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-key-columns-unchecked",
+        "engine/store.py",
+        "and all(tuple(r[:6]) == tuple(t[:6]) for r in rows)",
+        "and all(r[0] == t[0] for r in rows)",
+        "not_whole",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    N(
+        "salvage-failed-task-kept",
+        "engine/store.py",
+        't[8] == "done"\n',
+        't[8] in ("done", "failed")\n',
+        "not_whole",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-incomplete-task-kept",
+        "engine/store.py",
+        "and [r[6] for r in rows] == list(range(start, stop))",
+        "and {r[6] for r in rows} <= set(range(start, stop))",
+        "not_whole",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "salvage-some-tables",
+        "engine/store.py",
+        "if not set(_TABLES) - _OPTIONAL <= names:",
+        "if not set(_TABLES) & names:",
+        "some_of_refinvs_tables",
+        ["tests/test_store_salvage_exact.py"],
+    ),
+    N(
+        "store-open-some-tables",
+        "engine/store.py",
+        "if theirs or (tables and not set(_TABLES) - _OPTIONAL <= set(tables)):",
+        "if theirs:",
+        "some_of_refinvs_tables",
+        ["tests/test_store_salvage_exact.py"],
+        True,
+    ),
+    # ---------------------------------------------------------------- ONNX guards, layouts
+    N(
+        "guard-folder-by-prefix",
+        "onnx/loading.py",
+        "if full != base and base not in full.parents:",
+        "if not str(full).startswith(str(base)):",
+        "symlink",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-symlink-unresolved",
+        "onnx/loading.py",
+        "full = (base / p).resolve()",
+        "full = base / p",
+        "symlink",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-external-uncounted",
+        "onnx/loading.py",
+        "    budget[0] -= length\n",
+        "    budget[0] -= 0\n",
+        "external_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-external-budget-le",
+        "onnx/loading.py",
+        "    if budget[0] < 0:\n",
+        "    if budget[0] <= 0:\n",
+        "external_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-bytes-size-dropped",
+        "onnx/loading.py",
+        "        if len(data) > budget[0]:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "        if False:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "given_as_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-bytes-size-ge",
+        "onnx/loading.py",
+        "        if len(data) > budget[0]:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "        if len(data) >= budget[0]:\n            raise ResourceLimitError(\n"
+        '                f"{label}: {len(data)} bytes',
+        "given_as_bytes",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-node-limit-ge",
+        "onnx/loading.py",
+        "if max_nodes > 0 and len(nodes) > max_nodes:",
+        "if max_nodes > 0 and len(nodes) >= max_nodes:",
+        "node_limit",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-node-limit-main-graph",
+        "onnx/loading.py",
+        "if max_nodes > 0 and len(nodes) > max_nodes:",
+        "if max_nodes > 0 and len(model.graph.node) > max_nodes:",
+        "node_limit",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-sparse-per-tensor",
+        "onnx/loading.py",
+        "dense_total += prod(sp.dims)",
+        "dense_total = prod(sp.dims)",
+        "sparse",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "guard-sparse-limit-ge",
+        "onnx/loading.py",
+        "if dense_total > sparse_limit > 0:",
+        "if dense_total >= sparse_limit > 0:",
+        "sparse",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "guard-sparse-index-eq-dim",
+        "onnx/loading.py",
+        "if ind.min() < 0 or np.any(ind >= hi):",
+        "if ind.min() < 0 or np.any(ind > hi):",
+        "sparse",
+        ["tests/test_onnx_limits_exact.py"],
+    ),
+    N(
+        "probe-batch3-shape-unchecked",
+        "onnx/model.py",
+        "if len(ys) == 2 and ys[1].shape[1:] != y.shape[1:]:",
+        "if False:",
+        "depends_on_the_batch",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "layout-nhwc-output-any-shape",
+        "onnx/model.py",
+        "if not converted or self._out_shape != self.onnx_sample_shape:",
+        "if not converted:",
+        "nhwc",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    N(
+        "layout-transpose-first-consumer",
+        "onnx/layout.py",
+        'if len(users) != 1 or users[0].op_type != "Transpose":',
+        'if not users or users[0].op_type != "Transpose":',
+        "only_consumer",
+        ["tests/test_onnx_limits_exact.py"],
+        True,
+    ),
+    # ---------------------------------------------------------------- chain folding, Resize
+    N(
+        "chain-tile-reps-off-by-one",
+        "onnx/_chain_rules.py",
+        "new_idx = np.tile(cur, [int(r) for r in reps[1:]]).reshape(-1)",
+        "new_idx = np.tile(cur, [int(r) for r in reps[:-1]]).reshape(-1)",
+        "tile",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "chain-gather-open-bias-unpermuted",
+        "onnx/_chain_builder.py",
+        '            if o.get("bias") is not None:\n                o["bias"] = o["bias"][idx]\n',
+        "",
+        "tile or permutation",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "chain-gather-closed-bias-unpermuted",
+        "onnx/_chain_builder.py",
+        "bias=None if lay.bias is None else lay.bias[idx],",
+        "bias=lay.bias,",
+        "permutation",
+        ["tests/test_chain_exact.py"],
+    ),
+    N(
+        "chain-grouped-conv-interleaved",
+        "onnx/_chain_builder.py",
+        "chan = (np.arange(m) // (m // grp))[:, None] * cg",
+        "chan = (np.arange(m) % grp)[:, None] * cg",
+        "grouped",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(  # EQUIVALENT (issue 32): a Tile along the batch axis changes the batch, which the
+        # same condition's batch check refuses anyway
+        "chain-tile-batch-reps-unchecked",
+        "onnx/_chain_rules.py",
+        "or (reps is not None and int(reps[0]) != 1)",
+        "or False",
+        "tile",
+        ["tests/test_chain_exact.py"],
+    ),
+    N(
+        "resize-prefer-floor-half-up",
+        "onnx/_chain_rules.py",
+        '    if mode == "round_prefer_floor":\n        i = np.ceil(x - 0.5)',
+        '    if mode == "round_prefer_floor":\n        i = np.floor(x + 0.5)',
+        "round_prefer",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "resize-prefer-ceil-half-down",
+        "onnx/_chain_rules.py",
+        '    elif mode == "round_prefer_ceil":\n        i = np.floor(x + 0.5)',
+        '    elif mode == "round_prefer_ceil":\n        i = np.ceil(x - 0.5)',
+        "round_prefer",
+        ["tests/test_chain_exact.py"],
+    ),
+    N(
+        "resize-pending-scale-hw-swapped",
+        "onnx/_chain_builder.py",
+        "elementwise(*(upsample(p, old, factors) for p in pre), lbl)",
+        "elementwise(*(upsample(p, old, factors[::-1]) for p in pre), lbl)",
+        "non_square",
+        ["tests/test_chain_exact.py"],
+        True,
+    ),
+    N(
+        "resize-upsample-axes-swapped",
+        "onnx/_chain_builder.py",
+        "np.repeat(np.repeat(x, factors[0], axis=1), factors[1], axis=2)",
+        "np.repeat(np.repeat(x, factors[1], axis=1), factors[0], axis=2)",
+        "non_square",
+        ["tests/test_chain_exact.py"],
+    ),
+    # ---------------------------------------------------------------- audit (issue 26's code)
+    N(
+        "audit-reconstruction-sign",
+        "audit/score.py",
+        '"reconstruction": {s: -found.recon[label0][s] for s in cols},',
+        '"reconstruction": {s: found.recon[label0][s] for s in cols},',
+        "reconstruction_score",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-stability-sign",
+        "audit/score.py",
+        '"stability": {s: -r for s, r in _tied(',
+        '"stability": {s: r for s, r in _tied(',
+        "stability_score",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-stability-no-ties",
+        "audit/score.py",
+        '"stability": {s: -r for s, r in _tied(found.radius, stability["tie_rtol"]).items()},',
+        '"stability": {s: -found.radius[s] for s in cols},',
+        "stability_ties",
+        ["tests/test_audit_exact.py"],
+    ),
+    N(
+        "audit-accurate-rate-counts-approximate",
+        "audit/score.py",
+        'out["accurate_rate"] = clopper_pearson(int(np.sum(m < ACCURATE_MSE)), n, confidence)',
+        'out["accurate_rate"] = clopper_pearson(int(np.sum(m < APPROXIMATE_MSE)), n, confidence)',
+        "clopper_pearson_of_the_counts",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "verdict-fisher-splits-swapped",
+        "audit/verdict.py",
+        '"p_value": fisher_greater(k["train"], n["train"], k["test"], n["test"]),',
+        '"p_value": fisher_greater(k["test"], n["test"], k["train"], n["train"]),',
+        "fisher",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-gallery-reversed",
+        "audit/core.py",
+        "-np.nan_to_num(gain_tr, nan=-np.inf)))",
+        "np.nan_to_num(gain_tr, nan=np.inf)))",
+        "gallery",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-best-keeps-the-worst",
+        "audit/score.py",
+        "        better = m < best_mse\n",
+        "        better = m > best_mse\n",
+        "best_setting",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-approximate-at-the-exact-threshold",
+        "audit/score.py",
+        "approx |= extracted(m, p, c, APPROXIMATE_MSE)",
+        "approx |= extracted(m, p, c, ACCURATE_MSE)",
+        "exposure_counts",
+        ["tests/test_audit_exact.py"],
+    ),
+    N(
+        "audit-headline-erased-share",
+        "audit/core.py",
+        'r["mask"]: 1.0 - r["erased_fraction"]',
+        'r["mask"]: r["erased_fraction"]',
+        "headline",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-control-rate-psnr-sign",
+        "audit/core.py",
+        "k_acc = int(np.sum(10 ** (-np.asarray(psnr_c) / 10) < ACCURATE_MSE))",
+        "k_acc = int(np.sum(10 ** (np.asarray(psnr_c) / 10) < ACCURATE_MSE))",
+        "control",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-control-other-masks",
+        "engine/work.py",
+        "parse_mask(unit.mask), seed=unit.seed,\n",
+        "parse_mask(unit.mask), seed=unit.seed + 1,\n",
+        "control",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-resume-key-without-solver",
+        "engine/plan.py",
+        'noise=d["noise_std"], solver=d["solver"]',
+        'noise=d["noise_std"]',
+        "resume_key",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    N(
+        "audit-cache-read-without-resume",
+        "audit/core.py",
+        "    if not resume:\n        for p in (path,",
+        "    if False:\n        for p in (path,",
+        "not_read_without_resume",
+        ["tests/test_audit_exact.py"],
+        True,
+    ),
+    # ---------------------------------------------------------------- membership statistics
+    N(
+        "membership-point-at-target-excluded",
+        "audit/membership.py",
+        "ok = np.flatnonzero(fp <= k)",
+        "ok = np.flatnonzero(fp < k)",
+        "operating_point or target_fpr",
+        ["tests/test_membership_exact.py", "tests/test_audit_stats.py"],
+        True,
+    ),
+    N(
+        "stats-clopper-pearson-alpha-not-halved",
+        "audit/stats.py",
+        "    a = (1.0 - confidence) / 2.0\n",
+        "    a = 1.0 - confidence\n",
+        "clopper_pearson",
+        ["tests/test_membership_exact.py", "tests/test_audit_stats.py"],
+        True,
+    ),
+    N(
+        "membership-min-fpr-from-members",
+        "audit/membership.py",
+        '"min_nonzero_fpr": 1.0 / n0,',
+        '"min_nonzero_fpr": 1.0 / n1,',
+        "min_nonzero_fpr",
+        ["tests/test_membership_exact.py", "tests/test_audit_stats.py"],
+        True,
+    ),
+    N(
+        "stats-permutation-within-members",
+        "audit/stats.py",
+        "perm = rng.permuted(np.broadcast_to(np.arange(n), (b, n)), axis=1)[:, :n1]",
+        "perm = rng.permuted(np.broadcast_to(np.arange(n1), (b, n1)), axis=1)",
+        "permutation",
+        ["tests/test_membership_exact.py", "tests/test_audit_stats.py"],
+        True,
+    ),
+    N(
+        "stats-auc-z-not-halved",
+        "audit/stats.py",
+        "return float(norm.ppf(0.5 + confidence / 2.0))",
+        "return float(norm.ppf(confidence))",
+        "newcombe",
+        ["tests/test_membership_exact.py", "tests/test_audit_stats.py"],
+    ),
+    N(
+        "membership-k-rounded-down",
+        "audit/membership.py",
+        "k = int(math.floor(target * n0 + 1e-9))",
+        "k = int(math.floor(target * n0 - 1e-9))",
+        "operating_point or target_fpr",
+        ["tests/test_membership_exact.py", "tests/test_audit_stats.py"],
     ),
 ]
 
@@ -750,26 +1319,31 @@ def _copy_tree(dst: Path) -> None:
 
 def _pytest_cmd(m: Mutant) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    cmd += MODULE_TESTS[m.module]
+    cmd += _tests(m)
     if m.k:
         cmd += ["-k", m.k]
     return cmd
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float, str]:
+def _run(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float, str, list[str]]:
+    """``(status, seconds, last line, the failing tests' ids)`` of one pytest run."""
     env = dict(os.environ, PYTHONPATH=str(cwd) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            [*cmd, "-rf"], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        return "timeout", time.perf_counter() - t0, ""
+        return "timeout", time.perf_counter() - t0, "", []
     tail = (p.stdout + p.stderr).strip().splitlines()
+    failed = [ln.split()[1] for ln in tail if ln.startswith("FAILED ") and len(ln.split()) > 1]
     return (
         {0: "passed", 1: "failed", 5: "no-tests"}.get(p.returncode, f"rc{p.returncode}"),
         (time.perf_counter() - t0),
         (tail[-1] if tail else ""),
+        failed,
     )
 
 
@@ -784,12 +1358,13 @@ def _apply(work: Path, m: Mutant) -> tuple[Path, str]:
 
 
 def _selection_key(m: Mutant) -> tuple:
-    return (tuple(MODULE_TESTS[m.module]), m.k)
+    return (tuple(_tests(m)), m.k)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="comma-separated mutant ids")
+    ap.add_argument("--area", help="only the mutants of this area (issue-32)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--check", action="store_true", help="check every mutant applies and compiles")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per test run")
@@ -807,10 +1382,16 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
         todo = [m for m in MUTANTS if m.id in want]
+    if args.area:
+        todo = [m for m in todo if m.area == args.area]
     if args.list:
         for m in todo:
-            print(f"{m.id:36s} refinv/{m.module:26s} {'issue-21' if m.issue else ''}")
-        print(f"{len(todo)} mutants ({sum(m.issue for m in todo)} from issue 21)")
+            tag = "issue-21" if m.issue else "issue-32" if m.issue32 else ""
+            print(f"{m.id:36s} refinv/{m.module:26s} {tag}")
+        print(
+            f"{len(todo)} mutants ({sum(m.issue for m in todo)} from issue 21, "
+            f"{sum(m.issue32 for m in todo)} survivors named in issue 32)"
+        )
         return 0
 
     with tempfile.TemporaryDirectory(prefix="refinv-mutants-") as tmp:
@@ -822,7 +1403,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in todo:
                 path, src = _apply(copies[0], m)
                 try:
-                    py_compile.compile(str(path), doraise=True)
+                    if path.suffix == ".json":
+                        json.loads(path.read_text())
+                    else:
+                        py_compile.compile(str(path), doraise=True)
                 finally:
                     path.write_text(src)
             print(f"{len(todo)} mutants apply and compile")
@@ -839,7 +1423,7 @@ def main(argv: list[str] | None = None) -> int:
             # one unmutated run per test-file set: the union of its mutants' -k selections
             groups: dict[tuple, list] = {}
             for m in todo:
-                groups.setdefault(tuple(MODULE_TESTS[m.module]), []).append(m.k)
+                groups.setdefault(tuple(_tests(m)), []).append(m.k)
             base = []
             for files, ks in groups.items():
                 expr = None if None in ks else " or ".join(f"({k})" for k in dict.fromkeys(ks))
@@ -848,7 +1432,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def run_base(jc):
                 j, cmd = jc
-                status, sec, tail = _run(cmd, copies[j % len(copies)], args.timeout * 3)
+                status, sec, tail, _ = _run(cmd, copies[j % len(copies)], args.timeout * 3)
                 print(f"baseline {' '.join(cmd[6:])[:70]}: {status} ({sec:.0f} s) {tail}",
                       file=sys.stderr)  # fmt: skip
                 return status, cmd, tail
@@ -863,7 +1447,7 @@ def main(argv: list[str] | None = None) -> int:
             work = copies[j % len(copies)]
             path, src = _apply(work, m)
             try:
-                status, sec, tail = _run(_pytest_cmd(m), work, args.timeout)
+                status, sec, tail, failed = _run(_pytest_cmd(m), work, args.timeout)
             finally:
                 path.write_text(src)
             verdict = {"failed": "killed", "timeout": "killed", "passed": "survived"}.get(
@@ -871,8 +1455,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{m.id:36s} {verdict:8s} {status:8s} {sec:5.0f} s  {tail}", file=sys.stderr)
             return {"id": m.id, "module": f"refinv/{m.module}", "issue_21": m.issue,
+                    "issue_32": m.issue32,
                     "status": verdict, "pytest": status, "seconds": round(sec, 1),
-                    "selection": " ".join(_pytest_cmd(m)[7:])}  # fmt: skip
+                    "selection": " ".join(_pytest_cmd(m)[7:]), "failed": failed}  # fmt: skip
 
         # each worker copy is used by one mutant at a time (job j on copy j mod jobs)
         results: list[dict] = []
@@ -894,6 +1479,8 @@ def main(argv: list[str] | None = None) -> int:
         "kill_rate": round(killed / len(results), 4) if results else None,
         "issue_21_killed": sum(r["status"] == "killed" for r in results if r["issue_21"]),
         "issue_21_total": sum(r["issue_21"] for r in results),
+        "issue_32_killed": sum(r["status"] == "killed" for r in results if r["issue_32"]),
+        "issue_32_total": sum(r["issue_32"] for r in results),
         "command": " ".join(
             [Path(sys.executable).name, "bench/mutants.py", *(argv or sys.argv[1:])]
         ),

@@ -5,7 +5,7 @@ The command timed (the shipped faces25 perfect-fit MLP, its 100 training and
 
     refinv evaluate models/onnx/faces25_lrelu_6x256.onnx \\
         --train models/data/faces25.npz:train --test models/data/faces25.npz:test \\
-        --masks random:0.5,center:9,rows:2 --methods blind,known,ae-iterations \\
+        --mask random:0.5,center:9,rows:2 --method blind,known,ae-iterations \\
         --figures DIR --json DIR/report.json --quiet [--threads N]
 
 Each repeat is a fresh ``python`` process (so the import is paid, as a user
@@ -55,7 +55,11 @@ import refinv, refinv.cli, refinv.cli.evaluate, refinv.cli.recover, refinv.io
 import refinv.evaluation.report as R, refinv.solvers.recovery, refinv.onnx.model as M
 if sys.argv[1] == "audit":
     import refinv.audit.core as A, refinv.evaluation.stability as S
-    import refinv.evaluation.control as C, refinv.audit.membership as MI
+    import refinv.audit.membership as MI
+    try:
+        import refinv.evaluation.control as C
+    except ImportError:  # checkouts before the control moved out of refinv.audit
+        import refinv.audit.control as C
 t_import, c_import = time.perf_counter() - w0, time.process_time() - c0
 onnx_at_import = "onnx" in sys.modules
 KEYS = ("load", "solvers", "stability", "control", "membership", "figures", "report")
@@ -88,6 +92,11 @@ try:  # the chunked runs of refinv evaluate (newer checkouts)
     timed(CH, "evaluate_split_chunked", "solvers")
 except ImportError:
     pass
+try:  # the engine's units (newer checkouts): every recovery goes through run_method
+    import refinv.evaluation.runs as RU
+    timed(RU, "run_method", "solvers")
+except ImportError:
+    pass
 timed(R, "figure_examples", "figures")
 timed(R, "figure_rate_vs_loss", "figures")
 if sys.argv[1] == "audit":
@@ -116,7 +125,7 @@ def command(cmd: str, out: Path, extra: str) -> list[str]:
         return [
             "audit", str(MODEL),
             "--train", f"{DATA}:train", "--test", f"{DATA}:test",
-            "--masks", MASKS, "--methods", METHODS,
+            "--mask", MASKS, "--method", METHODS,
             "--out", str(out / "audit"), "--quiet",
             *shlex.split(extra),
         ]  # fmt: skip
@@ -126,7 +135,7 @@ def command(cmd: str, out: Path, extra: str) -> list[str]:
     return [
         "evaluate", str(MODEL),
         "--train", f"{DATA}:train", "--test", f"{DATA}:test",
-        "--masks", MASKS, "--methods", METHODS,
+        "--mask", MASKS, "--method", METHODS,
         "--figures", str(out / "fig"), "--json", str(out / "report.json"), "--quiet",
         *shlex.split(extra),
     ]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,7 +56,14 @@ suppress_warnings = ["myst.header", "autosummary.import_cycle"]
 
 html_theme = "pydata_sphinx_theme"
 html_title = "refinv"
-html_theme_options = {"navigation_with_keys": False}
+html_theme_options = {
+    "navigation_with_keys": False,
+    # the first pages in the top bar (short toctree titles in index.md), the rest under
+    # "More": all twelve, with their long page titles, wrapped the bar to three rows at 1280 px
+    "header_links_before_dropdown": 5,
+}
+html_static_path = ["_static"]
+html_css_files = ["refinv.css"]
 
 # Tutorials are executed on every build. REFINV_DOCS_FAST=1 (set by CI) makes
 # them use fewer samples/iterations; the published figures use the defaults.
@@ -153,6 +161,25 @@ def _add_extra_pages(app, docname, source):
         source[0] = source[0].replace("\ncli\n", "\ncli\n" + "".join(f"{e}\n" for e in extra), 1)
 
 
+_SG_IMG = re.compile(r'(<img src="([^"]+)"[^>]*class\s*=\s*"sphx-glr-(?:single|multi)-img"[^>]*>)')
+
+
+def _link_tutorial_figures(app, exc) -> None:
+    """Each tutorial figure links to its PNG at full size (a click opens it, the browser
+    zooms it): sphinx-gallery's ``image-sg`` has no ``:target:``, so the built pages are
+    edited once, after the build."""
+    if exc is not None or app.builder.format != "html":
+        return
+    for page in (Path(app.outdir) / "auto_examples").glob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        if 'class="refinv-figure-link"' in html:
+            continue
+        new = _SG_IMG.sub(r'<a class="refinv-figure-link" href="\2">\1</a>', html)
+        if new != html:
+            page.write_text(new, encoding="utf-8")
+
+
 def setup(app):
+    app.connect("build-finished", _link_tutorial_figures)
     app.connect("autodoc-process-docstring", _escape_stars_in_types, priority=600)
     app.connect("source-read", _add_extra_pages)

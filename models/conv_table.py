@@ -61,7 +61,7 @@ def row(path: Path, data: Path, masks: str, n_rank: int, radius_images: int | No
     with tempfile.TemporaryDirectory() as tmp:
         js = Path(tmp) / "report.json"
         argv = ["evaluate", str(path), "--train", f"{data}:train", "--test", f"{data}:test",
-                "--masks", masks, "--threads", "1", "--json", str(js)]  # fmt: skip
+                "--mask", masks, "--threads", "1", "--json", str(js)]  # fmt: skip
         rc = refinv_main(argv)
         if rc != 0:
             raise SystemExit(f"refinv evaluate failed ({rc}) on {path}")

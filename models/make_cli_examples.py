@@ -7,6 +7,10 @@
   decoder ``onnx/digits28_gen_fc_20-128-392-784_decoder.onnx`` applied to them (its
   ONNX forward pass through onnxruntime, float32), shape (8, 1, 28, 28): what
   ``refinv invert`` reads (``y`` observations, ``z`` true latents).
+* ``data/digits28_plugin_invert.npz``: the same for the PLUGIn decoder
+  ``onnx/digits28_plugin_20-500-500-784_decoder.onnx`` (the ``refinv invert --method plugin``
+  example): ``z`` its first 8 held-out codes
+  (``latents/digits28_plugin_20-500-500-784_codes.npz``), ``y`` the decoder's output.
 * ``data/digits28_bregman_fc_codes.npz``: ``x`` = the first 8 held-out images of
   ``data/digits28.npz`` and ``y`` = the encoder
   ``onnx/digits28_bregman_fc_code100_encoder.onnx`` applied to them, shape (8, 100):
@@ -29,26 +33,25 @@ def _save(path, **arrays):
 
 def main() -> None:
     entries = {}
-    dec = HERE / "onnx" / "digits28_gen_fc_20-128-392-784_decoder.onnx"
-    with np.load(
-        HERE / "latents" / "digits28_gen_fc_20-128-392-784_codes.npz", allow_pickle=False
-    ) as z:
-        codes = np.ascontiguousarray(z["z_test"][:N], dtype=np.float32)
-    y = ort_run(dec, codes, in_name="z").astype(np.float32)
-    out = DATA / "digits28_gen_fc_invert.npz"
-    _save(out, y=y, z=codes)
-    entries["data/digits28_gen_fc_invert.npz"] = {
-        "kind": "cli-example",
-        "keys": ["y", "z"],
-        "shapes": {"y": list(y.shape), "z": list(codes.shape)},
-        "dtype": "float32",
-        "source": f"z: first {N} rows of latents/digits28_gen_fc_20-128-392-784_codes.npz "
-        "(z_test, held-out codes); y: onnx/digits28_gen_fc_20-128-392-784_decoder.onnx(z) "
-        "through onnxruntime (CPUExecutionProvider, float32)",
-        "used_by": "docs/cli.md, refinv invert example",
-        "script": "models/make_cli_examples.py",
-        "format": "np.savez (uncompressed, no pickles); load with allow_pickle=False",
-    }
+    for name, arch in (("gen_fc", "gen_fc_20-128-392-784"), ("plugin", "plugin_20-500-500-784")):
+        dec = HERE / "onnx" / f"digits28_{arch}_decoder.onnx"
+        with np.load(HERE / "latents" / f"digits28_{arch}_codes.npz", allow_pickle=False) as z:
+            codes = np.ascontiguousarray(z["z_test"][:N], dtype=np.float32)
+        y = ort_run(dec, codes, in_name="z").astype(np.float32)
+        out = DATA / f"digits28_{name}_invert.npz"
+        _save(out, y=y, z=codes)
+        entries[f"data/digits28_{name}_invert.npz"] = {
+            "kind": "cli-example",
+            "keys": ["y", "z"],
+            "shapes": {"y": list(y.shape), "z": list(codes.shape)},
+            "dtype": "float32",
+            "source": f"z: first {N} rows of latents/digits28_{arch}_codes.npz "
+            f"(z_test, held-out codes); y: onnx/digits28_{arch}_decoder.onnx(z) "
+            "through onnxruntime (CPUExecutionProvider, float32)",
+            "used_by": f"docs/cli.md, refinv invert example ({name})",
+            "script": "models/make_cli_examples.py",
+            "format": "np.savez (uncompressed, no pickles); load with allow_pickle=False",
+        }
     enc = HERE / "onnx" / "digits28_bregman_fc_code100_encoder.onnx"
     with np.load(DATA / "digits28.npz", allow_pickle=False) as d:
         x = np.ascontiguousarray(d["test"][:N], dtype=np.float32)

@@ -111,6 +111,24 @@ def main(argv=None):
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["adam"])
         st = json.loads(saved["meta"])
+        stop = str(st.get("stop", ""))
+        if (
+            st["done"]
+            and a.regime == "moderate"
+            and st["step"] < a.steps
+            and (
+                (stop.startswith("train MSE") and st.get("final_adam_mse", 0.0) >= a.target)
+                or (stop.startswith("wall-clock") and st["elapsed"] < a.max_seconds)
+            )
+        ):
+            # resumed with a LOWER target, or a later wall-clock limit, than the one it
+            # stopped at: Adam continues from the saved state (same cosine schedule, same
+            # step count); the stop is recorded in the run's history
+            st["done"] = False
+            st.setdefault("resumed_from", []).append(
+                dict(step=st["step"], train=st["final_adam_mse"], stop=stop)
+            )
+            st.pop("stop")
     (run / "args.json").write_text(json.dumps(vars(a), indent=1))
     x, xt = torch.from_numpy(Xtr), torch.from_numpy(Xte)
     t_resume = time.time()
@@ -251,6 +269,8 @@ def register(torch, a, model, Xtr, Xte, st, run):
         checkpoints=[],
         train_wall_clock_note="wall clock on the shared 2-core machine (one torch thread)",
     )
+    if st.get("resumed_from"):
+        rec["resumed_from"] = st["resumed_from"]  # earlier stops of this run, then resumed
     if refit is not None:
         rec["finish"] = refit_finish(refit["cond"])
     final_state = copy.deepcopy(model.state_dict())

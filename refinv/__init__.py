@@ -21,6 +21,7 @@ logging.getLogger("refinv").addHandler(logging.NullHandler())
 # The public names, imported on first use (PEP 562): `import refinv` and `refinv --help`
 # load no NumPy, array-api-compat, onnx or onnxruntime until something needs them.
 _LAZY = {
+    "demo_files": ".io",
     **dict.fromkeys(("diagnose", "memorization_report", "mse", "psnr"), ".evaluation"),
     **dict.fromkeys(("LayerChain", "OnnxModel", "dense_chain", "read_chain"), ".onnx"),
     **dict.fromkeys(("draw_masks", "erase", "parse_mask"), ".operators"),
@@ -40,6 +41,7 @@ _SUBMODULES = ("backend", "audit", "evaluation", "io", "onnx", "operators", "pro
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
     from . import audit, backend
     from .evaluation import diagnose, memorization_report, mse, psnr
+    from .io import demo_files
     from .onnx import LayerChain, OnnxModel, dense_chain, read_chain
     from .operators import draw_masks, erase, parse_mask
     from .solvers import (
@@ -80,6 +82,7 @@ __all__ = [
     "backend",
     "errors",
     "RefinvError",
+    "demo_files",
     "OnnxModel",
     "read_chain",
     "dense_chain",

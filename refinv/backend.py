@@ -20,7 +20,8 @@ refinv's solvers are written against the Python array API standard, through
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 import array_api_compat.numpy  # noqa: F401  (imported once here, not in the first solver call)
 import numpy as np
@@ -168,3 +169,113 @@ def require_batch_shape(x: Any, sample_shape: tuple[int, ...], name: str) -> Non
             f"{name}: expected shape (batch, {', '.join(map(str, sample_shape))}), "
             f"got {tuple(x.shape)}"
         )
+
+
+# ------------------------------------------------------------------ the GPU install
+class GpuRoute(NamedTuple):
+    """One way to run refinv on a GPU: the CUDA major, refinv's extra, its CuPy package and
+    the onnxruntime-gpu releases built for that CUDA major."""
+
+    cuda_major: int
+    extra: str
+    cupy: str
+    onnxruntime_gpu: str
+
+    @property
+    def install(self) -> str:
+        """The one command that puts the GPU runtime of this route in place (docs/gpu.md)."""
+        return (
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+            f"'onnxruntime-gpu[cuda,cudnn]{self.onnxruntime_gpu}'"
+        )
+
+
+#: The CUDA major each GPU extra is for: the CuPy package it installs and the onnxruntime-gpu
+#: releases built for the same CUDA major. Measured (readelf -d on the wheels'
+#: libonnxruntime_providers_cuda.so, and their ``cuda`` extras): onnxruntime-gpu 1.26.0 links
+#: libcudart.so.12 / libcublas.so.12 (extras nvidia-cuda-runtime-cu12, nvidia-cudnn-cu12),
+#: 1.31.1 links libcudart.so.13 / libcublas.so.13 (nvidia-cuda-runtime 13, nvidia-cudnn-cu13);
+#: the switch is at 1.27.0. tests/test_gpu_install.py checks the extras in pyproject.toml and
+#: what pip resolves today against this table.
+GPU_ROUTES = {
+    13: GpuRoute(13, "gpu", "cupy-cuda13x", ">=1.27"),
+    12: GpuRoute(12, "gpu-cuda12", "cupy-cuda12x", ">=1.18,<1.27"),
+}
+#: the route of the ``gpu`` extra
+GPU_DEFAULT = GPU_ROUTES[13]
+
+
+def cuda_major_of_requirements(requirements) -> int | None:
+    """The CUDA major an onnxruntime-gpu distribution is built for, from its requirements
+    (``importlib.metadata.requires``): the major of its ``nvidia-cuda-runtime`` requirement
+    (``nvidia-cuda-runtime-cu12~=12.0`` -> 12, ``nvidia-cuda-runtime~=13.0`` -> 13); ``None``
+    when it names none (releases before 1.19)."""
+    import re
+
+    for req in requirements or ():
+        m = re.match(r"\s*nvidia-cuda-runtime(?:-cu(\d+))?\s*(?:[~=<>!]=?\s*(\d+))?", str(req))
+        if m and (m.group(1) or m.group(2)):
+            return int(m.group(1) or m.group(2))
+    return None
+
+
+def installed_onnxruntime_gpu_cuda_major() -> int | None:
+    """The CUDA major of the installed onnxruntime-gpu (None: not installed, or unknown)."""
+    from importlib import metadata
+
+    try:
+        return cuda_major_of_requirements(metadata.requires("onnxruntime-gpu"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def gpu_route_for(cuda_major: int | None) -> GpuRoute:
+    """The route of ``cuda_major`` (the default one when unknown)."""
+    return GPU_ROUTES.get(cuda_major or 0, GPU_DEFAULT)
+
+
+def cuda_libraries_text(cuda_major: int | None) -> str:
+    """``"CUDA 13 and cuDNN 9 libraries"`` for the installed onnxruntime-gpu's CUDA major."""
+    if cuda_major is None:
+        return "CUDA and cuDNN 9 libraries it was built for"
+    return f"CUDA {cuda_major} and cuDNN 9 libraries"
+
+
+class NativeStderr:
+    """Capture what native code (onnxruntime's C++ logger) writes to file descriptor 2 inside
+    a ``with`` block, so that its raw coloured lines do not reach the terminal; the text, ANSI
+    colours removed, is in ``.text`` afterwards and is handed to :mod:`logging` by the caller.
+    Python's own ``sys.stderr`` writes inside the block are captured too."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __enter__(self) -> NativeStderr:
+        import sys
+        import tempfile
+
+        try:
+            sys.stderr.flush()
+            self._tmp = tempfile.TemporaryFile(mode="w+b")
+            self._saved = os.dup(2)
+            os.dup2(self._tmp.fileno(), 2)
+        except (OSError, ValueError, AttributeError):  # no fd 2 (embedded interpreters)
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import re
+        import sys
+
+        if self._saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        raw = self._tmp.read().decode("utf-8", "replace")
+        self._tmp.close()
+        self.text = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip()

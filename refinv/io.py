@@ -20,17 +20,20 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = [
+    "demo_files",
+    "DemoFiles",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -38,6 +41,8 @@ __all__ = [
     "load_npz",
     "load_images",
     "load_images_for",
+    "is_file",
+    "channels_last",
     "parse_data_spec",
     "check_writable",
     "new_file_mode",
@@ -64,12 +69,19 @@ def check_writable(path: str | os.PathLike, what: str = "output", *, probe: bool
     (or folder) is created there and removed at once. Raises
     :class:`~refinv.errors.ConfigError`.
     """
+    import errno
+
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{what} {str(path)!r}: expected a file path, got a directory")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{what} {str(path)!r}: expected a file path, got a directory")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ConfigError(name_too_long(path, what)) from exc
+        raise ConfigError(f"{what} {str(path)!r}: {exc.strerror or exc}") from exc
     if not parent.is_dir():
         raise ConfigError(f"{what} {str(path)!r}: {str(parent)!r} is not a directory")
     if not probe:
@@ -245,19 +257,51 @@ def _gib(n: int) -> str:
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of an ``.npy`` stream (:func:`npy_header`)."""
+    shape, _, dtype = npy_header(f)
+    return shape, dtype
+
+
+def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of an ``.npy`` stream, from its header alone
+    (formats 1.0 to 3.0), leaving ``f`` at the first data byte.
+
+    NumPy's public readers cover 1.0 and 2.0; format 3.0 (written when a structured dtype has
+    field names outside latin-1) is 2.0 with a UTF-8 header, read here with the public
+    :func:`numpy.lib.format.descr_to_dtype` and a literal-only parse (no code runs)."""
+    import ast
+
     fmt = np.lib.format
     version = fmt.read_magic(f)
     if version == (1, 0):
-        shape, _, dtype = fmt.read_array_header_1_0(f)
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
     elif version == (2, 0):
-        shape, _, dtype = fmt.read_array_header_2_0(f)
-    else:  # (3, 0): utf-8 header; NumPy has no public reader for it
-        shape, _, dtype = fmt._read_array_header(f, version)
-    return tuple(shape), dtype
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+    elif version == (3, 0):
+        (n,) = struct.unpack("<I", f.read(4))
+        if n > 100_000:
+            raise ValueError(f"an .npy header of {n} bytes (NumPy reads at most 100000)")
+        raw = f.read(n)
+        if len(raw) != n:
+            raise ValueError("truncated .npy header")
+        d = ast.literal_eval(raw.decode("utf-8"))
+        if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+            raise ValueError(
+                f"expected the .npy header keys descr, fortran_order, shape: {d!r:.100}"
+            )
+        shape, fortran, dtype = d["shape"], d["fortran_order"], fmt.descr_to_dtype(d["descr"])
+        if not isinstance(fortran, bool):
+            raise ValueError(f"expected fortran_order True or False, got {fortran!r:.40}")
+        if not (isinstance(shape, tuple) and all(isinstance(x, int) and x >= 0 for x in shape)):
+            raise ValueError(f"expected a shape of non-negative integers, got {shape!r:.100}")
+    else:
+        raise ValueError(f".npy format version {version} (refinv reads 1.0 to 3.0)")
+    return tuple(shape), fortran, dtype
 
 
-def _check_npz_size(path: Path, cap: int) -> None:
-    """Refuse an ``.npz`` over ``cap`` decompressed bytes, reading only zip and .npy headers."""
+def _check_npz_size(path: Path, cap: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Refuse an ``.npz`` over ``cap`` decompressed bytes, reading only zip and .npy headers;
+    return each array's ``(shape, dtype)`` by name."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -272,6 +316,7 @@ def _check_npz_size(path: Path, cap: int) -> None:
                 f"{len(infos)} member(s) declare {_gib(declared)}; {how}"
             )
         total = 0
+        headers = {}
         for info in infos:
             if not info.filename.endswith(".npy"):
                 continue
@@ -295,11 +340,13 @@ def _check_npz_size(path: Path, cap: int) -> None:
                     "or forged"
                 )
             total += nbytes
+            headers[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
         if total > cap:
             raise ConfigError(
                 f"{path}: expected at most {_gib(cap)} of arrays, its arrays take {_gib(total)}; "
                 f"{how}"
             )
+    return headers
 
 
 def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
@@ -312,13 +359,18 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[s
     refused at once (:class:`~refinv.errors.ConfigError`).
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path, "data"):
         raise ConfigError(f"{path}: no such file")
     cap = npz_max_bytes(max_bytes)
     _check_npz_size(path, cap)
+    return _read_npz(path, None)
+
+
+def _read_npz(path: Path, keys: list[str] | None) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (None: all) of an ``.npz`` whose headers were checked."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in (z.files if keys is None else keys)}
     except ValueError as exc:
         raise ConfigError(
             f"{path}: cannot load without pickle ({exc}); refinv never loads pickles"
@@ -327,9 +379,44 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[s
         raise ConfigError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
+def is_file(path: str | os.PathLike, what: str = "file") -> bool:
+    """Whether ``path`` is a regular file (symlinks followed), like ``Path.is_file``, except
+    that a path the system cannot even look up because a component is longer than the file
+    system allows (``ENAMETOOLONG``, which Python 3.11's pathlib raises as ``OSError``) is
+    a :class:`~refinv.errors.ConfigError` that says so."""
+    import errno
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ConfigError(name_too_long(path, what)) from exc
+        return False
+    except ValueError:  # a NUL byte in the path
+        return False
+
+
+def name_too_long(path: str | os.PathLike, what: str = "file") -> str:
+    """The message for a path the system refuses as too long (``ENAMETOOLONG``)."""
+    parts = [p for p in Path(path).parts if p != os.sep]
+    longest = max((len(os.fsencode(p)) for p in parts), default=0)
+    try:
+        limit = os.pathconf(os.getcwd(), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    text = str(path)
+    shown = text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}"
+    return (
+        f"{what} {shown!r}: the file system refuses this path as too long: expected file and "
+        f"folder names of at most {limit} bytes, got one of {longest} bytes "
+        f"({len(os.fsencode(text))} bytes in all)"
+    )
+
+
 def parse_data_spec(spec: str, default_key: str = "train") -> tuple[Path, str]:
     """``"DATA.npz:key"`` -> (path, key); no ``:key`` means ``default_key``."""
-    if ":" in spec and not Path(spec).is_file():
+    if ":" in spec and not is_file(spec, "data"):
         p, k = spec.rsplit(":", 1)
         return Path(p), k
     return Path(spec), default_key
@@ -342,6 +429,7 @@ def load_images(
     sample_shape: tuple[int, ...] | None = None,
     dtype: Any = np.float32,
     rows_ok: bool = False,
+    layout: str | None = None,
 ) -> np.ndarray:
     """Images ``(N, *sample_shape)`` from ``DATA.npz[:key]``, validated.
 
@@ -354,22 +442,75 @@ def load_images(
     channels-last ``(N, H, W, C)`` for a ``(C, H, W)`` model, or flat rows
     of colour images) is refused: a reshape would scramble the images.
     ``rows_ok=True`` (a flat model given an image shape: its rows are its own order) also
-    accepts rows ``(N, prod(sample_shape))``, reshaped row-major.
+    accepts rows ``(N, prod(sample_shape))``, reshaped row-major. Channels-last images
+    ``(N, H, W, C)`` of a ``(C, H, W)`` model are TRANSPOSED (never reshaped) when
+    ``layout="NHWC"``, or without it where the shapes leave no doubt
+    (:func:`channels_last`); ``layout="NCHW"`` refuses them.
     """
     if key is None:
         path, key = parse_data_spec(str(spec))
     else:
         path = Path(spec)
-    arrays = load_npz(path)
-    if key not in arrays:
-        raise ConfigError(f"{path}: no array {key!r}; it has {sorted(arrays)}")
-    a = arrays[key]
-    check_images_header(f"{path}:{key}", a.shape, a.dtype, sample_shape, rows_ok=rows_ok)
+    if not is_file(path, "data"):
+        raise ConfigError(f"{path}: no such file")
+    cap = npz_max_bytes()
+    headers = _check_npz_size(path, cap)
+    if key not in headers:
+        raise ConfigError(f"{path}: no array {key!r}; it has {sorted(headers)}")
+    shape, file_dtype = headers[key]
+    nhwc = channels_last(f"{path}:{key}", shape, sample_shape, layout)
+    if nhwc:
+        shape = (shape[0], shape[3], shape[1], shape[2])
+    check_images_header(f"{path}:{key}", shape, file_dtype, sample_shape, rows_ok=rows_ok)
+    made = math.prod(shape) * np.dtype(dtype).itemsize
+    if made > cap:  # what the images become (float16 -> float32 doubles), not only the bytes
+        raise ConfigError(
+            f"{path}:{key}: expected images that take at most {_gib(cap)} as {np.dtype(dtype)}, "
+            f"its {shape} {file_dtype} array would take {_gib(made)}; set "
+            f"{NPZ_MAX_BYTES_ENV}=BYTES to allow more"
+        )
+    a = _read_npz(path, [key])[key]
+    if nhwc:
+        a = np.transpose(a, (0, 3, 1, 2))
     if sample_shape is not None and tuple(a.shape[1:]) != tuple(sample_shape):
         a = a.reshape((a.shape[0], *sample_shape))
-    if not np.all(np.isfinite(a)):
-        raise NonFiniteError(f"{path}:{key}: expected finite values, got NaN/Inf")
-    return np.ascontiguousarray(a, dtype=dtype)
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():
+        raise NonFiniteError(
+            f"{path}:{key}: expected finite values (as {np.dtype(dtype)}), got NaN/Inf"
+        )
+    return a
+
+
+def channels_last(
+    label: str, shape: tuple[int, ...], sample_shape: tuple[int, ...] | None, layout: str | None
+) -> bool:
+    """Whether a data file's images ``shape`` (batch first) are the channels-last
+    ``(N, H, W, C)`` form of a model's ``(C, H, W)`` samples, to be transposed on reading.
+
+    ``layout`` ``"NHWC"`` says so (the shape must then be ``(N, H, W, C)``); ``"NCHW"`` says
+    not; ``None`` decides from the shapes where that is unambiguous: ``(N, H, W, C)`` with
+    ``C > 1`` that is not also ``(N, C, H, W)``. One channel needs no transpose (the same
+    values in the same order)."""
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ConfigError(f"data layout: expected NCHW or NHWC, got {layout!r}")
+    if sample_shape is None or len(sample_shape) != 3 or layout == "NCHW":
+        if layout == "NHWC" and (sample_shape is None or len(sample_shape) != 3):
+            raise ConfigError(
+                f"{label}: --data-layout NHWC needs a model with (C, H, W) images, got samples "
+                f"{sample_shape}"
+            )
+        return False
+    c, h, w = (int(d) for d in sample_shape)
+    nhwc = tuple(int(d) for d in shape[1:]) == (h, w, c)
+    if layout == "NHWC":
+        if not nhwc:
+            raise ShapeError(
+                f"{label}: --data-layout NHWC: expected images (N, {h}, {w}, {c}) for the "
+                f"model's ({c}, {h}, {w}), got {tuple(shape)}"
+            )
+        return c > 1
+    return nhwc and c > 1 and tuple(int(d) for d in shape[1:]) != (c, h, w)
 
 
 def check_images_header(
@@ -399,8 +540,8 @@ def check_images_header(
     if len(shape) >= 2 and math.prod(shape[1:]) == math.prod(sample_shape):
         hint = ""
         if len(sample_shape) == 3 and shape[1:] == (*sample_shape[1:], sample_shape[0]):
-            hint = (" (channels-last; transpose it to channels-first, e.g. "
-                    "np.transpose(a, (0, 3, 1, 2)))")  # fmt: skip
+            hint = (" (channels-last: --data-layout NHWC, or layout='NHWC' in Python, reads "
+                    "it transposed)")  # fmt: skip
         raise ShapeError(
             f"{label}: expected images of shape {want} to match the model, got "
             f"{shape}{hint}: the same number of values per image in another layout, "
@@ -422,14 +563,43 @@ def _same_layout(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return (len(sg) == 1 and len(sw) <= 2) or (len(sw) == 1 and len(sg) <= 2)
 
 
-def load_images_for(f: Any, spec: str | os.PathLike, key: str | None = None) -> np.ndarray:
+def load_images_for(
+    f: Any, spec: str | os.PathLike, key: str | None = None, layout: str | None = None
+) -> np.ndarray:
     """:func:`load_images` for the model ``f``: its sample shape, and float64 if the model
-    computes in float64, else float32."""
+    computes in float64, else float32; ``layout``: the data file's (``"NCHW"``, ``"NHWC"``,
+    ``None``: decided where unambiguous)."""
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+    return load_images(spec, key, sample_shape=f.sample_shape, dtype=dtype,
+                       rows_ok=flat_rows_ok(f), layout=layout)  # fmt: skip
 
 
 def flat_rows_ok(f: Any) -> bool:
     """Whether data rows ``(N, D)`` are the model's own order: a flat model ``(batch, D)``
     given an image shape (refinv flattens its ``(C, H, W)`` arrays row-major for it)."""
     return getattr(f, "layout", None) == "flat" and getattr(f, "image_shape", None) is not None
+
+
+# ------------------------------------------------------------------ the demo files
+class DemoFiles(NamedTuple):
+    """Paths of the packaged demo files."""
+
+    model: Path  #: the faces MLP autoencoder (ONNX), a perfect fit of its training images
+    data: Path  #: its data set (.npz): ``train`` (100 images 1x25x25) and ``test`` (100)
+
+
+def demo_files() -> DemoFiles:
+    """The shipped faces autoencoder and its data set, packaged in refinv itself
+    (``refinv/_data``), so they exist in a wheel as in a checkout: ``model`` is
+    ``faces25_lrelu_6x256.onnx`` (a 6-layer LeakyReLU MLP trained to train MSE ~1e-13 on
+    100 face crops), ``data`` is ``faces25.npz`` with ``train`` and ``test`` arrays
+    ``(100, 1, 25, 25)`` in [0, 1]. The rest of the model zoo lives in the repository's
+    ``models/`` folder (not in the wheel).
+
+    >>> import refinv
+    >>> model, data = refinv.demo_files()
+    >>> model.name, data.name
+    ('faces25_lrelu_6x256.onnx', 'faces25.npz')
+    """
+    root = Path(__file__).resolve().parent / "_data"
+    return DemoFiles(root / "onnx" / "faces25_lrelu_6x256.onnx", root / "data" / "faces25.npz")

@@ -119,6 +119,7 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     symlinks: dict[str, str] = field(default_factory=dict)
     dirs: tuple[str, ...] = ()
+    refuse: bool = False  # only a RefinvError is right (e.g. a layout= contradicting the graph)
 
     def describe(self) -> str:
         return f"{self.kind} {self.kwargs}"
@@ -328,9 +329,10 @@ def _shape(vi):
             for d in vi.type.tensor_type.shape.dim]  # fmt: skip
 
 
-def _bomb(rng: random.Random) -> Case:
-    how = rng.choice(["constant_of_shape", "expand", "tile", "sparse_dense", "many_nodes",
-                      "range", "big_declared_input", "deep_if"])  # fmt: skip
+def _bomb(rng: random.Random, how: str | None = None) -> Case:
+    how = how or rng.choice(["constant_of_shape", "expand", "tile", "sparse_dense", "many_nodes",
+                      "range", "big_declared_input", "deep_if", "function_inlining",
+                      "many_initializers", "string_bulk"])  # fmt: skip
     n = rng.choice([2**28, 2**31, 2**34, 2**40])
     z = numpy_helper.from_array(np.array(0, np.float32), "zero")
     tail = [helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
@@ -366,6 +368,22 @@ def _bomb(rng: random.Random) -> Case:
         nodes = [helper.make_node("Identity", ["x" if i == 0 else f"t{i - 1}"],
                                   ["y" if i == k - 1 else f"t{i}"]) for i in range(k)]  # fmt: skip
         m = _model(nodes, [], ["N", 4], ["N", 4])
+    elif how == "function_inlining":
+        n = rng.choice([3, 8, 12, 14, 16, 20, 30])  # depth: 2**n nodes once inlined
+        m = _function_bomb(n)
+    elif how == "many_initializers":
+        n = rng.choice([10**3, 2 * 10**4, 10**5])
+        m = _many_initializers(n)
+    elif how == "string_bulk":  # a large text field: every copy of it costs its size again
+        n = rng.choice([2**20, 2**26])
+        m = _model([helper.make_node("Identity", ["x"], ["y"])], [], ["N", 4], ["N", 4])
+        where = rng.choice(["doc_string", "metadata", "string_tensor"])
+        if where == "doc_string":
+            m.graph.node[0].doc_string = "d" * n
+        elif where == "metadata":
+            onnx.helper.set_model_props(m, {"k": "v" * n})
+        else:
+            m.graph.initializer.append(helper.make_tensor("s", TensorProto.STRING, [1], [b"s" * n]))
     elif how == "big_declared_input":
         m = _model([helper.make_node("Identity", ["x"], ["y"])], [], [rng.choice([1, 2]), 2**15, 2**15],
                    [rng.choice([1, 2]), 2**15, 2**15])  # fmt: skip
@@ -382,6 +400,74 @@ def _bomb(rng: random.Random) -> Case:
         m = _model(list(body.node), [], ["N", 4], ["N", 4])
     kw = {"allow_control_flow": True} if how == "deep_if" else {}
     return Case(f"bomb:{how}:{n}", {"model/m.onnx": m.SerializeToString()}, kwargs=kw)
+
+
+def _function_bomb(depth: int) -> onnx.ModelProto:
+    """Model-local functions f_i(x) = f_{i-1}(f_{i-1}(x)), f_0 = Relu: 2 * depth + 1 nodes in
+    the file, 2**depth once inlined (onnxruntime inlines them at session creation)."""
+    op = [helper.make_opsetid("", OPSET), helper.make_opsetid("local", 1)]
+    fns = [
+        helper.make_function(
+            "local", "f0", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], op
+        )
+    ]
+    for i in range(1, depth + 1):
+        body = [helper.make_node(f"f{i - 1}", ["a"], ["t"], domain="local"),
+                helper.make_node(f"f{i - 1}", ["t"], ["b"], domain="local")]  # fmt: skip
+        fns.append(helper.make_function("local", f"f{i}", ["a"], ["b"], body, op))
+    m = _model(
+        [helper.make_node(f"f{depth}", ["x"], ["y"], domain="local")], [], ["N", 4], ["N", 4]
+    )
+    m.opset_import.append(helper.make_opsetid("local", 1))
+    m.functions.extend(fns)
+    return m
+
+
+def _many_initializers(k: int) -> onnx.ModelProto:
+    """``k`` unused one-element initializers beside an Identity (session creation grows
+    about quadratically with them: 10^4 took 0.7 s, 10^5 ~ 200 s)."""
+    inits = [numpy_helper.from_array(np.array([i], np.float32), f"c{i}") for i in range(k)]
+    return _model([helper.make_node("Identity", ["x"], ["y"])], inits, ["N", 4], ["N", 4])
+
+
+def _numeric(rng: random.Random, how: str | None = None) -> Case:
+    """Weights and bounds that are NaN or Inf, where a layer chain could silently differ from
+    onnxruntime: a Clip with a NaN bound, a convolution kernel holding one NaN or Inf next to
+    zero padding (the chain must equal the model or be refused)."""
+    how = how or rng.choice(["nan_clip", "nan_conv", "inf_conv", "nan_deconv"])
+    bad = float("nan") if how.startswith("nan") else rng.choice([float("inf"), -float("inf")])
+    if how == "nan_clip":
+        lo, hi = rng.choice([(bad, 1.0), (0.0, bad), (bad, bad)])
+        inits = [
+            numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("lo", lo), ("hi", hi))
+        ]
+        nodes = [helper.make_node("Gemm", ["x", "w"], ["g"], transB=1),
+                 helper.make_node("Clip", ["g", "lo", "hi"], ["y"])]  # fmt: skip
+        w = np.random.default_rng(rng.randrange(2**32)).standard_normal((8, 8)).astype("f4")
+        m = _model(nodes, [numpy_helper.from_array(w, "w"), *inits], ["N", 8], ["N", 8])
+    else:
+        m = _conv()
+        name = "kt" if how == "nan_deconv" else "k"
+        t = next(t for t in m.graph.initializer if t.name == name)
+        k = numpy_helper.to_array(t).copy()
+        k.flat[rng.randrange(k.size)] = bad
+        t.CopyFrom(numpy_helper.from_array(k, name))
+    return Case(f"numeric:{how}", {"model/m.onnx": m.SerializeToString()})
+
+
+def _forced_layout(rng: random.Random) -> Case:
+    """A ``layout=`` given by the caller for a model declared in another (or the same) layout:
+    a contradiction must be an error, never a silent transpose."""
+    c, h, w = rng.choice([(1, 5, 5), (3, 4, 6), (1, 4, 6), (2, 3, 3)])
+    declared = rng.choice(["NCHW", "NHWC"])
+    shape = ["N", c, h, w] if declared == "NCHW" else ["N", h, w, c]
+    m = _model([helper.make_node("Identity", ["x"], ["y"])], [], shape, shape)
+    forced = rng.choice(["NCHW", "NHWC", "flat"])
+    # (2, 3, 3) and (3, 3, 2) fit both layouts: a layout given for them is the only answer
+    refuse = forced != declared and (c, h, w) != (2, 3, 3)
+    return Case(f"layout:{declared}{tuple(shape[1:])}:forced_{forced}",
+                {"model/m.onnx": m.SerializeToString()}, kwargs={"layout": forced},
+                refuse=refuse)  # fmt: skip
 
 
 def _not_onnx(rng: random.Random) -> Case:
@@ -413,12 +499,33 @@ def _not_onnx(rng: random.Random) -> Case:
     return Case(f"not_onnx:{how}", {"model/m.onnx": data})
 
 
+#: the kinds added in the second round (issue 33), each drawable on its own (make_kind)
+ROUND2_KINDS = ("bomb:function_inlining", "bomb:many_initializers", "bomb:string_bulk",
+                "numeric:nan_clip", "numeric:nan_conv", "numeric:inf_conv",
+                "numeric:nan_deconv", "layout")  # fmt: skip
+
+
+def make_kind(kind: str, rng: random.Random) -> Case:
+    """One case of ``kind`` (an entry of :data:`ROUND2_KINDS`), drawn from ``rng``."""
+    family, _, how = kind.partition(":")
+    if family == "bomb":
+        return _bomb(rng, how)
+    if family == "numeric":
+        return _numeric(rng, how)
+    return _forced_layout(rng)
+
+
 def make_case(rng: random.Random) -> Case:
     """One fuzz case, drawn from ``rng``."""
     family = rng.choices(
-        ["bytes", "proto", "proto2", "external", "control_flow", "bomb", "not_onnx"],
-        weights=[25, 30, 10, 15, 6, 6, 8],
-    )[0]
+        ["bytes", "proto", "proto2", "external", "control_flow", "bomb", "not_onnx", "numeric",
+         "layout"],
+        weights=[25, 30, 10, 15, 6, 9, 8, 5, 4],
+    )[0]  # fmt: skip
+    if family == "numeric":
+        return _numeric(rng)
+    if family == "layout":
+        return _forced_layout(rng)
     if family == "bytes":
         name, data = rng.choice(seeds())
         how, out = _bytes_mutation(data, rng)
@@ -565,7 +672,15 @@ def run_case(case: Case, root: Path, *, time_limit: float = 10.0, watch: SecretW
         hit = watch is not None and SECRET_NAME in watch.events()
         return hit or any(SECRET[:16] in b or b"TOPSECRET" in b for b in blobs)
 
-    # black box
+    # black box (a layout= given: refinv's (N, C, H, W) arrays reach the graph transposed)
+    nhwc = kw.get("layout") == "NHWC"
+
+    def to_graph(a):
+        return a.transpose(0, 2, 3, 1) if nhwc else a
+
+    def from_graph(a):
+        return a.transpose(0, 3, 1, 2) if nhwc else a
+
     try:
         f = OnnxModel(src, intra_op_threads=1, time_limit=time_limit, **kw)
         x = rng.random((3, *f.sample_shape)).astype(f.dtype)
@@ -584,7 +699,7 @@ def run_case(case: Case, root: Path, *, time_limit: float = 10.0, watch: SecretW
                                      f"{(3, *f.output_sample_shape)} {f.dtype}"))  # fmt: skip
         else:
             try:
-                ref = _reference(path, x)
+                ref = from_graph(_reference(path, to_graph(x)))
             except Exception as exc:  # noqa: BLE001
                 results.append(("unverified", f"model: reference failed: {str(exc)[:200]}"))
             else:
@@ -593,7 +708,7 @@ def run_case(case: Case, root: Path, *, time_limit: float = 10.0, watch: SecretW
                                ("wrong", f"model: differs from onnxruntime (max abs diff "
                                          f"{np.nanmax(np.abs(y.astype('f8') - ref.astype('f8'))) if ref.shape == y.shape else ref.shape})"))  # fmt: skip
     # chain reader
-    if chain and not kw.get("allow_control_flow_only"):
+    if chain and "layout" not in kw:  # read_chain takes no layout=: the model's is tested
         try:
             c = read_chain(src)
             x = rng.random((3, *c.in_shape))
@@ -618,6 +733,9 @@ def run_case(case: Case, root: Path, *, time_limit: float = 10.0, watch: SecretW
                     results.append(
                         ("correct", "chain") if ok else ("wrong", "chain: differs from onnxruntime")
                     )
+    if case.refuse:  # anything but a refusal is a silently wrong interpretation
+        results = [(("wrong", f"accepted, expected a RefinvError: {d}") if o == "correct" else
+                    (o, d)) for o, d in results]  # fmt: skip
     order = ["leak", "other_exception", "wrong", "unverified", "correct", "refinv_error"]
     worst = min(results, key=lambda r: order.index(r[0]))
     return {

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,14 +22,13 @@ pytest.importorskip("jinja2")
 pytest.importorskip("matplotlib")
 
 import refinv  # noqa: E402
-import refinv.audit.core as core  # noqa: E402
 from refinv.audit.membership import roc_summary, tpr_at_fpr  # noqa: E402
 from refinv.cli import main  # noqa: E402
 from refinv.errors import ConfigError  # noqa: E402
 from refinv.evaluation.control import biharmonic_inpaint  # noqa: E402
 
 SHAPE = (1, 6, 7)
-FAST = ["--max-iter", "60", "--bootstrap", "50", "--stability-n", "3", "--quiet"]
+FAST = ["--max-iter", "60", "--bootstrap", "50", "--stability-limit", "3", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def _strip_times(runs):
 
 def _audit_args(d, out, *extra):
     return ["audit", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train",
-            "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2",
-            "--methods", "blind,known", "--out", str(out), *FAST, *extra]  # fmt: skip
+            "--test", f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2",
+            "--method", "blind,known", "--out", str(out), *FAST, *extra]  # fmt: skip
 
 
 def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
@@ -67,7 +68,7 @@ def test_audit_numbers_equal_evaluate(files, tmp_path, capsys):
     assert "No extraction detected" in out and "no power" in out and "report.html" in out
     rc = main(
         ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods", "blind,known",
+         f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method", "blind,known",
          "--json", str(tmp_path / "ev.json"), "--max-iter", "60", "--quiet", *ck]
     )  # fmt: skip
     assert rc == 0
@@ -140,37 +141,39 @@ def _comparable(doc):
 
 
 def test_interrupted_audit_resumes_to_the_same_report(files, tmp_path, monkeypatch):
+    """An audit stopped by Ctrl-C keeps its finished units in DIR/store.sqlite; resumed, it
+    computes only the others and writes the report an uninterrupted audit writes."""
+    import refinv.engine.work as work
+
     d = files
     kw = dict(masks=["random:0.3", "rows:2"], methods=["blind", "known"],
               solver={"max_iter": 60}, n_bootstrap=50, stability_n=3, progress=False)  # fmt: skip
     args = (d / "ae.onnx", f"{d / 'data.npz'}:train", f"{d / 'data.npz'}:test")
     fresh = refinv.audit(*args, **kw)
-    real = core.evaluate_split
+    real = work.run_unit
     calls = []
 
     def counting(*a, **k):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # the user presses Ctrl-C during the third run
+            raise KeyboardInterrupt  # the user presses Ctrl-C during the third unit
         return real(*a, **k)
 
-    monkeypatch.setattr(core, "evaluate_split", counting)
+    monkeypatch.setattr(work, "run_unit", counting)
     with pytest.raises(KeyboardInterrupt):
         refinv.audit(*args, out=tmp_path, **kw)
     assert not (tmp_path / "report.json").exists()
-    assert len(list((tmp_path / "cache").glob("run-*.npz"))) == 2
+    assert _done(tmp_path / "store.sqlite") == 2
     calls.clear()
-    monkeypatch.setattr(core, "evaluate_split", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(work, "run_unit", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     resumed = refinv.audit(*args, out=tmp_path, resume=True, **kw)
-    assert len(calls) == 8 - 2  # only the runs that had not finished
-    assert resumed["timing"]["cached_units"] == 2
+    assert len(calls) == 14 - 2  # 8 recoveries, 4 controls, 2 stability units; 2 were done
+    assert (resumed["timing"]["cached_units"], resumed["timing"]["computed_units"]) == (2, 12)
     assert _comparable(resumed) == _comparable(fresh)
-    # without --resume everything is computed again; a damaged cache file is never trusted
-    victim = sorted((tmp_path / "cache").glob("run-*.npz"))[0]
-    victim.write_bytes(b"not an npz")
+    # without resume the store starts afresh: everything is computed again
     calls.clear()
-    again = refinv.audit(*args, out=tmp_path, resume=True, **kw)
-    assert len(calls) == 1
+    again = refinv.audit(*args, out=tmp_path, **kw)
+    assert len(calls) == 14
     assert _comparable(again) == _comparable(fresh)
 
 
@@ -179,7 +182,14 @@ def test_cli_resume_flag(files, tmp_path, capsys):
     assert main(_audit_args(d, tmp_path)) == 0
     capsys.readouterr()
     assert main(_audit_args(d, tmp_path, "--resume")) == 0
-    assert "14 units from the cache, 0 computed" in capsys.readouterr().out
+    assert "14 units from the store, 0 computed" in capsys.readouterr().out
+
+
+def _done(db) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT count(*) FROM tasks WHERE status = 'done'").fetchone()[0]
 
 
 def test_model_with_no_recovery_is_an_honest_report(files, tmp_path):
@@ -232,6 +242,7 @@ def test_missing_extra_names_it(files, tmp_path, monkeypatch, capsys):
     assert main(_audit_args(files, tmp_path)) == 2
     err = capsys.readouterr().err
     assert "refinv audit: error:" in err and "scikit-learn" in err and "refinv[audit]" in err
+    assert err.count("refinv audit:") == 1  # the prefix once (it was printed twice)
     with pytest.raises(ConfigError, match=r"refinv\[audit\]"):
         refinv.audit(files / "ae.onnx", np.zeros((2, *SHAPE)), np.zeros((2, *SHAPE)))
 
@@ -239,8 +250,8 @@ def test_missing_extra_names_it(files, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["--masks", "bogus:1"], "unknown family"),
-        (["--methods", "blind,magic"], "magic"),
+        (["--mask", "bogus:1"], "unknown family"),
+        (["--method", "blind,magic"], "magic"),
         (["--rho", "-1"], "rho"),
         (["--bootstrap", "0"], "--bootstrap"),
     ],
@@ -330,3 +341,51 @@ def test_demo_points_to_audit(tmp_path, capsys):
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("refinv audit"))
     assert "faces25_lrelu_6x256.onnx" in line and "faces25.npz:train" in line
     assert "faces25.npz:test" in line and "--out" in line
+
+
+def test_audit_killed_on_a_process_pool_resumes_to_the_same_report(tmp_path):
+    """refinv audit on 2 worker processes, SIGKILLed after a few units: the store keeps
+    whole units only; --resume computes the rest, and report.json equals an uninterrupted
+    run's (same shards), except the timings and the provenance."""
+    import signal
+    import sqlite3
+    import time
+
+    from refinv.io import load_images
+
+    root = Path(__file__).resolve().parents[1]
+    model = root / "models" / "onnx" / "digits8_lrelu_6x320.onnx"
+    src = root / "models" / "data" / "digits8.npz"
+    tr, te = (load_images(src, k, sample_shape=(1, 8, 8))[:18] for k in ("train", "test"))
+    np.savez(tmp_path / "d.npz", train=tr, test=te)
+    args = ["audit", str(model), "--train", f"{tmp_path / 'd.npz'}:train",
+            "--test", f"{tmp_path / 'd.npz'}:test", "--masks", "random:0.5,rows:2",
+            "--methods", "blind,known", "--max-iter", "40", "--bootstrap", "50",
+            "--stability-n", "3", "--shard-size", "3", "--quiet"]  # fmt: skip
+    killed = tmp_path / "killed"
+    env = dict(os.environ, REFINV_NO_PROGRESS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "refinv", *args, "--out", str(killed),
+                             "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    db, done, deadline = killed / "store.sqlite", 0, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and done < 4:
+        if db.exists():
+            try:
+                done = _done(db)
+            except sqlite3.OperationalError:
+                done = 0  # the tables are not there yet
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the audit finished before it could be killed"
+    n_done = _done(db)
+    total = 2 * 2 * 2 * 6 + 2 * 2 * 6 + 2  # recoveries, controls (6 shards a split), stability
+    assert 4 <= n_done < total
+    assert not (killed / "report.json").exists()
+    assert main([*args, "--out", str(killed), "--workers", "2", "--resume"]) == 0
+    resumed = json.loads((killed / "report.json").read_text())
+    assert resumed["timing"]["cached_units"] == n_done
+    assert resumed["timing"]["computed_units"] == total - n_done
+    clean = tmp_path / "clean"
+    assert main([*args, "--out", str(clean)]) == 0  # in this process, uninterrupted
+    assert _comparable(resumed) == _comparable(json.loads((clean / "report.json").read_text()))
+    assert (killed / "per_image.csv").read_bytes() == (clean / "per_image.csv").read_bytes()

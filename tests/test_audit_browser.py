@@ -93,9 +93,9 @@ def report(tmp_path_factory):
     np.savez(d / "data.npz", train=train, test=test)
     rc = main(
         ["audit", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods", "blind,known",
+         f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method", "blind,known",
          "--checkpoints", str(d / "ae_early.onnx"), "--out", str(d / "out"), "--max-iter", "60",
-         "--bootstrap", "50", "--stability-n", "3", "--quiet"]
+         "--bootstrap", "50", "--stability-limit", "3", "--quiet"]
     )  # fmt: skip
     assert rc == 0
     return d / "out" / "report.html"

@@ -119,11 +119,12 @@ def test_auc_interval_never_collapses():
 def test_operating_point_by_hand():
     m = np.array([9.0, 8.0, 7.0, 3.0, 1.0])
     u = np.arange(100, dtype=float) / 10  # 0.0 .. 9.9
-    # FPR 1% with 100 held-out images: at most 1 false positive; held-out 9.9 is the top,
-    # so the threshold is 9.9 (fp 1) and no member reaches it; 2% allows fp 2 (>= 9.8)
+    # FPR 1% with 100 held-out images: at most 1 false positive; held-out 9.9 is the top
+    # and no member reaches 9.9
+    # no threshold with at most 1 false positive finds a member: call no image (fp 0, tp 0)
     op = operating_point(m, u, 0.01)
-    assert op["false_positives"] == 1 and op["true_positives"] == 0 and op["threshold"] == 9.9
-    assert op["fpr_ci"] == clopper_pearson(1, 100) and op["tpr_ci"] == clopper_pearson(0, 5)
+    assert op["false_positives"] == 0 and op["true_positives"] == 0 and op["threshold"] is None
+    assert op["fpr_ci"] == clopper_pearson(0, 100) and op["tpr_ci"] == clopper_pearson(0, 5)
     u2 = np.concatenate([np.arange(98) / 20, [9.5, 9.5]])  # two held-out tie at 9.5
     op = operating_point(m, u2, 0.01)  # 9.5 would call 2 held-out: the cut stays above it
     assert op["false_positives"] == 0 and op["true_positives"] == 0
@@ -176,8 +177,8 @@ def test_low_fpr_intervals_cover_the_thresholds_true_rates(n1, n0, target, auc):
         m, u, d = _gauss(auc, n1, n0, rng)
         op = operating_point(m, u, target)
         assert op["estimable"] and op["false_positives"] <= round(target * n0)
-        c = op["threshold"]
-        true_fpr, true_tpr = norm.sf(c), norm.sf(c - d)  # called member when score >= c
+        c = op["threshold"]  # called member when score >= c; None: no image called
+        true_fpr, true_tpr = (0.0, 0.0) if c is None else (norm.sf(c), norm.sf(c - d))
         f_hit += op["fpr_ci"][0] <= true_fpr <= op["fpr_ci"][1]
         t_hit += op["tpr_ci"][0] <= true_tpr <= op["tpr_ci"][1]
     assert f_hit / REPS >= 0.90 and t_hit / REPS >= 0.90

@@ -240,8 +240,14 @@ def test_channels_last_colour_data_refused(tmp_path):
     np.savez(p, ok=x, last=np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
              flat=x.reshape(4, -1), empty=x[:0])  # fmt: skip
     np.testing.assert_array_equal(load_images(p, "ok", sample_shape=(3, 5, 6)), x)
+    # channels-last colour images are transposed (unambiguous here), or refused when the
+    # caller says the file is channels-first
+    np.testing.assert_array_equal(load_images(p, "last", sample_shape=(3, 5, 6)), x)
+    np.testing.assert_array_equal(load_images(p, "last", sample_shape=(3, 5, 6), layout="NHWC"), x)
     with pytest.raises(ShapeError, match="expected .*\\(N, 3, 5, 6\\).*\\(4, 5, 6, 3\\).*channels"):
-        load_images(p, "last", sample_shape=(3, 5, 6))
+        load_images(p, "last", sample_shape=(3, 5, 6), layout="NCHW")
+    with pytest.raises(ShapeError, match="--data-layout NHWC: expected images \\(N, 5, 6, 3\\)"):
+        load_images(p, "ok", sample_shape=(3, 5, 6), layout="NHWC")
     with pytest.raises(ShapeError, match="another layout"):
         load_images(p, "flat", sample_shape=(3, 5, 6))
     with pytest.raises(ShapeError, match="at least one image"):
@@ -373,8 +379,8 @@ def _cli(capsys, *argv):
         (["stability", "{d}/ae.onnx", "{d}/data.npz:empty"], "at least one image"),
         (["invert", "{d}/ae.onnx", "{d}/y0.npz", "--method", "gd"], "at least one observation"),
         (["bregman", "{d}/ae.onnx", "{d}/y0.npz", "--json", "{d}/b.json"], "at least one code"),
-        (["inspect", "{d}/ae.onnx", "--samples", "0"], "--samples: expected an integer >= 1"),
-        (["inspect", "{d}/ae.onnx", "--samples", "-1"], "--samples"),
+        (["inspect", "{d}/ae.onnx", "--limit", "0"], "--limit: expected an integer >= 1"),
+        (["inspect", "{d}/ae.onnx", "--limit", "-1"], "--limit"),
         (["inspect", "{d}/ae.onnx", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
         (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz", "--seed", "-1"], "--seed"),
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--batch-size", "0"], "--batch-size"),
@@ -389,11 +395,11 @@ def _cli(capsys, *argv):
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--out", "{d}/data.npz/x.npz"],
          "not a directory"),
         (["inspect", "{d}/nan.onnx"], "finite weights.*layer\\(s\\) 0 .*--no-diagnostics"),
-        (["recover", "{d}/colour.onnx", "{d}/last.npz"],
+        (["recover", "{d}/colour.onnx", "{d}/last.npz", "--data-layout", "NCHW"],
          "expected images of shape \\(N, 3, 4, 5\\).*got \\(3, 4, 5, 3\\).*channels-last"),
         (["recover", "{d}/ae.onnx", "{d}/data.npz", "--mask", "grid:99999999999999999999"],
          "grid: expected a step in \\[1, 7\\]"),
-        (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz", "--masks",
+        (["evaluate", "{d}/ae.onnx", "--train", "{d}/data.npz", "--mask",
           "random:0.5,blocks:100000000x1"], "blocks: expected 0 to 42 blocks"),
     ],
 )  # fmt: skip
@@ -422,7 +428,7 @@ def test_cli_evaluate_is_bitwise_identical_across_batch_sizes_and_threads(cli_fi
                   ["--threads", "1"]):  # fmt: skip
         out = d / f"ev{len(docs)}.json"
         rc = main(["evaluate", str(d / "ae.onnx"), "--train", f"{d}/data.npz:train",
-                   "--masks", "random:0.5,center:3", "--max-iter", "30", "--quiet",
+                   "--mask", "random:0.5,center:3", "--max-iter", "30", "--quiet",
                    "--json", str(out), *extra])  # fmt: skip
         assert rc == 0
         docs.append(json.loads(out.read_text()))

@@ -228,7 +228,7 @@ def test_evaluate_cli_chunk_size_does_not_change_the_report(tmp_path, capsys):
     data = tmp_path / "d.npz"
     np.savez(data, train=tr, test=te)
     args = ["evaluate", str(model), "--train", f"{data}:train", "--test", f"{data}:test",
-            "--masks", "random:0.5", "--methods", "blind,known,ae-iterations",
+            "--mask", "random:0.5", "--method", "blind,known,ae-iterations",
             "--max-iter", "4", "--inner-iter", "2", "--quiet"]  # fmt: skip
     docs, figs = {}, {}
     for chunk in ("7", "100000"):

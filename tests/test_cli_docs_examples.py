@@ -52,12 +52,14 @@ def test_docs_have_examples_for_every_command():
 
 
 @pytest.mark.parametrize("cmd", EXAMPLES, ids=[" ".join(shlex.split(c)[:2]) for c in EXAMPLES])
-def test_docs_cli_example_runs(cmd, tmp_path, monkeypatch):
+def test_docs_cli_example_runs(cmd, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REFINV_NO_PROGRESS", "1")
     argv = [_resolve(a) for a in shlex.split(cmd)[1:]]
     assert main(argv) == 0, cmd
+    # the documented examples use the current vocabulary, no deprecated spelling
+    assert "deprecated" not in capsys.readouterr().err, cmd
     # every output file the example names was written, in the working folder
-    for opt in ("--json", "--out", "--save"):
+    for opt in ("--json", "--out"):
         if opt in argv:
             assert (tmp_path / argv[argv.index(opt) + 1]).is_file(), (cmd, opt)

@@ -93,39 +93,40 @@ def test_verbose_after_the_command_sets_the_log_level(files, monkeypatch):
                       logging.ERROR, logging.ERROR]  # fmt: skip
 
 
-# ------------------------------------------------------------------ --mask alias
-def test_evaluate_accepts_mask_as_masks(files, tmp_path):
+# ------------------------------------------------------------------ --masks alias
+def test_evaluate_accepts_the_deprecated_masks(files, tmp_path, capsys):
     d = files
     base = ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train",
-            "--methods", "known", "--max-iter", "2", "-q"]  # fmt: skip
+            "--method", "known", "--max-iter", "2", "-q"]  # fmt: skip
     assert main([*base, "--mask", "center:3,rows:2", "--json", str(tmp_path / "a.json")]) == 0
     assert main([*base, "--masks", "center:3,rows:2", "--json", str(tmp_path / "b.json")]) == 0
+    assert "--masks is deprecated" in capsys.readouterr().err
     a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in "ab")
     assert a["settings"]["masks"] == b["settings"]["masks"] == ["center:3", "rows:2"]
     assert [r["mse"] for r in a["runs"]] == [r["mse"] for r in b["runs"]]
     audit = build_parser().parse_args(
         ["audit", "M", "--train", "D", "--test", "D", "--out", "o", "--mask", "center:3"]
     )
-    assert audit.masks == "center:3"
+    assert audit.mask == "center:3"
 
 
 # ------------------------------------------------------------------ Ctrl-C in a sweep
 
 
 def test_ctrl_c_in_a_sweep_is_one_resume_line_and_exit_130(files, tmp_path, monkeypatch, capsys):
-    import refinv.sweep.run as run_mod
+    import refinv.engine.work as work  # the engine runs the sweep's tasks
 
     cfg = _config(files, tmp_path)  # 3 shards x 2 methods = 6 tasks
     db = tmp_path / "s.sqlite"
-    real, calls = run_mod.run_task, []
+    real, calls = work.run_unit, []
 
-    def interrupted_after_two(task):
+    def interrupted_after_two(task, *a, **kw):
         calls.append(task.task_id)
         if len(calls) == 3:
             raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
-        return real(task)
+        return real(task, *a, **kw)
 
-    monkeypatch.setattr(run_mod, "run_task", interrupted_after_two)
+    monkeypatch.setattr(work, "run_unit", interrupted_after_two)
     assert main(["sweep", str(cfg), "--db", str(db), "--workers", "1", "-q"]) == 130
     out, err = capsys.readouterr()
     assert "Traceback" not in err
@@ -134,7 +135,7 @@ def test_ctrl_c_in_a_sweep_is_one_resume_line_and_exit_130(files, tmp_path, monk
     assert line.startswith("refinv sweep: interrupted; the completed tasks are saved")
     assert shlex.split(cmd) == ["refinv", "sweep", str(cfg), "--db", str(db), "-q"]
     assert _done_tasks(db) == 2
-    monkeypatch.setattr(run_mod, "run_task", real)
+    monkeypatch.setattr(work, "run_unit", real)
     assert main(shlex.split(cmd)[1:]) == 0  # the printed command resumes the sweep
     assert "6 tasks: 2 already in" in capsys.readouterr().out
     assert _done_tasks(db) == 6
@@ -181,19 +182,16 @@ def test_sigint_to_a_running_sweep(files, tmp_path):
 
 
 # ------------------------------------------------------------------ divergence
-def test_a_diverging_sweep_gives_one_message_per_task_and_no_log_line(
-    files, tmp_path, capsys, caplog
-):
+def test_a_diverging_sweep_gives_one_summary_line_and_no_log_line(files, tmp_path, capsys, caplog):
     cfg = _config(files, tmp_path, model="x3.onnx", n=4, shard=2)
     cfg.write_text(cfg.read_text().replace('["known", "blind"]', '["ae-iterations"]'))
     with caplog.at_level(logging.DEBUG):
         assert main(["sweep", str(cfg), "--db", str(tmp_path / "d.sqlite"), "-q"]) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
-    assert lines == [
-        f"refinv sweep: warning: checkpoint m, mask random:0.3, method ae-iterations, split "
-        f"train [{a}:{a + 2}]: 2 of 2 samples diverged (NaN/Inf or |x| > 1e+06) and were "
-        "stopped (MSE null in the database); the others continued"
-        for a in (0, 2)
+    assert lines == [  # the two tasks (shards [0:2], [2:4]) summed into one line
+        "refinv sweep: warning: 4 samples diverged (NaN/Inf or |x| > 1e+06) and were stopped, "
+        "the others continued; per setting: m random:0.3 ae-iterations: train 4 (MSE "
+        "null in the database; per sample: `refinv report DB --json`)"
     ]
     assert not [r for r in caplog.records if "diverged" in r.getMessage()]
 
@@ -212,3 +210,42 @@ def test_help_through_python_m_refinv_imports_no_onnx():
     assert "refinv.cli" in mods
     heavy = ("onnx", "onnxruntime", "torch", "numpy", "scipy", "array_api_compat", "tqdm")
     assert not {m for m in mods if m.split(".")[0] in heavy}
+
+
+def test_in_a_terminal_the_divergence_line_is_not_on_the_progress_bar(files, tmp_path):
+    """In a TTY (a pseudo-terminal here) a sweep's progress bar stays on stderr while tasks
+    diverge; the one divergence line comes after it, on a line of its own (each task's
+    warning was written onto the bar's line)."""
+    import pty
+
+    cfg = _config(files, tmp_path, model="x3.onnx", n=6, shard=2)
+    cfg.write_text(cfg.read_text().replace('["known", "blind"]', '["ae-iterations"]'))
+    argv = [sys.executable, "-m", "refinv", "sweep", str(cfg), "--db",
+            str(tmp_path / "d.sqlite")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "REFINV_NO_PROGRESS"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin/stdout/stderr are the pseudo-terminal, 120 columns wide
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(sys.executable, argv, env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "it/s" in text or "%|" in text, text  # a bar was drawn (it is a terminal)
+    lines = re.split(r"[\r\n]+", text)
+    div = [ln for ln in lines if "samples diverged" in ln]
+    assert len(div) == 1, text
+    assert div[0].startswith("refinv sweep: warning: ") and "%|" not in div[0]

@@ -40,14 +40,14 @@ def test_help(cmd, capsys):
 def test_recover(files, capsys):
     d = files
     rc = main(
-        ["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--key", "train", "--mask",
+        ["recover", str(d / "ae.onnx"), f"{d / 'data.npz'}:train", "--mask",
          "random:0.3", "--seed", "1", "--method", "known", "--out", str(d / "out.npz"),
          "--json", str(d / "sum.json"), "--max-iter", "300", "--tol", "1e-12", "--quiet"]
     )  # fmt: skip
     assert rc == 0
     doc = json.loads((d / "sum.json").read_text())
     (run,) = doc["runs"]
-    assert doc["schema_version"] == 2 and doc["command"] == "recover"
+    assert doc["schema_version"] == 3 and doc["command"] == "recover"
     assert run["method"] == "known" and run["split"] == "train" and run["n"] == 5
     assert run["accurate_rate"] == 1.0
     for k in ("accurate_rate", "approximate_rate", "mean_psnr", "n", "seconds"):
@@ -81,7 +81,7 @@ def test_evaluate(files, capsys):
     d = files
     rc = main(
         ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-         f"{d / 'data.npz'}:test", "--masks", "random:0.3,rows:2", "--methods",
+         f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method",
          "known,ae-iterations", "--json", str(d / "rep.json"), "--max-iter", "200",
          "--checkpoints", str(d / "ae_early.onnx"), "--quiet"]
     )  # fmt: skip
@@ -96,8 +96,8 @@ def test_evaluate(files, capsys):
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["--masks", "bogus:1"], "unknown family"),
-        (["--methods", "blind,magic"], "magic"),
+        (["--mask", "bogus:1"], "unknown family"),
+        (["--method", "blind,magic"], "magic"),
         (["--rho", "-1"], "rho"),
     ],
 )
@@ -112,7 +112,7 @@ def test_recover_errors(files, capsys):
     d = files
     assert main(["recover", str(d / "enc.onnx"), str(d / "data.npz"), "--quiet"]) == 2
     assert "not an autoencoder" in capsys.readouterr().err
-    assert main(["recover", str(d / "ae.onnx"), str(d / "data.npz"), "--key", "nope"]) == 2
+    assert main(["recover", str(d / "ae.onnx"), f"{d / 'data.npz'}:nope"]) == 2
     assert "nope" in capsys.readouterr().err
     bad = d / "badmask.npz"
     np.savez(bad, mask=np.full((6, 7), 0.5))
@@ -150,7 +150,7 @@ def test_stability_command_matches_the_iteration_matrix(files, capsys, method):
     d = files
     rc = main(
         ["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0.5,3",
-         "--n", "3", "--seed", "2", "--json", str(d / "stab.json"), "--method", method]
+         "--limit", "3", "--seed", "2", "--json", str(d / "stab.json"), "--method", method]
     )  # fmt: skip
     assert rc == 0
     doc = json.loads((d / "stab.json").read_text())
@@ -167,8 +167,35 @@ def test_stability_command_matches_the_iteration_matrix(files, capsys, method):
         ]  # fmt: skip
         np.testing.assert_allclose(row["radius"], want, rtol=1e-3)
     assert "median radius" in capsys.readouterr().out
+    assert doc["fixed_point"]["is_fixed"] == [True] * 3  # P x = x at the training images
     assert main(["stability", str(d / "ae.onnx"), str(d / "data.npz"), "--rho", "0"]) == 2
     assert "--rho" in capsys.readouterr().err
+
+
+def test_stability_says_not_a_fixed_point_instead_of_a_radius(files, capsys):
+    """Held-out images are not fixed points of the projection AE (f(x) != x): the command says
+    so with ||f(x) - x||, computes no radius (null in the JSON), and never prints the
+    'attracting fixed point' sentence for them."""
+    d = files
+    rc = main(["stability", str(d / "ae.onnx"), f"{d / 'data.npz'}:test", "--rho", "0.5",
+               "--json", str(d / "stab_test.json")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    test = np.load(d / "data.npz")["test"].astype(np.float64).reshape(4, -1)
+    P = projection(np.load(d / "data.npz")["train"].astype(np.float64))
+    res = np.linalg.norm(test @ P.T - test, axis=1)
+    assert f"4 of 4 images: not a fixed point (||f(x) - x|| = {res.min():.3g} to " in out
+    assert "attracting" not in out and "median radius" not in out
+    doc = json.loads((d / "stab_test.json").read_text())
+    assert doc["fixed_point"]["n_fixed"] == 0 and doc["schema_version"] == 2
+    np.testing.assert_allclose(doc["fixed_point"]["residual"], res, rtol=1e-4)
+    assert doc["results"][0]["radius"] == [None] * 4 and doc["results"][0]["median_radius"] is None
+    # --fixed-tol above their MSE: they count as fixed points and get radii
+    rc = main(["stability", str(d / "ae.onnx"), f"{d / 'data.npz'}:test", "--rho", "0.5",
+               "--fixed-tol", "1", "--json", str(d / "stab_tol.json")])  # fmt: skip
+    doc = json.loads((d / "stab_tol.json").read_text())
+    assert rc == 0 and doc["fixed_point"]["n_fixed"] == 4
+    assert all(r > 0 for r in doc["results"][0]["radius"])
 
 
 def test_mask_init_from_a_file(files, tmp_path, capsys):
@@ -220,7 +247,7 @@ def test_evaluate_blind_with_one_initial_mask_for_both_splits(files, tmp_path):
     d = files
     np.savez(tmp_path / "one.npz", mask=np.ones((6, 7), dtype=np.uint8))
     args = ["evaluate", str(d / "ae.onnx"), "--train", f"{d / 'data.npz'}:train", "--test",
-            f"{d / 'data.npz'}:test", "--masks", "center:2", "--methods", "blind",
+            f"{d / 'data.npz'}:test", "--mask", "center:2", "--method", "blind",
             "--max-iter", "3", "--quiet"]  # fmt: skip
     assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
     assert main([*args, "--mask-init", f"file:{tmp_path / 'one.npz'}", "--json",
@@ -229,20 +256,24 @@ def test_evaluate_blind_with_one_initial_mask_for_both_splits(files, tmp_path):
     assert [r["mse"] for r in a] == [r["mse"] for r in b]  # all-ones file == the ones default
 
 
-def test_divergence_is_one_line_per_run_with_its_context(files, tmp_path, capsys, caplog):
+def test_divergence_is_one_summary_line_per_command(files, tmp_path, capsys, caplog):
+    """Every run's diverged samples in ONE line at the end, counts per setting and split (it
+    was one line per run: 60 lines for a sweep, 13 for an audit)."""
     d = files
     onnx.save(onnx_ae([(3.0 * np.eye(42), np.zeros(42), False)], (1, 6, 7)), tmp_path / "x3.onnx")
     rc = main(
         ["evaluate", str(tmp_path / "x3.onnx"), "--train", f"{d / 'data.npz'}:train",
-         "--test", f"{d / 'data.npz'}:test", "--masks", "random:0.3", "--methods",
-         "ae-iterations", "--quiet"]
+         "--test", f"{d / 'data.npz'}:test", "--mask", "random:0.3,rows:2", "--method",
+         "ae-iterations", "--quiet", "--json", str(tmp_path / "r.json")]
     )  # fmt: skip
     assert rc == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
     assert lines == [
-        f"refinv evaluate: warning: checkpoint x3, mask random:0.3, method ae-iterations, "
-        f"split {split}: {n} of {n} samples diverged (NaN/Inf or |x| > 1e+06) and were "
-        "stopped (MSE null in the report); the others continued"
-        for split, n in (("train", 5), ("test", 4))
+        "refinv evaluate: warning: 18 samples diverged (NaN/Inf or |x| > 1e+06) and were "
+        "stopped, the others continued; per setting: x3 random:0.3 ae-iterations: train 5 of "
+        "5, test 4 of 4; x3 rows:2 ae-iterations: train 5 of 5, test 4 of 4 (MSE null in the "
+        "report; per sample: 'diverged' in the JSON)"
     ]
     assert not [r for r in caplog.records if "diverged" in r.getMessage()]
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert [r["n_diverged"] for r in runs] == [5, 4, 5, 4]  # the details, per run

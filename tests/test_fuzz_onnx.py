@@ -9,10 +9,11 @@ processes, hang detection), whose last result is in docs/security.md.
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
-from _onnx_fuzz import SecretWatch, make_case, run_case
+from _onnx_fuzz import ROUND2_KINDS, SecretWatch, make_case, make_kind, run_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +47,23 @@ def test_hostile_models_give_refinv_error_or_correct_result(sandbox, monkeypatch
         watch.close()
     assert res["outcome"] in ("refinv_error", "correct"), (case.describe(), res)
     assert elapsed < CASE_SECONDS, (case.describe(), elapsed)
+
+
+@pytest.mark.parametrize("kind", ROUND2_KINDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_second_round_kind_gives_refinv_error_or_correct_result(sandbox, monkeypatch, kind,
+                                                                     seed):  # fmt: skip
+    """Function-inlining and initializer-count bombs, text bulk, NaN Clip bounds and NaN/Inf
+    kernels, forced layouts: each drawn on its own (a random draw of 40 may miss some)."""
+    monkeypatch.setenv("REFINV_ORT_MEMORY_LIMIT", str(256 * 2**20))
+    case = make_kind(kind, random.Random(seed))
+    root = sandbox / f"k{kind.replace(':', '_')}{seed}_{time.perf_counter_ns()}"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    t = time.perf_counter()
+    res = run_case(case, root, time_limit=2.0)
+    assert res["outcome"] in ("refinv_error", "correct"), (case.describe(), res)
+    assert time.perf_counter() - t < CASE_SECONDS, (case.describe(), res)
 
 
 def test_the_watch_sees_a_read_of_the_secret(tmp_path):

@@ -159,7 +159,7 @@ def test_inspect_prox_cli(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", train=rng.random((5, 12)).astype(np.float32))
     out = tmp_path / "r.json"
     rc = main(["inspect", str(p), "--no-diagnostics", "--prox", f"{tmp_path / 'd.npz'}",
-               "--prox-n", "3", "--json", str(out)])  # fmt: skip
+               "--prox-limit", "3", "--json", str(out)])  # fmt: skip
     assert rc == 0
     rep = json.loads(out.read_text())["prox"]
     assert rep["n"] == 3 and rep["is_prox"] and len(rep["points"]) == 3

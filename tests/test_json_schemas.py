@@ -45,9 +45,7 @@ def _commands(tmp: Path) -> dict[str, tuple[list[str], Path, dict[str, Path]]]:
             [
                 "recover",
                 str(FACES_AE),
-                str(FACES),
-                "--key",
-                "test",
+                f"{FACES}:test",
                 *FAST,
                 "--json",
                 str(j["recover"]),
@@ -65,7 +63,7 @@ def _commands(tmp: Path) -> dict[str, tuple[list[str], Path, dict[str, Path]]]:
                 f"{DIGITS}:test",
                 "--mask",
                 "center:3",
-                "--methods",
+                "--method",
                 "blind,known,ae-iterations",
                 *FAST,
                 "--json",
@@ -82,13 +80,13 @@ def _commands(tmp: Path) -> dict[str, tuple[list[str], Path, dict[str, Path]]]:
                 f"{DIGITS}:train",
                 "--test",
                 f"{DIGITS}:test",
-                "--masks",
+                "--mask",
                 "random:0.5",
-                "--methods",
+                "--method",
                 "blind",
                 "--bootstrap",
                 "20",
-                "--stability-n",
+                "--stability-limit",
                 "1",
                 "--gallery",
                 "1",
@@ -106,7 +104,7 @@ def _commands(tmp: Path) -> dict[str, tuple[list[str], Path, dict[str, Path]]]:
                 f"{DIGITS}:train",
                 "--rho",
                 "0.5",
-                "--n",
+                "--limit",
                 "2",
                 "--json",
                 str(j["stability"]),
@@ -115,7 +113,7 @@ def _commands(tmp: Path) -> dict[str, tuple[list[str], Path, dict[str, Path]]]:
             {"model": DIGITS_AE, "data": DIGITS},
         ),  # fmt: skip
         "inspect": (
-            ["inspect", str(DECODER), "--samples", "5", "--json", str(j["inspect"])],
+            ["inspect", str(DECODER), "--limit", "5", "--json", str(j["inspect"])],
             j["inspect"],
             {"model": DECODER},
         ),  # fmt: skip
@@ -181,7 +179,9 @@ def documents(tmp_path_factory):
 
 
 # the audit's version 2: the three-way verdict, exact intervals, low-FPR operating points
-SCHEMA_VERSIONS = {"audit": 2, "report": 2}  # report 2: stop_reason, tol "auto", patience
+# stability 2: fixed_point, null radii; report 2: the model-free control, report 3: the
+# per-sample stop_reason and tol "auto", patience, search_patience in settings.solver
+SCHEMA_VERSIONS = {"audit": 2, "stability": 2, "report": 3}
 ALL = ["demo", "recover", "evaluate", "audit", "stability", "inspect", "invert", "bregman",
        "report"]  # fmt: skip
 

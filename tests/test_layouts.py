@@ -340,7 +340,7 @@ def test_cli_evaluate_rates_equal_in_every_layout(tmp_path, weights, capsys):
     for k, p in paths.items():
         out = tmp_path / f"{k}.json"
         rc = main(["evaluate", str(p), "--train", f"{data}:train", "--test", f"{data}:test",
-                   "--masks", "random:0.5,center:2,rows:2", "--methods", "blind,known",
+                   "--mask", "random:0.5,center:2,rows:2", "--method", "blind,known",
                    "--max-iter", "30", "--json", str(out), "--quiet"])  # fmt: skip
         assert rc == 0, capsys.readouterr().err
         docs[k] = json.loads(out.read_text())
@@ -510,8 +510,8 @@ def test_cli_figures_on_flat_and_channels_last_models(tmp_path, weights, capsys)
         (tmp_path / k).mkdir()
         model = tmp_path / k / "ae.onnx"  # one name: the figures' titles show it
         model.write_bytes(paths[k].read_bytes())
-        rc = main(["evaluate", str(model), "--train", f"{data}:train", "--masks", "center:2",
-                   "--methods", "blind", "--max-iter", "5", "--figures", str(fig), "--quiet"])  # fmt: skip
+        rc = main(["evaluate", str(model), "--train", f"{data}:train", "--mask", "center:2",
+                   "--method", "blind", "--max-iter", "5", "--figures", str(fig), "--quiet"])  # fmt: skip
         assert rc == 0, capsys.readouterr().err
         pngs[k] = sorted(fig.glob("*.png"))
         assert len(pngs[k]) == 1
@@ -522,3 +522,51 @@ def test_cli_figures_on_flat_and_channels_last_models(tmp_path, weights, capsys)
     ref = np.asarray(Image.open(pngs["nchw"][0]))
     for k in ("nhwc_transpose", "flat"):
         np.testing.assert_array_equal(np.asarray(Image.open(pngs[k][0])), ref, err_msg=k)
+
+
+# ------------------------------------------------------------------ channels-last data files
+def test_cli_channels_last_data_read_transposed(tmp_path, weights, capsys):
+    """A data file of channels-last images (N, H, W, C) (a Keras data set) is read transposed,
+    where the shapes leave no doubt or with --data-layout NHWC: the same per-image results as
+    the channels-first file, for a channels-first and a channels-last model, evaluate
+    (chunked reader) and stability (whole-array reader) alike; --data-layout NCHW refuses it."""
+    paths, data = _save_all(tmp_path, weights)
+    with np.load(data) as z:
+        last = {k: np.ascontiguousarray(z[k].transpose(0, 2, 3, 1)) for k in ("train", "test")}
+    np.savez(tmp_path / "last.npz", **last)
+    runs = {}
+    for model in ("nchw", "nhwc_transpose"):
+        for d, extra in (("d", []), ("last", []), ("last", ["--data-layout", "NHWC"])):
+            f = tmp_path / f"{d}.npz"
+            out = tmp_path / f"{model}_{d}_{len(extra)}.json"
+            rc = main(["evaluate", str(paths[model]), "--train", f"{f}:train", "--test",
+                       f"{f}:test", "--mask", "center:2", "--method", "known", "--max-iter",
+                       "20", "--chunk", "3", "--json", str(out), "-q", *extra])  # fmt: skip
+            assert rc == 0, capsys.readouterr().err
+            runs[(model, d, len(extra))] = [r["mse"] for r in json.loads(out.read_text())["runs"]]
+    for key, mse in runs.items():
+        np.testing.assert_allclose(
+            np.array(mse, float), np.array(runs[("nchw", "d", 0)], float), rtol=1e-4,
+            atol=1e-12, err_msg=str(key),
+        )  # fmt: skip
+    js = [tmp_path / f"s{i}.json" for i in range(2)]
+    for f, j in zip((data, tmp_path / "last.npz"), js, strict=True):
+        argv = ["stability", str(paths["nchw"]), f"{f}:train", "--rho", "0.5", "--json", str(j)]
+        assert main(argv) == 0
+    a, b = (json.loads(j.read_text())["results"][0]["radius"] for j in js)
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+    rc = main(["recover", str(paths["nchw"]), f"{tmp_path / 'last.npz'}:train",
+               "--data-layout", "NCHW"])  # fmt: skip
+    assert rc == 2 and "--data-layout NHWC" in capsys.readouterr().err
+
+
+def test_ambiguous_data_layout_needs_the_option():
+    """(N, 3, 3, 3) images for a (3, 3, 3) model are read as they are (channels-first)
+    unless --data-layout NHWC says otherwise; then they are transposed."""
+    from refinv.io import channels_last
+
+    assert not channels_last("d", (5, 3, 3, 3), (3, 3, 3), None)
+    assert channels_last("d", (5, 3, 3, 3), (3, 3, 3), "NHWC")
+    assert channels_last("d", (5, 6, 6, 3), (3, 6, 6), None)
+    assert not channels_last("d", (5, 6, 6, 3), (3, 6, 6), "NCHW")
+    assert not channels_last("d", (5, 6, 6, 1), (1, 6, 6), None)  # one channel: same values

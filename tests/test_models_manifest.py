@@ -133,13 +133,20 @@ def test_no_pickles_anywhere():
 @pytest.mark.parametrize("rel,rec", _entries("data"))
 def test_data_npz(rel, rec):
     z = _npz(rel)
-    # keys: train and test, plus nested training subsets trainN == train[:N]
-    extra = sorted(set(z) - {"train", "test"})
+    # keys: train and test, plus nested training subsets trainN == train[:N], an optional
+    # validation split val, and SPLIT_source (int, one per image of SPLIT)
+    images = [k for k in ("train", "val", "test") if k in z]
+    extra = sorted(set(z) - set(images))
     assert {"train", "test"} <= set(z), sorted(z)
     for key in extra:
+        if key.endswith("_source"):
+            split = key.removesuffix("_source")
+            assert split in images and z[key].shape == (len(z[split]),), key
+            assert np.issubdtype(z[key].dtype, np.integer) and z[key].min() >= 0, key
+            continue
         assert key.startswith("train") and key[5:].isdigit(), key
         np.testing.assert_array_equal(z[key], z["train"][: int(key[5:])])
-    for key in ("train", "test"):
+    for key in images:
         a = z[key]
         assert a.dtype == np.float32
         assert a.ndim == 4
@@ -148,11 +155,13 @@ def test_data_npz(rel, rec):
         assert a.min() >= 0.0 and a.max() <= 1.0
     assert z["train"].shape[1:] == z["test"].shape[1:]
     assert z["train"].shape[0] == rec["n_train"]
-    # held-out images are really different images
-    tr = z["train"].reshape(len(z["train"]), -1)
-    te = z["test"].reshape(len(z["test"]), -1)
-    d = ((tr[:, None, :] - te[None, :, :]) ** 2).sum(-1)
-    assert d.min() > 0
+    # held-out images are really different images (no image of one split in another)
+    seen: dict[bytes, str] = {}
+    for key in images:
+        for row in z[key].reshape(len(z[key]), -1):
+            b = row.tobytes()
+            assert seen.get(b, key) == key, f"an image of {key} is also in {seen[b]}"
+            seen[b] = key
 
 
 EXPECTED_SHAPES = {
@@ -161,6 +170,7 @@ EXPECTED_SHAPES = {
     "data/faces25.npz": (100, 100, (1, 25, 25)),
     "data/colour32.npz": (50, 50, (3, 32, 32)),
     "data/digits28_1797.npz": (1200, 597, (1, 28, 28)),
+    "data/natural16.npz": (1200, 3262, (3, 16, 16)),
 }
 
 
@@ -169,6 +179,19 @@ def test_all_digits_file_extends_digits28():
     big, small = _npz("data/digits28_1797.npz"), _npz("data/digits28.npz")
     np.testing.assert_array_equal(big["train"][:100], small["train"])
     np.testing.assert_array_equal(big["test"][:100], small["test"])
+
+
+def test_natural_tiles_file():
+    """natural16: 1,200 / 300 / >= 3,000 tiles, none near-constant, every one of the nine
+    photographs in every split and none supplying more than 550 tiles."""
+    z = _npz("data/natural16.npz")
+    assert z["val"].shape == (300, 3, 16, 16) and z["test"].shape[0] >= 3000
+    for key in ("train", "val", "test"):
+        a = z[key].reshape(len(z[key]), 3, -1)
+        assert a.std(axis=2).max(axis=1).min() >= 0.02, key
+        assert set(np.unique(z[f"{key}_source"])) == set(range(9)), key
+    src = np.concatenate([z["train_source"], z["val_source"], z["test_source"]])
+    assert np.bincount(src).max() <= 550
 
 
 @pytest.mark.parametrize("rel", sorted(EXPECTED_SHAPES))

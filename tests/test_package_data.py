@@ -54,3 +54,36 @@ def test_checkout_models_preferred_when_present():
     if not (ROOT / "models" / "MANIFEST.json").is_file():
         pytest.skip("no checkout models/")
     assert demo_mod.default_models_dir() == ROOT / "models"
+
+
+def test_zoo_model_without_checkout_says_where_the_zoo_is(monkeypatch, tmp_path, capsys):
+    """`refinv demo --model colour16...` from a wheel: the error says the zoo lives in the
+    repository and names the --models-dir / checkout route."""
+    fake = tmp_path / "site-packages" / "refinv" / "__init__.py"
+    fake.parent.mkdir(parents=True)
+    monkeypatch.setattr(refinv, "__file__", str(fake))
+    assert main(["demo", "--model", "colour16_convae_lrelu_c4"]) == 2
+    err = capsys.readouterr().err
+    assert "--model 'colour16_convae_lrelu_c4': not in" in err
+    assert "the model zoo lives in the refinv repository's models/" in err
+    assert "--models-dir CHECKOUT/models" in err
+
+
+def test_demo_files_are_the_packaged_copies():
+    model, data = refinv.demo_files()
+    assert model == PKG / "onnx" / "faces25_lrelu_6x256.onnx" and model.is_file()
+    assert data == PKG / "data" / "faces25.npz" and data.is_file()
+
+
+def test_demo_reads_a_manifest_dataset_with_a_comment(capsys):
+    """The tied model's dataset field is "data/digits8.npz (flattened to (N, 64))": the
+    path is its first word (it was read whole: a false 'dataset is missing')."""
+    if not (ROOT / "models" / "MANIFEST.json").is_file():
+        pytest.skip("no checkout models/")
+    assert demo_mod.manifest_dataset("data/digits8.npz (flattened to (N, 64))") == (
+        "data/digits8.npz"
+    )
+    model, data = demo_mod._find(ROOT / "models", "tied_digits8_lrelu_k128")
+    assert data == ROOT / "models" / "data" / "digits8.npz"
+    rc = main(["demo", "--model", "tied_digits8_lrelu_k128", "--max-iter", "2", "-q"])
+    assert rc == 0 and "tied_digits8_lrelu_k128" in capsys.readouterr().out

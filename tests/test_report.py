@@ -11,7 +11,7 @@ import pytest
 from _doubles import CountingModel
 from test_recovery import np_linear, projection
 
-import refinv.evaluation.report as report_mod
+import refinv.evaluation.runs as runs_mod
 from refinv.errors import ConfigError, ShapeError
 from refinv.evaluation.metrics import ACCURATE_MSE, APPROXIMATE_MSE, mse, psnr, psnr_from_mse
 from refinv.evaluation.report import (
@@ -134,14 +134,14 @@ def test_same_masks_for_train_and_test_and_reproducible(memorizer, monkeypatch):
     mask (the masks themselves, not just their erased fraction), drawn from default_rng(seed)."""
     f, train, test = memorizer
     seen = []
-    real = report_mod.degrade
+    real = runs_mod.degrade  # the engine's units degrade each split once (refinv.engine.work)
 
     def spy(x, spec, **kw):
         y, mask = real(x, spec, **kw)
         seen.append(np.array(mask, copy=True))
         return y, mask
 
-    monkeypatch.setattr(report_mod, "degrade", spy)
+    monkeypatch.setattr(runs_mod, "degrade", spy)
     kw = dict(masks=["random:0.5"], methods=["blind"], solver={"max_iter": 3}, progress=False)
     a = memorization_report(f, train, test, seed=3, **kw)
     assert [r["split"] for r in a["runs"]] == ["train", "test"] and len(seen) == 2
@@ -232,10 +232,13 @@ def test_diverging_model_recovers_nothing(memorizer):
         return a * np.nan
 
     nan_model.sample_shape = nan_model.output_sample_shape = (1, 6, 6)
+    from refinv.errors import DivergenceWarning
+
     for method in ("known", "ae-iterations", "blind"):
-        entry, *_ = evaluate_split(
-            nan_model, train, parse_mask("random:0.5"), method, solver={"max_iter": 3}
-        )
+        with pytest.warns(DivergenceWarning, match="4 of 4 samples diverged"):
+            entry, *_ = evaluate_split(
+                nan_model, train, parse_mask("random:0.5"), method, solver={"max_iter": 3}
+            )
         assert entry["n_diverged"] == 4
         assert entry["accurate_rate"] == entry["approximate_rate"] == 0.0
         assert entry["mse"] == [None] * 4 and entry["mean_psnr"] == 0.0

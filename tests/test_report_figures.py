@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from refinv.evaluation.report import _tile_scale, figure_examples, png_bytes
+from refinv.evaluation.figures import _tile_scale, figure_examples, png_bytes
 
 PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
@@ -101,7 +101,7 @@ def test_figure_examples_holds_every_image_magnified(tmp_path, sample):
 @pytest.mark.parametrize("module, dist", [("PIL", "Pillow"), ("matplotlib", "matplotlib")])
 def test_missing_figure_packages_name_the_plot_extra(tmp_path, monkeypatch, module, dist):
     from refinv.errors import ConfigError
-    from refinv.evaluation.report import require_figure_dependencies
+    from refinv.evaluation.figures import require_figure_dependencies
 
     monkeypatch.setitem(__import__("sys").modules, module, None)  # import fails
     with pytest.raises(ConfigError, match=rf"{dist}.*pip install 'refinv\[plot\]'"):

@@ -15,6 +15,8 @@ from refinv.evaluation.stability import (
     pnp_admm_iteration_matrix,
     pnp_admm_radius,
     pnp_admm_stability,
+    resolve_method,
+    stability_radii,
 )
 from refinv.solvers.recovery import known_mask_recovery
 
@@ -218,6 +220,38 @@ def test_arnoldi_equals_dense(kind, seed):
     # auto: dense up to max_dim values, matrix-free above (no refusal)
     auto = pnp_admm_stability(f, x, h, rho=0.5, max_dim=100)
     np.testing.assert_allclose(auto, pnp_admm_stability(f, x, h, rho=0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dense", "arnoldi"])
+def test_stability_radii_equal_one_rho_at_a_time(method, capsys, monkeypatch):
+    """stability_radii (the dense Jacobian once per image for every rho) gives the radii of
+    pnp_admm_stability run once per rho; its progress bar counts the (image, rho) pairs."""
+    rng = np.random.default_rng(3)
+    xstar = rng.random((1, 6, 7))
+    f = AffineAE(xstar, rng.standard_normal((42, 42)) / np.sqrt(42))
+    x = np.stack([xstar, xstar, xstar])
+    h = (rng.random((3, 6, 7)) < 0.5).astype(float)
+    rhos = [0.2, 0.5, 2.0]
+    monkeypatch.delenv("REFINV_NO_PROGRESS", raising=False)
+    got = stability_radii(f, x, h, rhos, method=method, progress=True)
+    assert got.shape == (3, 3)
+    for i, rho in enumerate(rhos):
+        want = pnp_admm_stability(f, x, h, rho=rho, method=method)
+        np.testing.assert_allclose(got[i], want, rtol=1e-6)
+    err = capsys.readouterr().err
+    assert f"stability ({method})" in err and "9/9" in err
+    with pytest.raises(ConfigError, match="rho"):
+        stability_radii(f, x, h, [0.5, 0.0])
+
+
+def test_auto_is_dense_only_for_small_images():
+    """auto: dense up to 256 values (faster there), ARPACK above (faster, and within the
+    finite-difference noise of the dense radius on the faces MLP; module docstring)."""
+    assert resolve_method("auto", 64, 2048) == "dense"
+    assert resolve_method("auto", 256, 2048) == "dense"
+    assert resolve_method("auto", 625, 2048) == "arnoldi"
+    assert resolve_method("auto", 100, 50) == "arnoldi"
+    assert resolve_method("dense", 625, 2048) == "dense"
 
 
 def test_refuses_bad_input():

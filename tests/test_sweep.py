@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _sweeps import report_checked, run_sweep_checked
 
 from refinv.errors import ConfigError
 from refinv.evaluation.report import format_table
-from refinv.sweep import Store, load_config, make_tasks, report_from_db, run_sweep
+from refinv.sweep import Store, load_config, make_tasks, report_from_db
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "onnx" / "digits8_lrelu_6x320.onnx"
@@ -122,13 +123,13 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     assert 3 <= n_done < total
     assert n_rows == 3 * n_done  # whole tasks only: 3 samples a shard, never a partial task
 
-    summary = run_sweep(cfg, killed_db, progress=False)  # resume
+    summary = run_sweep_checked(cfg, killed_db, progress=False)  # resume
     assert summary.skipped == n_done and summary.done == total - n_done and summary.failed == 0
-    again = run_sweep(cfg, killed_db, progress=False)  # nothing left to do
+    again = run_sweep_checked(cfg, killed_db, progress=False)  # nothing left to do
     assert again.skipped == total and again.done == 0
 
     clean_db = tmp_path / "clean.sqlite"
-    run_sweep(cfg, clean_db, progress=False)
+    run_sweep_checked(cfg, clean_db, progress=False)
     resumed, clean = _rows(killed_db), _rows(clean_db)
     assert len(resumed) == len({r[:7] for r in resumed}) == 2 * 30 * 3  # no duplicate rows
     assert resumed == clean
@@ -139,9 +140,9 @@ def test_process_pool_and_dask_local_cluster_agree(tmp_path):
     pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
     cfg = _config(tmp_path)
     dbs = {k: tmp_path / f"{k}.sqlite" for k in ("inproc", "pool", "dask")}
-    run_sweep(cfg, dbs["inproc"], progress=False)
-    run_sweep(cfg, dbs["pool"], workers=2, progress=False)
-    s = run_sweep(cfg, dbs["dask"], workers=2, scheduler="local", progress=False)
+    run_sweep_checked(cfg, dbs["inproc"], progress=False)
+    run_sweep_checked(cfg, dbs["pool"], workers=2, progress=False)
+    s = run_sweep_checked(cfg, dbs["dask"], workers=2, scheduler="local", progress=False)
     assert s.done == s.total == 2 * 2 * 3 * 2 and s.failed == 0
     ref = _rows(dbs["inproc"])
     assert len(ref) == 2 * 2 * 3 * 10
@@ -156,17 +157,16 @@ def test_report_matches_refinv_evaluate(tmp_path):
     Masks and Bernoulli initial masks are drawn for the whole split and sliced per shard
     (uneven shards 4, 4, 2 here), so each image sees exactly what evaluate gives it.
     """
-    from refinv.evaluation.report import memorization_report
     from refinv.io import load_images
 
     cfg = _config(tmp_path, masks=("random:0.5",), methods=("blind", "known"), shard=4)
     db = tmp_path / "r.sqlite"
-    run_sweep(cfg, db, progress=False)
+    run_sweep_checked(cfg, db, progress=False)
     doc = report_from_db(db)
     f = load_model()
     train = load_images(DATA, "train", sample_shape=f.sample_shape)[:10]
     test = load_images(DATA, "test", sample_shape=f.sample_shape)[:10]
-    ref = memorization_report(
+    ref = report_checked(
         [("d8", f)],
         train,
         test,
@@ -175,8 +175,13 @@ def test_report_matches_refinv_evaluate(tmp_path):
         seed=3,
         solver={"max_iter": 20, "mask_init": "bernoulli"},
         progress=False,
+        control=False,
     )
-    assert set(doc) == set(ref) and doc["schema_version"] == 2 and doc["command"] == "sweep"
+    # the library's report also carries "schema" and "provenance" (refinv report adds them
+    # when it writes the JSON, below)
+    assert set(doc) | {"schema", "provenance"} == set(ref)
+    assert doc["schema_version"] == 3 and doc["command"] == "sweep"
+    assert doc["control"] is None  # a sweep database holds no control runs
     assert doc["checkpoints"][0]["sha256"] == f.sha256
     assert doc["checkpoints"][0]["train_loss"] == ref["checkpoints"][0]["train_loss"]
     # the model's layout record survives the store (meta "layout:LABEL")
@@ -184,8 +189,7 @@ def test_report_matches_refinv_evaluate(tmp_path):
     assert doc["checkpoints"][0]["layout"]["layout"] == "NCHW"
     assert len(doc["runs"]) == len(ref["runs"]) == 4
     for run, want in zip(doc["runs"], ref["runs"], strict=True):
-        # the store keeps no per-sample stop reasons (docs/cli.md: absent from a sweep report)
-        assert set(run) == set(want) - {"stop_reason"}
+        assert set(run) == set(want)
         for k in run:
             if k not in ("seconds", "onnx_seconds"):
                 assert run[k] == want[k], k
@@ -208,7 +212,7 @@ def test_a_store_without_layout_records_reports_layout_null(tmp_path):
 
     cfg = _config(tmp_path, masks=("random:0.5",), methods=("blind",), shard=10)
     db = tmp_path / "old.sqlite"
-    run_sweep(cfg, db, progress=False)
+    run_sweep_checked(cfg, db, progress=False)
     with sqlite3.connect(db) as conn:
         assert conn.execute("DELETE FROM meta WHERE key LIKE 'layout:%'").rowcount == 1
     doc = report_from_db(db)
@@ -223,25 +227,25 @@ def load_model():
 
 
 def test_failing_task_is_recorded_and_retried(tmp_path, monkeypatch):
-    import refinv.sweep.run as sweep_run
+    import refinv.engine.work as work
 
     cfg = _config(tmp_path, masks=("center:4",))
-    real = sweep_run.run_task
+    real = work.run_unit
 
-    def flaky(task):
+    def flaky(task, *a, **kw):
         if task.method == "known":
             raise RuntimeError("boom")
-        return real(task)
+        return real(task, *a, **kw)
 
-    monkeypatch.setattr(sweep_run, "run_task", flaky)
+    monkeypatch.setattr(work, "run_unit", flaky)
     db = tmp_path / "f.sqlite"
-    s = run_sweep(cfg, db, progress=False)
+    s = run_sweep_checked(cfg, db, progress=False)
     assert (s.total, s.done, s.failed) == (12, 8, 4)
     with Store(db, readonly=True) as st:
         fails = st.failures()
     assert len(fails) == 4 and all("boom" in f[-1] and f[2] == "known" for f in fails)
-    monkeypatch.setattr(sweep_run, "run_task", real)
-    s2 = run_sweep(cfg, db, progress=False)
+    monkeypatch.setattr(work, "run_unit", real)
+    s2 = run_sweep_checked(cfg, db, progress=False)
     assert (s2.skipped, s2.done, s2.failed) == (8, 4, 0)
     with Store(db, readonly=True) as st:
         assert st.failures() == [] and len(st.results()) == 12 * 5
@@ -262,7 +266,7 @@ def test_bad_config_fails_before_any_work(tmp_path, kw, match):
     cfg = _config(tmp_path, **kw)
     db = tmp_path / "never.sqlite"
     with pytest.raises(ConfigError, match=match):
-        run_sweep(cfg, db, progress=False)
+        run_sweep_checked(cfg, db, progress=False)
     assert not db.exists()
 
 
@@ -273,10 +277,10 @@ def test_missing_model_and_changed_settings(tmp_path):
     with pytest.raises(ConfigError, match="models\\[0\\].path: no such file"):
         load_config(tmp_path / "bad.toml")
     db = tmp_path / "s.sqlite"
-    run_sweep(cfg, db, progress=False)
+    run_sweep_checked(cfg, db, progress=False)
     other = _config(tmp_path, masks=("center:4",), methods=("known",), max_iter=21, name="o.toml")
     with pytest.raises(ConfigError, match="other settings"):
-        run_sweep(other, db, progress=False)
+        run_sweep_checked(other, db, progress=False)
 
 
 def test_shipped_example_config_is_valid():
@@ -329,7 +333,6 @@ def test_initial_masks_from_a_file_are_sliced_per_shard(tmp_path):
     each shard (4, 4, 2) takes its rows, so the sweep equals one-batch refinv evaluate."""
     import numpy as np
 
-    from refinv.evaluation.report import memorization_report
     from refinv.io import load_images
 
     h0 = (np.random.default_rng(7).random((10, 8, 8)) < 0.7).astype(np.uint8)
@@ -338,18 +341,18 @@ def test_initial_masks_from_a_file_are_sliced_per_shard(tmp_path):
     cfg = _config(tmp_path, masks=("random:0.5",), methods=("blind",), shard=4)
     cfg.write_text(cfg.read_text().replace('mask_init = "bernoulli"', f'mask_init = "{spec}"'))
     db = tmp_path / "f.sqlite"
-    summary = run_sweep(cfg, db, progress=False)
+    summary = run_sweep_checked(cfg, db, progress=False)
     assert summary.failed == 0
     doc = report_from_db(db)
     f = load_model()
     train = load_images(DATA, "train", sample_shape=f.sample_shape)[:10]
     test = load_images(DATA, "test", sample_shape=f.sample_shape)[:10]
-    ref = memorization_report(
+    ref = report_checked(
         [("d8", f)], train, test, masks=["random:0.5"], methods=["blind"], seed=3,
         solver={"max_iter": 20, "mask_init": spec}, progress=False,
     )  # fmt: skip
     assert [r["mse"] for r in doc["runs"]] == [r["mse"] for r in ref["runs"]]
-    ones = memorization_report(
+    ones = report_checked(
         [("d8", f)], train, test, masks=["random:0.5"], methods=["blind"], seed=3,
         solver={"max_iter": 20, "mask_init": "ones"}, progress=False,
     )  # fmt: skip

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _sweeps import done_tasks as _done
+from _sweeps import run_sweep_checked
 from test_sweep import MODEL, _config, _rows, _table, pytestmark  # noqa: F401
 
 from refinv.cli import main
 from refinv.errors import ConfigError
-from refinv.sweep import Store, load_config, make_tasks, report_from_db, run_sweep
+from refinv.sweep import Store, load_config, make_tasks, report_from_db
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def clean(tmp_path_factory):
     d = tmp_path_factory.mktemp("stores")
     cfg = _config(d, n=10, shard=2, max_iter=5)
     db = d / "clean.sqlite"
-    s = run_sweep(cfg, db, progress=False)
+    s = run_sweep_checked(cfg, db, progress=False)
     assert s.done == s.total == 60
     return cfg, db
 
@@ -49,7 +50,7 @@ def _both_refuse(cfg: Path, db: Path, match: str, capsys) -> None:
     with pytest.raises(ConfigError, match=match):
         report_from_db(db)
     with pytest.raises(ConfigError, match=match):
-        run_sweep(cfg, db, progress=False)
+        run_sweep_checked(cfg, db, progress=False)
     capsys.readouterr()
     for argv in (["report", str(db)], ["sweep", str(cfg), "--db", str(db), "--quiet"]):
         assert main(argv) == 2
@@ -166,10 +167,10 @@ def test_kill_9_with_two_workers_resumes_to_an_uninterrupted_store(tmp_path):
     n_done = con.execute("SELECT count(*) FROM tasks WHERE status='done'").fetchone()[0]
     assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 3 * n_done
     con.close()
-    s = run_sweep(cfg, db, workers=2, progress=False)
+    s = run_sweep_checked(cfg, db, workers=2, progress=False)
     assert s.skipped == n_done and s.done == total - n_done and s.failed == 0
     clean = tmp_path / "clean.sqlite"
-    run_sweep(cfg, clean, progress=False)
+    run_sweep_checked(cfg, clean, progress=False)
     assert _rows(db) == _rows(clean) and len(_rows(db)) == 2 * 30 * 3
     assert _table(db) == _table(clean)
 
@@ -185,10 +186,10 @@ def test_two_concurrent_sweeps_on_one_store(tmp_path):
         errs.append(err.decode())
         assert p.returncode == 0, err.decode()
     clean = tmp_path / "clean.sqlite"
-    run_sweep(cfg, clean, progress=False)
+    run_sweep_checked(cfg, clean, progress=False)
     rows = _rows(db)
     assert len(rows) == len({r[:7] for r in rows}) == 2 * 2 * 3 * 12  # none lost or doubled
     assert rows == _rows(clean)
     assert _table(db) == _table(clean)
-    again = run_sweep(cfg, db, progress=False)
+    again = run_sweep_checked(cfg, db, progress=False)
     assert again.done == 0 and again.skipped == again.total

@@ -1,4 +1,4 @@
-"""Seed 004, Sections 5.1.2 / 5.2 (Figs. 4-7): TV inversion of the shipped encoders vs their
+"""Wang and Benning (2023), Sections 5.1.2 / 5.2 (Figs. 4-7): TV inversion of the shipped encoders vs their
 decoders, on training and held-out digits, with Gaussian noise on the codes.
 
 For each encoder (``fc``: Flatten-Gemm(784->100)-ReLU; ``conv``: two Conv(4x4, s2)+ReLU,

@@ -1,4 +1,4 @@
-"""Seed 003, Section 4: PLUGIn phase portrait (Figure 1) and error vs noise (Figure 2a/b).
+"""Joshi, Li, Plan and Yılmaz (2021), Section 4: PLUGIn phase portrait (Figure 1) and error vs noise (Figure 2a/b).
 
 Generator G(x) = ReLU(A_3 ReLU(A_2 ReLU(A_1 x))), A_i with i.i.d. N(0, 1/n_i)
 entries, x* uniform on the sphere S^{n_0 - 1}. PLUGIn with the paper's fixed

@@ -1,4 +1,4 @@
-"""Seed 002, Section 6.1 / Figure 2: random generators tanh(W_2 ReLU(W_1 z)).
+"""Aberdam, Simon and Elad (2020), Section 6.1 / Figure 2: random generators tanh(W_2 ReLU(W_1 z)).
 
 n = 625, n_0 = 100, n_1 in {150, 300, 500, 700, 1000}, Gaussian weights. For
 each n_1 one generator and ``--trials`` latents z ~ N(0, I); success = latent

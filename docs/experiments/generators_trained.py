@@ -1,4 +1,4 @@
-"""Seed 002, Section 6.2 / Figure 3: inverting the shipped trained generator.
+"""Aberdam, Simon and Elad (2020), Section 6.2 / Figure 3: inverting the shipped trained generator.
 
 Generator: ``models/onnx/digits28_gen_fc_20-128-392-784_decoder.onnx``
 (20-128-392-784, ReLU hidden layers with folded batch norm, piecewise linear

@@ -40,6 +40,10 @@ from refinv.evaluation.report import format_table, memorization_report
 from refinv.onnx import OnnxModel
 
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  600 training steps instead of 2000:")
+    print("  the numbers below check that the code runs; they are not the results")
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 workdir = Path(tempfile.mkdtemp(prefix="refinv_byo_"))
 

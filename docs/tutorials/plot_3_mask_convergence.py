@@ -31,6 +31,10 @@ from refinv.solvers.recovery import blind_recovery, initial_mask
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
 N = 8 if FAST else 40  # images per split
 T = 30 if FAST else 100  # outer iterations
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  8 images per split instead of 40, 30 outer iterations instead of 100:")
+    print("  the numbers below check that the code runs; they are not the results")
 
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 f = OnnxModel(MODELS / "onnx" / "faces25_lrelu_6x256.onnx")

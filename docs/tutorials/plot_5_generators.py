@@ -36,6 +36,11 @@ from refinv.solvers.generators import gradient_descent, plugin
 from refinv.solvers.layered import latent_pursuit
 
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  4 latents (not 16), 300 GD iterations (not 1000); 4 images, 1000 PLUGIn")
+    print("  iterations (not 16, 5000):")
+    print("  the numbers below check that the code runs; they are not the results")
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 
 

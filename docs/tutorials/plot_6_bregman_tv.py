@@ -3,7 +3,7 @@ Seeing through an encoder with total variation
 ==============================================
 
 An encoder layer ``y = ReLU(W x + b)`` with more inputs than outputs throws
-information away; inverting it needs a prior. Seed 004 writes ReLU as a
+information away; inverting it needs a prior. Wang and Benning (2023) write ReLU as a
 proximal map, replaces the squared error by the **lifted Bregman loss**
 ``B_Psi(y, W x + b)`` (convex in ``x``, gradient ``W^T (ReLU(W x + b) - y)``)
 and adds total variation:
@@ -35,6 +35,10 @@ from refinv.regularizers.tv import tv
 from refinv.solvers.bregman import BregmanLayer, invert_chain, perceptron_landweber, perceptron_pdhg
 
 FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  600 PDHG iterations (not 3000); 4 images and 500 iterations (not 8, 3000):")
+    print("  the numbers below check that the code runs; they are not the results")
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 
 # %%

@@ -33,7 +33,7 @@ The command line does the same::
 
     refinv audit models/onnx/faces25_lrelu_6x256.onnx \\
         --train models/data/faces25.npz:train --test models/data/faces25.npz:test \\
-        --out audit/
+        --out out/audit-faces/
 
 It needs the ``audit`` extra (``pip install 'refinv[audit]'``).
 ``REFINV_DOCS_FAST=1`` (set in CI) audits fewer images with fewer settings.
@@ -44,6 +44,8 @@ import io
 import os
 import re
 import tempfile
+import textwrap
+import warnings
 from pathlib import Path
 
 import matplotlib.image
@@ -57,13 +59,37 @@ FAST = os.environ.get("REFINV_DOCS_FAST") == "1"
 N = 12 if FAST else 100  # images per split
 MASKS = ["random:0.5"] if FAST else ["random:0.5", "center:9", "rows:2"]
 METHODS = ["blind", "known"] if FAST else ["blind", "known", "ae-iterations"]
+if FAST:  # label the numbers of a fast build as such
+    print("FAST MODE (REFINV_DOCS_FAST=1, as CI builds these pages):")
+    print("  12 images per split (not 100), 1 mask and 2 methods (not 3 and 3), stability")
+    print("  on 4 images (not 20), 200 bootstrap resamples (not 1000):")
+    print("  the numbers below check that the code runs; they are not the results")
 
 MODELS = Path(refinv.__file__).resolve().parents[1] / "models"
 data = np.load(MODELS / "data" / "faces25.npz", allow_pickle=False)
 train, test = data["train"][:N], data["test"][:N]
 out = Path(tempfile.mkdtemp(prefix="refinv-audit-"))
 
-doc = refinv.audit(
+
+def audit_quietly(*args, **kwargs):
+    """refinv.audit, with its DivergenceWarnings (one per run with stopped samples, counted in
+    the document) printed as one line per run, without Python's warning header (the file
+    and line of the code that warned)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", refinv.errors.DivergenceWarning)
+        result = refinv.audit(*args, **kwargs)
+    diverged = [str(w.message) for w in caught if w.category is refinv.errors.DivergenceWarning]
+    for w in caught:
+        if w.category is not refinv.errors.DivergenceWarning:
+            print(f"{w.category.__name__}: {w.message}")
+    if diverged:
+        print(f"{len(diverged)} runs had diverged samples (stopped; 'diverged' per image):")
+        for msg in diverged:
+            print("  " + msg.split(" samples diverged")[0] + " diverged")
+    return result
+
+
+doc = audit_quietly(
     MODELS / "onnx" / "faces25_lrelu_6x256.onnx",
     train,
     test,
@@ -85,7 +111,7 @@ if FAST:
     print(f"(fast documentation build: {N} images per split, not the full audit)\n")
 v = doc["verdict"]
 for key in ("headline", "summary", "membership", "control"):
-    print(v[key], end="\n\n")
+    print(textwrap.fill(v[key], 88), end="\n\n")
 
 # %%
 # Approximate extraction
@@ -95,7 +121,7 @@ for key in ("headline", "summary", "membership", "control"):
 # than the control, and almost no held-out image: the verdict is approximate
 # extraction, not "nothing found". The evidence is the table of tests behind it.
 
-early = refinv.audit(
+early = audit_quietly(
     MODELS / "onnx" / "checkpoints" / "faces25_lrelu_6x256_mse1e-4.onnx",
     train,
     test,
@@ -158,6 +184,7 @@ for c in doc["membership"]["by_checkpoint"]:
 # gallery of the most exposed training images over their held-out controls, the ROC
 # curves, the inpainting control and recovery vs train loss.
 
+# sphinx_gallery_multi_image_block = "single"
 page = (out / "report.html").read_text()
 pngs = re.findall(r'<img id="([^"]+)"[^>]*src="data:image/png;base64,([^"]+)"', page)
 for name, b64 in pngs:

@@ -29,6 +29,6 @@ def require_audit_dependencies() -> None:
             missing.append(dist)
     if missing:
         raise ConfigError(
-            f"refinv audit: expected the packages of the 'audit' extra, missing "
+            f"the audit expected the packages of the 'audit' extra, missing "
             f"{', '.join(missing)}; install them with: pip install 'refinv[audit]'"
         )

@@ -1,5 +1,6 @@
 """The audit report's figures (matplotlib figures drawn without pyplot: the user's backend is
-never switched), each returned as PNG bytes."""
+never switched), each returned as PNG bytes at 150 dpi, laid out by matplotlib's constrained
+layout, with their legends outside the axes (they covered the tallest bars)."""
 
 from __future__ import annotations
 
@@ -18,23 +19,34 @@ __all__ = [
 ]
 
 
+#: resolution of the report's PNGs (sharp on high-density screens, ~100-200 kB per figure)
+DPI = 150
+
+
 def _subplots(*grid, figsize=None, **kw):
     """``pyplot.subplots`` without pyplot: a standalone ``Figure`` and its axes."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(*grid, **kw)
+
+
+def _legend_outside(ax, *handles_labels, **kw) -> None:
+    """The legend to the right of the axes, off the data (``handles, labels`` of another
+    axes may be given)."""
+    ax.legend(*handles_labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0.0, **kw)  # fmt: skip
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
 
 
 def roc_figure(scores: list[dict]) -> bytes:
     """ROC curves of the membership scores: linear axes, and log-log (low FPR)."""
-    fig, axes = _subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = _subplots(1, 2, figsize=(10, 4.0))
     for s in scores:
         fpr = np.asarray(s["roc"]["fpr"])
         tpr = np.asarray(s["roc"]["tpr"])
@@ -55,19 +67,21 @@ def roc_figure(scores: list[dict]) -> bytes:
     for ax in axes:
         ax.plot([0, 1], [0, 1], ":", color="0.5", label="chance")
         ax.set_xlabel("false-positive rate (held-out called member)")
-        ax.set_ylabel("true-positive rate (training called member)")
         ax.grid(alpha=0.3)
+    axes[0].set_ylabel("true-positive rate (training called member)")
+    axes[1].set_ylabel("true-positive rate (log)")  # short: the long one ran into the left panel
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
     axes[1].set_title("log-log (low FPR)", fontsize=9)
     axes[0].set_title("ROC", fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower right")
+    # one legend for both panels (the lines of the left one; the right repeats them), outside
+    _legend_outside(axes[1], *axes[0].get_legend_handles_labels())
     return _png(fig)
 
 
 def exposure_figure(doc: dict, per_image: dict) -> bytes:
     """Per-image best recovery PSNR, training vs held-out (histograms)."""
-    fig, ax = _subplots(figsize=(6, 3.2))
+    fig, ax = _subplots(figsize=(7.5, 3.2))
     cap = doc["recovery"]["thresholds"]["psnr_cap_db"]
     bins = np.linspace(0, cap, 41)
     for split, color, name in (("train", "C3", "training"), ("test", "C0", "held-out")):
@@ -82,7 +96,7 @@ def exposure_figure(doc: dict, per_image: dict) -> bytes:
     ax.axvline(70, color="k", ls="--", lw=1, label="accurate (MSE 1e-7 = 70 dB)")
     ax.set_xlabel("best recovery PSNR over masks and methods (dB)")
     ax.set_ylabel("images")
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -98,7 +112,7 @@ def control_figure(doc: dict) -> bytes:
         if r["checkpoint"] == label and r["method"] == method
     }
     ctrl = {(c["mask"], c["split"]): c["mean_psnr"] for c in doc["control"]["runs"]}
-    fig, ax = _subplots(figsize=(max(4.5, 1.9 * len(masks)), 3.4))
+    fig, ax = _subplots(figsize=(max(4.5, 1.9 * len(masks)) + 2.2, 3.4))  # + the legend
     w = 0.2
     xs = np.arange(len(masks))
     bars = [
@@ -111,7 +125,7 @@ def control_figure(doc: dict) -> bytes:
         ax.bar(xs + (k - 1.5) * w, [d[(m, split)] for m in masks], w, label=name, color=color)
     ax.set_xticks(xs, masks)
     ax.set_ylabel(f"mean PSNR (dB), {method}")
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     ax.grid(alpha=0.3, axis="y")
     return _png(fig)
 
@@ -195,7 +209,7 @@ def rate_vs_loss_figure(doc: dict) -> bytes:
         by.setdefault((r["mask"], r["method"], r["split"]), []).append(
             (max(loss[r["checkpoint"]], 1e-30), 100 * r["accurate_rate"])
         )
-    fig, ax = _subplots(figsize=(6, 3.6))
+    fig, ax = _subplots(figsize=(7.5, 3.6))
     colors: dict[tuple, str] = {}
     for (mask, method, split), pts in sorted(by.items()):
         pts.sort()
@@ -212,6 +226,6 @@ def rate_vs_loss_figure(doc: dict) -> bytes:
     ax.set_xlabel("train loss (MSE), measured on the training images")
     ax.set_ylabel("accurate recovery rate (%)")
     ax.set_title("solid: training images; dashed: held-out", fontsize=8)
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     return _png(fig)

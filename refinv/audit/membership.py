@@ -11,7 +11,7 @@ held-out images can show:
 * the TPR at a target FPR ``t`` only when ``t >= 1 / n0``: the attack's threshold calls
   at most ``k = floor(t * n0)`` of the held-out images members (the ROC point with the
   most true positives among those with at most ``k`` false positives; then the fewest
-  false positives). The report gives the
+  false positives; calling no image when none of them finds a member). The report gives the
   FPR it achieves (``fp / n0``) with the Clopper-Pearson interval of the threshold's
   TRUE false-positive rate (the threshold is an order statistic of the held-out scores,
   whose true FPR is Beta-distributed; the exact binomial interval covers it), and the TPR
@@ -58,7 +58,9 @@ def operating_point(
 
     Returns ``{"target_fpr", "estimable", "needs_nonmembers"}`` and, when estimable,
     ``"false_positives", "fpr", "fpr_ci", "true_positives", "tpr", "tpr_ci", "threshold"``
-    (an image is called a member when its score is ``>= threshold``)."""
+    (an image is called a member when its score is ``>= threshold``; ``None``: no image is
+    called, when no threshold with at most ``floor(target * n0)`` false positives finds a
+    member)."""
     m = np.asarray(members, dtype=np.float64)
     u = np.asarray(nonmembers, dtype=np.float64)
     n1, n0 = m.size, u.size
@@ -74,10 +76,10 @@ def operating_point(
     fp = np.searchsorted(np.sort(-u), -cand, side="right")  # held-out scores >= c
     tp = np.searchsorted(np.sort(-m), -cand, side="right")  # training scores >= c
     ok = np.flatnonzero(fp <= k)
-    if ok.size == 0:  # more than k held-out images tie at the top score: call no image
+    j = ok[np.lexsort((fp[ok], -tp[ok]))[0]] if ok.size else None
+    if j is None or tp[j] == 0:  # no threshold finds a member: call no image (fp 0, tp 0)
         thr, n_fp, n_tp = None, 0, 0
     else:
-        j = ok[np.lexsort((fp[ok], -tp[ok]))[0]]
         thr, n_fp, n_tp = float(cand[j]), int(fp[j]), int(tp[j])
     out.update(
         false_positives=n_fp,

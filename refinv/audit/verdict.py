@@ -142,12 +142,14 @@ def decide(
         if any(t["significant"] for t in tests if t["criterion"] == criterion):
             level = criterion
             break
-    # the settings that carry the verdict; the headline names the first: an attack that does
-    # not need the true mask (blind, ae-iterations) before the known-mask one, then by p
+    # the settings that carry the verdict; the headline names the first: the headline
+    # setting (first mask, primary method) when it carries, then attacks that do not need
+    # the true mask (blind, ae-iterations) before the known-mask one, then by p
     carried = sorted(
         (t for t in tests if t["significant"] and t["criterion"] == level),
-        key=lambda t: (t["method"] == "known", t["p_adjusted"], -t["train"]["extracted"]),
-    )
+        key=lambda t: ((t["mask"], t["method"]) != tuple(primary), t["method"] == "known",
+                       t["p_adjusted"], -t["train"]["extracted"]),
+    )  # fmt: skip
     m = len(tests)
     prim = {t["criterion"]: t for t in tests if (t["mask"], t["method"]) == tuple(primary)}
     pa = prim["approximate"]

@@ -4,11 +4,12 @@ A bad value raises :class:`~refinv.errors.ConfigError` (``refinv CMD: error: ...
 exit 2) before any model is loaded or any work is done:
 
 * ``--seed``: an integer >= 0 (NumPy seeds are non-negative);
-* ``--batch-size``: >= 1; ``--samples``, ``--n``, ``--limit``, ``--workers``: >= 1;
+* ``--batch-size``: >= 1; ``--limit``, ``--prox-limit``, ``--stability-limit``,
+  ``--workers``: >= 1;
 * ``--threads``: 0 (onnxruntime's default) up to :func:`max_threads` (4 threads
   per CPU core this process may run on): onnxruntime starts every thread it is
   asked for, and 100000 of them hang the machine;
-* ``--json``, ``--out``, ``--save``: a file path in a writable folder, not a
+* ``--json``, ``--out``: a file path in a writable folder, not a
   directory; ``--figures``: a directory path (not an existing file) in a
   writable folder.
 """
@@ -16,28 +17,28 @@ exit 2) before any model is loaded or any work is done:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
 
 __all__ = ["check_args", "max_threads"]
 
-_AT_LEAST_ONE = ("batch_size", "samples", "n", "limit", "workers", "prox_n")
-_OUTPUT_FILES = ("json", "out", "save")
+_AT_LEAST_ONE = ("batch_size", "limit", "workers", "prox_n", "stability_n")
+_OUTPUT_FILES = ("json", "out")
+#: dests whose option is spelled differently
+_FLAGS = {"prox_n": "--prox-limit", "stability_n": "--stability-limit"}
 
 
 def max_threads() -> int:
-    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return 4 * max(cores, 1)
+    """The largest ``--threads`` accepted: 4 x the CPU cores this process may use (the API's
+    bound, :func:`refinv.onnx.limits.max_threads`)."""
+    from ..onnx.limits import max_threads as bound
+
+    return bound()
 
 
 def _opt(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -1,11 +1,15 @@
 """``refinv audit``: a memorization audit a privacy reviewer can file.
 
     refinv audit MODEL.onnx --train DATA.npz:train --test DATA.npz:test \\
-        [--checkpoints CK1.onnx ...] [--masks random:0.5,center:9,rows:2] \\
-        [--methods blind,known,ae-iterations] --out DIR [--resume]
+        [--checkpoints CK1.onnx ...] [--mask random:0.5,center:9,rows:2] \\
+        [--method blind,known,ae-iterations] --out DIR [--resume] \\
+        [--workers N] [--scheduler ADDRESS|local] [--shard-size N]
 
 Writes DIR/report.json (schema in docs/cli.md), DIR/per_image.csv and one
-self-contained DIR/report.html; needs the ``audit`` extra.
+self-contained DIR/report.html; needs the ``audit`` extra. The audit is a plan of units
+(recoveries, control, stability) run into the results store DIR/store.sqlite (in this
+process, on a process pool or on Dask, as ``refinv sweep``), then scored, decided and
+rendered from the store.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from pathlib import Path
 
 from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
-from .evaluate import _split_list, open_checkpoints
-from .recover import add_solver_args, load_split, progress_flag, solver_options
+from . import _args
+from ._args import add_solver_args, progress_flag
+from .evaluate import RECOVERY_METHODS, open_checkpoints
+from .recover import solver_options
 
 __all__ = ["register", "run"]
 
@@ -36,33 +42,50 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
     p.add_argument("--train", required=True, metavar="DATA.npz:train", help="training images")
     p.add_argument("--test", required=True, metavar="DATA.npz:test", help="held-out images")
-    p.add_argument(
-        "--masks", "--mask", dest="masks", default="random:0.5,center:9,rows:2",
+    _args.add_mask(
+        p, "random:0.5,center:9,rows:2", several=True,
         help="comma-separated mask specs; the first one is the headline's (default "
-        "random:0.5,center:9,rows:2; --mask is the same option)",
+        "random:0.5,center:9,rows:2)",
     )  # fmt: skip
-    p.add_argument(
-        "--methods", default="blind,known,ae-iterations",
-        help="comma-separated subset of blind,known,ae-iterations (default: all three)",
-    )  # fmt: skip
+    _args.add_alias(p, "--masks", "--mask", dest="mask")
+    _args.add_method(p, RECOVERY_METHODS, ",".join(RECOVERY_METHODS), several=True)
+    _args.add_alias(p, "--methods", "--method", dest="method")
     p.add_argument(
         "--checkpoints", nargs="*", default=[], metavar="CK.onnx",
         help="more models of the same training run: recovery vs train loss, AUC per checkpoint",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, Bernoulli init")
+    _args.add_seed(p)
     # dest out_dir: the shared check of refinv.cli._checks reads --out as a file path
-    p.add_argument(
-        "--out", dest="out_dir", required=True, metavar="DIR", help="folder for the three files"
-    )
+    _args.add_out(
+        p, "the report folder: report.json, per_image.csv, report.html", metavar="DIR",
+        dest="out_dir", required=True,
+    )  # fmt: skip
     p.add_argument(
         "--resume", action="store_true",
-        help="reuse the finished runs cached in DIR/cache (an interrupted audit continues)",
+        help="reuse the units the results store DIR/store.sqlite holds (an interrupted audit "
+        "continues; without it the store starts afresh)",
     )  # fmt: skip
     p.add_argument(
-        "--stability-n", type=int, default=20, metavar="N",
-        help="images per split for the local-stability score, the first ones (default 20; "
-        "about 500 model calls per image)",
+        "--workers", type=int, default=1,
+        help="worker processes (default 1: run in this process); with --scheduler local, the "
+        "number of LocalCluster workers",
     )  # fmt: skip
+    p.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS|local",
+        help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
+        "start a LocalCluster with --workers workers (every worker needs this refinv and the "
+        "model and data files at the same paths)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard-size", type=int, default=None, metavar="N",
+        help="images per unit of work (default: a whole split per unit; smaller units spread "
+        "a large split over the workers)",
+    )  # fmt: skip
+    _args.add_limit(
+        p, "images of each split for the local-stability score", default=20,
+        flag="--stability-limit", dest="stability_n", extra="; about 500 model calls per image",
+    )  # fmt: skip
+    _args.add_alias(p, "--stability-n", "--stability-limit", dest="stability_n", type=int)
     p.add_argument(
         "--bootstrap", type=int, default=1000, metavar="B",
         help="bootstrap resamples for the 95%% intervals (default 1000)",
@@ -82,13 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     require_audit_dependencies()
-    methods = _split_list(args.methods, "--methods")
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"--methods: expected names from {', '.join(METHODS)}, got {m!r}")
-    masks = _split_list(args.masks, "--masks")
+    methods = _args.one_of(args.method, METHODS, "--method")
+    masks = _args.split_list(args.mask, "--mask")
     if args.stability_n is not None and args.stability_n < 1:
-        raise ConfigError(f"--stability-n: expected a positive count, got {args.stability_n}")
+        raise ConfigError(f"--stability-limit: expected a positive count, got {args.stability_n}")
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap: expected a positive count, got {args.bootstrap}")
     if args.gallery < 0:
@@ -99,18 +119,19 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: expected a folder, got the file {str(out)!r}")
     check_writable(out / "report.json", "--out")
+    if args.workers < 1:
+        raise ConfigError(f"--workers: expected >= 1, got {args.workers}")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise ConfigError(f"--shard-size: expected a positive count, got {args.shard_size}")
     models = open_checkpoints(args)
-    f0 = models[0][1]
-    train, _ = load_split(args.train, f0, "train")
-    test, _ = load_split(args.test, f0, "test")
     files = {"model": args.model, "train": str(parse_data_spec(args.train, "train")[0]),
              "test": str(parse_data_spec(args.test, "test")[0])}  # fmt: skip
     for i, p in enumerate(args.checkpoints, 1):
         files[f"checkpoint_{i}"] = p
     doc = audit(
         models[0],
-        train,
-        test,
+        args.train,  # read as the model takes them (the files name the units for workers)
+        args.test,
         checkpoints=models[1:],
         masks=masks,
         methods=methods,
@@ -127,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         data_specs=(args.train, args.test),
         started=started,
         argv=cli_argv(args),
+        data_layout=args.data_layout,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        shard_size=args.shard_size,
     )
     v = doc["verdict"]
     print(v["headline"])
@@ -139,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     t = doc["timing"]
     print(
         f"wrote {out / 'report.html'}, {out / 'report.json'}, {out / 'per_image.csv'} "
-        f"({doc['provenance']['wall_seconds']:.1f} s; {t['cached_units']} units from the cache, "
+        f"({doc['provenance']['wall_seconds']:.1f} s; {t['cached_units']} units from the store, "
         f"{t['computed_units']} computed)"
     )
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
+from . import _args
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,13 +39,19 @@ def register(sub) -> None:
         "coordinate descent for several, or Landweber with the discrepancy principle.",
         epilog="CODES.npz keys: y (codes, required), x (ground-truth inputs, optional).",
     )
-    p.add_argument("model", help="ONNX encoder (a chain of dense/conv layers)")
-    p.add_argument("codes", help="CODES.npz with y [, x]")
+    p.add_argument(
+        "model", metavar="MODEL.onnx", help="ONNX encoder (a chain of dense/conv layers)"
+    )
+    _args.add_data(
+        p, "codes", metavar="CODES.npz[:key]",
+        help="the codes: a .npz file and the array in it (default key y); the ground truth "
+        "x, if any, in the same file (--truth-key)",
+    )  # fmt: skip
     p.add_argument("--alpha", type=float, default=1.5e-2, help="TV weight (default 1.5e-2)")
     p.add_argument("--noise", type=float, default=0.0, help="noise std on the codes")
     p.add_argument("--add-noise", action="store_true", help="add N(0, noise^2) to the codes")
-    p.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
-    p.add_argument("--method", choices=("pdhg", "landweber"), default="pdhg")
+    _args.add_seed(p, "noise of --add-noise")
+    _args.add_method(p, ("pdhg", "landweber"), "pdhg")
     p.add_argument("--tv", choices=("iso", "aniso"), default="iso", help="TV pixel norm")
     p.add_argument(
         "--steps", choices=("paper", "safe"), default="paper",
@@ -54,14 +61,14 @@ def register(sub) -> None:
     p.add_argument("--max-iter", type=int, default=None, help="default 10000 (1 layer) / 1500")
     p.add_argument("--inner-iter", type=int, default=10, help="PDHG steps per CD sweep")
     p.add_argument("--tol", type=float, default=1e-5)
-    p.add_argument("--key", default="y", help="array of codes in CODES.npz (default y)")
+    _args.add_alias(p, "--key", "CODES.npz:key", dest="key")
     p.add_argument("--truth-key", default="x", help="ground-truth array (default x)")
     p.add_argument("--decoder", help="decoder ONNX: also report the decoder's reconstruction")
-    p.add_argument("--limit", type=int, help="invert only the first N samples")
+    _args.add_limit(p, "codes")
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
-    p.add_argument("--json", required=True, metavar="OUT.json", help="per-sample results")
-    p.add_argument("--out", metavar="X.npz", help="save the inverted inputs (key x)")
-    p.add_argument("--figures", metavar="DIR", help="save a comparison figure (matplotlib)")
+    _args.add_json(p, "write per-sample results (JSON; schema in docs/cli.md)")
+    _args.add_out(p, "save the inverted inputs (key x)", metavar="X.npz")
+    _args.add_figures(p, "save a comparison figure into this folder (needs matplotlib)")
     p.set_defaults(func=run)
 
 
@@ -89,6 +96,12 @@ def run(args) -> int:
         raise ConfigError(f"--alpha: expected a positive number, got {args.alpha}")
     if args.noise < 0:
         raise ConfigError(f"--noise: expected a non-negative number, got {args.noise}")
+    from ..io import parse_data_spec
+
+    codes, key = parse_data_spec(
+        _args.data_spec(args.codes, getattr(args, "key", None), option="--key"), "y"
+    )
+    args.codes, args.key = str(codes), key
     chain = read_chain(args.model)
     arrays = load_npz(args.codes)
     if args.key not in arrays:
@@ -187,7 +200,8 @@ def run(args) -> int:
             out["per_sample"]["psnr_decoder"] = _psnr(rows[1][1], x_true).tolist()
             out["mean_psnr_decoder"] = float(np.mean(out["per_sample"]["psnr_decoder"]))
     files = {"model": args.model, "codes": args.codes, "decoder": args.decoder}
-    write_json(args.json, out, "bregman", args, files)
+    if args.json:
+        write_json(args.json, out, "bregman", args, files)
     if args.out:
         atomic_save_npz(args.out, x=x)
     if args.figures:

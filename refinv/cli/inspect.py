@@ -5,7 +5,7 @@ which explicit-weight methods apply, and the diagnostics of Aberdam et al. (2020
 (cardinalities of a forward pass on random latents, mutual coherence, Theorem 2
 conditions). ``--json OUT`` writes the same as JSON. A model that is not a
 plain chain is reported (exit 0) with the reason. ``--prox DATA.npz[:key]``
-checks Theorem 1's conditions on an autoencoder at the first ``--prox-n``
+checks Theorem 1's conditions on an autoencoder at the first ``--prox-limit``
 images (:func:`refinv.evaluation.prox.prox_check`; any model, chain or not).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import NonFiniteError, UnsupportedGraphError
+from . import _args
 
 _PLAIN = ("relu", "leaky_relu", "prelu", "identity", "tanh", "sigmoid", "plu")
 
@@ -26,31 +27,30 @@ def register(sub) -> None:
         "shapes, activation, parameters), which explicit-weight methods apply, and the "
         "invertibility diagnostics of Aberdam et al. (2020), Section 3.",
     )
-    p.add_argument("model", help="ONNX model file")
-    p.add_argument("--samples", type=int, default=64, help="random latents for the diagnostics")
+    p.add_argument("model", metavar="MODEL.onnx", help="ONNX model file")
+    _args.add_limit(
+        p, "latents for the diagnostics (N random draws z ~ N(0, I), or the first N of "
+        "--latents)", default=64,
+    )  # fmt: skip
+    _args.add_alias(p, "--samples", "--limit", dest="limit", type=int)
     p.add_argument(
         "--latents",
         metavar="FILE.npz:KEY",
         help="diagnose on these latents (e.g. a model's training codes) instead of N(0, I)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    _args.add_seed(p, "random latents")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the diagnostics")
-    p.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    _args.add_json(p)
     p.add_argument(
         "--prox", metavar="DATA.npz[:key]", default=None,
         help="autoencoders: is the model a Moreau proximal map (Theorem 1) at these images? "
-        "Jacobian asymmetry and eigenvalue range at each of the first --prox-n (key train "
+        "Jacobian asymmetry and eigenvalue range at each of the first --prox-limit (key train "
         "by default)",
     )  # fmt: skip
-    p.add_argument("--prox-n", type=int, default=10, help="points for --prox (default 10)")
-    p.add_argument(
-        "--layout", default=None, choices=["NCHW", "NHWC", "flat"],
-        help="the model input's layout (default: detected from the graph)",
-    )  # fmt: skip
-    p.add_argument(
-        "--image-shape", default=None, metavar="CxHxW",
-        help="flat models (N, D): the image shape of a sample, e.g. 1x28x28",
-    )  # fmt: skip
+    _args.add_limit(p, "images of --prox", default=10, flag="--prox-limit", dest="prox_n")
+    _args.add_alias(p, "--prox-n", "--prox-limit", dest="prox_n", type=int)
+    _args.add_layout(p)
+    _args.add_image_shape(p)
     p.add_argument(
         "--prox-eps", type=float, default=1e-3, help="finite-difference step (default 1e-3)"
     )
@@ -66,7 +66,7 @@ def register(sub) -> None:
 
 
 def prox_section(args: argparse.Namespace) -> dict:
-    """``--prox``: Theorem 1's conditions at the first ``--prox-n`` images; prints a table."""
+    """``--prox``: Theorem 1's conditions at the first ``--prox-limit`` images; prints a table."""
     from ..errors import ConfigError
     from ..evaluation.prox import prox_check
     from ..io import load_images_for, parse_data_spec
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "inspect",
         "model": str(args.model),
         "settings": {
-            "samples": args.samples, "seed": args.seed, "latents": args.latents,
+            "samples": args.limit, "seed": args.seed, "latents": args.latents,
             "diagnostics": not args.no_diagnostics, "prox": args.prox,
             "prox_n": args.prox_n, "prox_eps": args.prox_eps, "sym_tol": args.sym_tol,
             "eig_tol": args.eig_tol,
@@ -228,9 +228,9 @@ def run(args: argparse.Namespace) -> int:
             from ..io import load_images
 
             z = load_images(args.latents, sample_shape=chain.in_shape, dtype=np.float64)
-            z, what = z[: args.samples], f"latents from {args.latents}"
+            z, what = z[: args.limit], f"latents from {args.latents}"
         else:
-            z, what = rng.standard_normal((args.samples, *chain.in_shape)), "latents z ~ N(0, I)"
+            z, what = rng.standard_normal((args.limit, *chain.in_shape)), "latents z ~ N(0, I)"
         diag = diagnose(chain, z, rng=rng)
         diag["latents"] = what
         report["diagnostics"] = diag

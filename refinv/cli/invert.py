@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ShapeError
+from . import _args
 
 METHODS = ("plugin", "gd", "lbp", "latent-pursuit", "oracle")
 
@@ -38,21 +39,40 @@ def register(sub) -> None:
         "using the weights read from the ONNX file: PLUGIn, gradient descent, layered basis "
         "pursuit, Latent-Pursuit or the layer-wise oracle.",
         epilog="DATA.npz keys: y (observations, required), z (true latents, optional), "
-        "mask (0/1, optional).",
+        "mask (0/1, optional). Which method for which model: plugin's theory (Joshi et al., "
+        "2021) is for expansive layers with Gaussian-like weights; the shipped PLUGIn decoder "
+        "models/onnx/digits28_plugin_20-500-500-784_decoder.onnx has its observations in "
+        "models/data/digits28_plugin_invert.npz (--step norm, the default: 3 of 8 codes "
+        "recovered in 5000 iterations; gaussian and leaky steps diverge on this trained "
+        "decoder). On trained decoders gd --backtracking --momentum 0.9 is the robust choice "
+        "(8 of 8 on the same file in 300 iterations). The gen_fc decoder's observations: "
+        "models/data/digits28_gen_fc_invert.npz.",
     )
-    p.add_argument("model", help="ONNX generator (a plain chain of dense layers)")
-    p.add_argument("data", help="DATA.npz with y [, z, mask]")
-    p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument(
-        "--mask", metavar="SPEC", help="observation mask, e.g. random:0.45 (erased fraction)"
+        "model", metavar="MODEL.onnx", help="ONNX generator (a plain chain of dense layers)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for random masks and restarts")
-    p.add_argument("--limit", type=int, help="invert only the first N samples")
+    _args.add_data(p, metavar="DATA.npz", help="observations: a .npz with y [, z, mask]")
+    _args.add_method(p, METHODS, None, required=True)
+    _args.add_mask(
+        p, None,
+        help="observation mask drawn per sample, e.g. random:0.45 (erased fraction); "
+        "overrides DATA.npz's mask",
+    )  # fmt: skip
+    _args.add_seed(p, "random masks and restarts")
+    _args.add_layout(
+        p, "the generator OUTPUT's layout, which says where the channel axis is for the "
+        "per-pixel masks: NCHW (N, C, H, W) or NHWC (N, H, W, C), e.g. a Keras export "
+        "(default: from the declared output shape, as a model input's layout; an ambiguous "
+        "one is an error that asks for this option)",
+    )  # fmt: skip
+    _args.add_limit(p, "samples")
     p.add_argument("--max-iter", type=int, default=5000)
     p.add_argument("--tol", type=float, default=None, help="stopping tolerance (method default)")
     p.add_argument(
-        "--step", default=None, help="plugin: gaussian|leaky|norm|NUMBER (default norm); gd: NUMBER"
-    )
+        "--step", default=None,
+        help="plugin: gaussian (eta = 2^d, the paper's, for Gaussian weights) | leaky | norm "
+        "(1 / prod ||A_i||_2, the default) | NUMBER; gd: NUMBER",
+    )  # fmt: skip
     p.add_argument("--restarts", type=int, default=0, help="plugin/gd: extra random starts")
     p.add_argument("--momentum", type=float, default=0.0, help="gd: heavy-ball momentum")
     p.add_argument("--backtracking", action="store_true", help="gd: Armijo backtracking")
@@ -61,8 +81,9 @@ def register(sub) -> None:
     p.add_argument("--gamma", type=float, default=0.0, help="latent-pursuit: MAP weight (eq. 10)")
     p.add_argument("--no-debias", action="store_true", help="lbp/latent-pursuit: skip debiasing")
     p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
-    p.add_argument("--json", metavar="OUT.json", help="write per-sample results")
-    p.add_argument("--save", metavar="OUT.npz", help="save the estimated latents (key z_hat)")
+    _args.add_json(p, "write per-sample results (JSON; schema in docs/cli.md)")
+    _args.add_out(p, "save the estimated latents (key z_hat)", metavar="OUT.npz")
+    _args.add_alias(p, "--save", "--out", dest="out")
     p.set_defaults(func=run)
 
 
@@ -75,8 +96,55 @@ def _snr_db(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return 20 * np.log10(num / np.maximum(den, 1e-300))
 
 
-def _mask_for(args, arrays, y: np.ndarray) -> np.ndarray | None:
-    """The observation mask as a 0/1 array of ``y``'s shape (or None)."""
+#: channel counts the declared-shape rule recognizes (the same rule as a model input's layout,
+#: refinv.onnx detect_layout: grey and RGB)
+_CHANNELS = (1, 3)
+
+
+def output_layout(shape: tuple[int, ...], given: str | None, label: str) -> str | None:
+    """The layout of a generator's output sample ``shape`` (graph coordinates): ``--layout``
+    when given, else from the declared shape as a model input's layout is decided:
+    ``(C, H, W)`` with C 1 or 3 and neither H nor W is ``"NCHW"``; ``(H, W, C)`` the same
+    way ``"NHWC"`` (a Keras / tf2onnx export); an ambiguous 3-D shape is an error that asks
+    for ``--layout``; other ranks have no channel axis (``None``)."""
+    if given == "flat":
+        return None
+    if len(shape) != 3:
+        if given in ("NCHW", "NHWC"):
+            raise ConfigError(
+                f"--layout {given}: the generator's output {tuple(shape)} has no channel axis "
+                "(expected a 3-D sample)"
+            )
+        return None
+    if given in ("NCHW", "NHWC"):
+        return given
+    a, b, c = shape
+    if a in _CHANNELS and b not in _CHANNELS and c not in _CHANNELS:
+        return "NCHW"
+    if c in _CHANNELS and a not in _CHANNELS and b not in _CHANNELS:
+        return "NHWC"
+    raise ConfigError(
+        f"{label}: cannot tell the layout of the generator's output (N, {a}, {b}, {c}): "
+        f"channels-first ({a} channels of {b}x{c}) and channels-last ({c} channels of "
+        f"{a}x{b}) both fit; pass --layout NCHW or --layout NHWC"
+    )
+
+
+def _mask_for(args, arrays, y: np.ndarray, layout: str | None = None) -> np.ndarray | None:
+    """The observation mask as a 0/1 array of ``y``'s shape (or None). Masks are per pixel,
+    shared by a pixel's channels, whatever the output layout: a channels-last output
+    ``(N, H, W, C)`` gets the mask of ``(N, C, H, W)`` moved to its axes."""
+    import numpy as np
+
+    if layout == "NHWC":  # work channels-first, move the channel axis back at the end
+        m = _mask_for(args, arrays, np.moveaxis(y, -1, 1), "NCHW")
+        if m is None:
+            return None
+        return np.ascontiguousarray(np.moveaxis(m, 1, -1))
+    return _mask_cf(args, arrays, y)
+
+
+def _mask_cf(args, arrays, y: np.ndarray) -> np.ndarray | None:
     import numpy as np
 
     from ..operators.masks import expand_mask, parse_mask, pixel_shape
@@ -138,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         if int(np.prod(z.shape[1:])) != int(np.prod(chain.in_shape)) or z.shape[0] != n:
             raise ShapeError(f"{args.data}:z: expected (N, {chain.in_shape}), got {z.shape}")
         z = z.reshape(n, *chain.in_shape)
-    mask = _mask_for(args, arrays, y)
+    layout = output_layout(tuple(chain.out_shape), args.layout, str(args.model))
+    mask = _mask_for(args, arrays, y, layout)
     kw = {"max_iter": args.max_iter}
     if args.tol is not None:
         kw["tol"] = args.tol
@@ -185,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "method": m,
         "mask": args.mask or ("file" if mask is not None else None),
+        "output_layout": layout,
         "observed_fraction": None if mask is None else float(mask.mean()),
         "n": n,
         "seconds": seconds,
@@ -220,6 +290,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"measurement error median {np.median(meas):.3g}")
     if args.json:
         write_json(args.json, out, "invert", args, {"model": args.model, "data": args.data})
-    if args.save:
-        atomic_save_npz(args.save, z_hat=zh)
+    if args.out:
+        atomic_save_npz(args.out, z_hat=zh)
     return 0

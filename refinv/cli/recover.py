@@ -1,9 +1,10 @@
 """``refinv recover``: recover degraded images through an autoencoder (one method, one mask).
 
-    refinv recover MODEL.onnx DATA.npz [--key train] --mask random:0.5 --seed 0 \\
+    refinv recover MODEL.onnx DATA.npz[:train] --mask random:0.5 --seed 0 \\
         --method blind|known|ae-iterations --out OUT.npz --json SUMMARY.json
 
-Also holds the option helpers shared by ``refinv evaluate`` and ``refinv demo``.
+Also holds the model and data helpers shared by ``refinv evaluate``, ``audit``, ``demo`` and
+``stability`` (the options themselves are in :mod:`refinv.cli._args`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._constants import MASK_GRAMMAR, RECOVERY_DEFAULTS
+from .._constants import MASK_GRAMMAR
 from ..errors import ConfigError
+from . import _args
+from ._args import add_runtime_args, add_solver_args, progress_flag
 
 __all__ = [
     "register",
@@ -24,96 +27,11 @@ __all__ = [
     "solver_options",
     "open_model",
     "load_split",
+    "progress_flag",
 ]
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-def add_solver_args(p: argparse.ArgumentParser) -> None:
-    """Solver and runtime options shared by recover / evaluate / demo."""
-    DEFAULTS = RECOVERY_DEFAULTS
-
-    g = p.add_argument_group("solver options")
-    g.add_argument(
-        "--max-iter", type=int, default=None,
-        help=f"outer iterations T (default {DEFAULTS['max_iter']}; ae-iterations runs "
-        "T x inner-iter steps)",
-    )  # fmt: skip
-    g.add_argument(
-        "--inner-iter", type=int, default=None,
-        help=f"PnP-ADMM iterations K per outer iteration (default {DEFAULTS['inner_iter']})",
-    )  # fmt: skip
-    g.add_argument(
-        "--rho", type=float, default=None,
-        help=f"ADMM penalty, 1/2-fidelity convention (default {DEFAULTS['rho']})",
-    )  # fmt: skip
-    g.add_argument(
-        "--tol", type=_tol, default=None,
-        help="per-sample stop: 'auto' (default: the relative change of x has reached the "
-        "floating-point floor, docs/theory/recovery.md) or a number (relative change < TOL; "
-        "0: run every iteration)",
-    )  # fmt: skip
-    g.add_argument(
-        "--patience", type=int, default=None,
-        help="stop a sample as stalled after this many checks without progress of its data "
-        f"misfit (default {DEFAULTS['patience']}; 0: never)",
-    )  # fmt: skip
-    g.add_argument(
-        "--search-patience", type=int, default=None,
-        help="blind: also stop a sample whose mask still moves after this many outer "
-        "iterations without progress (default: never; fewer calls, but a late find is lost)",
-    )  # fmt: skip
-    g.add_argument(
-        "--mask-init", default=None,
-        help="blind initial mask: bernoulli, bernoulli:P, ones, nonzero, or "
-        f"file:PATH.npz[:KEY] (a 0/1 array (H, W) or (N, H, W)) (default {DEFAULTS['mask_init']})",
-    )  # fmt: skip
-    g.add_argument("--tau", type=float, default=None, help="mask-step tolerance (default 0)")
-    g.add_argument(
-        "--clip", action="store_true",
-        help="clip the autoencoder's output to the data range [0, 1] (off by default)",
-    )  # fmt: skip
-    g.add_argument(
-        "--noise", type=float, default=0.0,
-        help="std of Gaussian noise added to the degraded images (default 0; known-mask "
-        "re-insertion is off when > 0)",
-    )  # fmt: skip
-    add_runtime_args(p)  # -q/--quiet (no progress bar): refinv.cli adds it to every command
-
-
-def add_runtime_args(p: argparse.ArgumentParser):
-    """The onnxruntime options :func:`open_model` reads; returns their argument group."""
-    r = p.add_argument_group("runtime")
-    r.add_argument("--batch-size", type=int, default=None, help="largest batch per ONNX call")
-    r.add_argument(
-        "--threads", type=int, default=None,
-        help="onnxruntime intra-op threads (default 1; 0: onnxruntime's default, one per core)",
-    )  # fmt: skip
-    r.add_argument(
-        "--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider"
-    )
-    r.add_argument(
-        "--layout", default=None, choices=["NCHW", "NHWC", "flat"],
-        help="the model input's layout (default: detected from the graph; an ambiguous one is "
-        "an error that asks for this option). Data and results stay (N, C, H, W) either way",
-    )  # fmt: skip
-    r.add_argument(
-        "--image-shape", default=None, metavar="CxHxW",
-        help="flat models (N, D): the image shape of a sample, e.g. 1x28x28 (default: taken "
-        "from the data file when its images are (N, C, H, W) or (N, H, W))",
-    )  # fmt: skip
-    return r
-
-
-def _tol(text: str) -> float | str:
-    """``--tol``: ``auto`` or a number."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def solver_options(args: argparse.Namespace) -> dict:
@@ -134,12 +52,6 @@ def solver_options(args: argparse.Namespace) -> dict:
 
         parse_mask(args.mask_init)  # a missing file or key fails now, before any model runs
     return {k: v for k, v in opts.items() if v is not None}
-
-
-def progress_flag(args: argparse.Namespace) -> bool | None:
-    """``False`` with ``-q/--quiet`` (before or after the command); otherwise ``None`` (on
-    only when stderr is a TTY)."""
-    return False if getattr(args, "quiet", False) else None
 
 
 def data_sample_shape(spec: str | Path, default_key: str = "train") -> tuple[int, ...] | None:
@@ -196,38 +108,33 @@ def open_model(path: str | Path, args: argparse.Namespace, data: str | Path | No
     return f
 
 
-def load_split(spec: str, f, default_key: str = "train") -> tuple[np.ndarray, str]:
+def load_split(
+    spec: str, f, default_key: str = "train", layout: str | None = None
+) -> tuple[np.ndarray, str]:
     """Images ``DATA.npz[:key]`` shaped for the model ``f`` (its dtype if float64, else float32)."""
     from ..io import load_images_for, parse_data_spec
 
     path, key = parse_data_spec(spec, default_key)
-    return load_images_for(f, path, key), key
+    return load_images_for(f, path, key, layout=layout), key
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "recover",
         help="recover degraded images through an autoencoder",
-        description="Degrade the images of DATA.npz[KEY] with a mask (and optional noise), "
+        description="Degrade the images DATA.npz[:key] with a mask (and optional noise), "
         "recover them through the autoencoder MODEL.onnx with one method, and write the "
         "estimates (--out, .npz) and a JSON summary (--json; schema in docs/cli.md). "
         f"Mask grammar: {MASK_GRAMMAR}.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the autoencoder (ONNX)")
-    p.add_argument(
-        "data", metavar="DATA.npz", help="images (N, C, H, W) in [0, 1]; DATA.npz:key works"
-    )
-    p.add_argument("--key", default=None, help="array in DATA.npz (default train)")
-    p.add_argument("--mask", default="random:0.5", help="mask spec (default random:0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, Bernoulli init")
-    p.add_argument(
-        "--method", default="blind", choices=["blind", "known", "ae-iterations"],
-        help="recovery method (default blind)",
-    )  # fmt: skip
-    p.add_argument(
-        "--out", default=None, help="write x_hat, y, x, masks, per-sample metrics (.npz)"
-    )
-    p.add_argument("--json", default=None, help="write the JSON summary here")
+    _args.add_data(p, what="images (N, C, H, W) in [0, 1]")
+    _args.add_alias(p, "--key", "DATA.npz:key", dest="key")
+    _args.add_mask(p, "random:0.5")
+    _args.add_seed(p)
+    _args.add_method(p, ("blind", "known", "ae-iterations"), "blind")
+    _args.add_out(p, "write x_hat, y, x, masks, per-sample metrics (.npz)", metavar="OUT.npz")
+    _args.add_json(p)
     p.add_argument(
         "--chunk", type=int, default=1024,
         help="images solved at a time (default 1024; memory stays flat in the number of "
@@ -247,11 +154,12 @@ def run(args: argparse.Namespace) -> int:
     from ._output import write_json
 
     spec = parse_mask(args.mask)
-    data_spec = args.data if args.key is None else f"{parse_data_spec(args.data)[0]}:{args.key}"
+    data_spec = _args.data_spec(args.data, getattr(args, "key", None))
     f = open_model(args.model, args, data=data_spec)
     path, key = parse_data_spec(data_spec, "train")
     dtype = np.float64 if f.dtype == np.float64 else np.float32
-    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype, rows_ok=flat_rows_ok(f))
+    images = NpzImages(path, key, sample_shape=f.sample_shape, dtype=dtype,
+                       rows_ok=flat_rows_ok(f), layout=args.data_layout)  # fmt: skip
     if args.chunk < 1:
         raise ConfigError(f"--chunk: expected a positive integer, got {args.chunk}")
     solver = solver_options(args)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _args
+
 __all__ = ["register", "run"]
 
 
@@ -19,8 +21,8 @@ def register(sub) -> None:
         "the recovery-rate-vs-train-loss figure, needs matplotlib). Failed tasks are listed.",
     )
     p.add_argument("db", metavar="DB", help="SQLite database written by `refinv sweep`")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the JSON report here")
-    p.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures here")
+    _args.add_json(p)
+    _args.add_figures(p)
     p.set_defaults(func=run)
 
 

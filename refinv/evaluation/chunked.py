@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import time
 import warnings
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DivergenceWarning, NonFiniteError, ShapeError
-from ..io import check_images_header, new_file_mode
+from ..io import channels_last, check_images_header, is_file, new_file_mode, npy_header
 from ..operators.masks import MaskSpec, erase, pixel_shape
 from .runs import method_options, recovery_metrics, run_entry, run_method, warn_diverged
 
@@ -53,8 +54,9 @@ class NpzImages:
 
     Same checks as :func:`refinv.io.load_images` (floating dtype, finite
     values, sample shape; a flat ``(N, prod(sample_shape))`` array is
-    reshaped), done per chunk; ``dtype`` is what the chunks are cast to.
-    Object (pickled) arrays are refused.
+    reshaped; channels-last ``(N, H, W, C)`` images are transposed per chunk
+    under the same rule, ``layout``), done per chunk; ``dtype`` is what the
+    chunks are cast to. Object (pickled) arrays are refused.
     """
 
     def __init__(
@@ -65,11 +67,12 @@ class NpzImages:
         sample_shape: tuple[int, ...],
         dtype: Any = np.float32,
         rows_ok: bool = False,
+        layout: str | None = None,
     ) -> None:
         self.path, self.key = Path(path), key
         self.sample_shape = tuple(int(d) for d in sample_shape)
         self.dtype = np.dtype(dtype)
-        if not self.path.is_file():
+        if not is_file(self.path, "data"):
             raise ConfigError(f"{self.path}: no such file")
         try:
             with zipfile.ZipFile(self.path) as zf:
@@ -80,8 +83,13 @@ class NpzImages:
                     shape, fortran, dt = self._header(fp)
         except zipfile.BadZipFile as exc:
             raise ConfigError(f"{self.path}: not an .npz file ({exc})") from exc
+        except (ValueError, SyntaxError, struct.error) as exc:
+            raise ConfigError(f"{self.path}: {key!r} is not a readable .npy array ({exc})") from exc
         label = f"{self.path}:{key}"
         # the rules of load_images
+        self._nhwc = channels_last(label, shape, self.sample_shape, layout)
+        if self._nhwc:
+            shape = (shape[0], shape[3], shape[1], shape[2])
         check_images_header(label, shape, dt, self.sample_shape, rows_ok=rows_ok)
         if fortran:
             raise ConfigError(f"{label}: expected a C-ordered array, got Fortran order")
@@ -92,11 +100,7 @@ class NpzImages:
 
     @staticmethod
     def _header(fp) -> tuple[tuple[int, ...], bool, np.dtype]:
-        fmt = np.lib.format
-        version = fmt.read_magic(fp)
-        if version == (1, 0):
-            return fmt.read_array_header_1_0(fp)
-        return fmt.read_array_header_2_0(fp)
+        return npy_header(fp)  # .npy formats 1.0 to 3.0
 
     def __len__(self) -> int:
         return self.n
@@ -114,7 +118,12 @@ class NpzImages:
                 buf = fp.read(m * self._per_image)
                 if len(buf) != m * self._per_image:
                     raise ConfigError(f"{label}: truncated array data")
-                a = np.frombuffer(buf, dtype=self._file_dtype).reshape((m, *self.sample_shape))
+                if self._nhwc:  # (m, H, W, C) in the file: transposed, never reshaped
+                    c, h, w = self.sample_shape
+                    a = np.frombuffer(buf, dtype=self._file_dtype).reshape((m, h, w, c))
+                    a = a.transpose(0, 3, 1, 2)
+                else:
+                    a = np.frombuffer(buf, dtype=self._file_dtype).reshape((m, *self.sample_shape))
                 if not np.all(np.isfinite(a)):
                     raise NonFiniteError(f"{label}: expected finite values, got NaN/Inf")
                 yield s, np.array(a, dtype=self.dtype)  # own, writable, C-ordered copy

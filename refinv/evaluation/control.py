@@ -11,9 +11,19 @@ baseline than a modern generative inpainter.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 
-__all__ = ["CONTROL_METHOD", "biharmonic_inpaint"]
+__all__ = [
+    "CONTROL_METHOD",
+    "biharmonic_inpaint",
+    "control_available",
+    "resolve_control",
+    "control_run",
+    "control_index",
+]
 
 CONTROL_METHOD = "biharmonic inpainting (scikit-image inpaint_biharmonic), true mask, no model"
 
@@ -41,3 +51,113 @@ def biharmonic_inpaint(x_degraded: np.ndarray, mask: np.ndarray) -> np.ndarray:
         else:
             out[i] = inpaint_biharmonic(x[i], hole)
     return np.clip(out, 0.0, 1.0)
+
+
+def control_available() -> bool:
+    """scikit-image's inpainting can be imported (the ``audit`` extra installs it)."""
+    try:
+        from skimage.restoration import inpaint_biharmonic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_control(control: bool | None) -> bool:
+    """``None``: on where scikit-image is importable; ``True`` without it: a ConfigError
+    that names the extra; ``False``: off."""
+    if control is None:
+        return control_available()
+    if control and not control_available():
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            "the model-free inpainting control needs scikit-image (pip install 'refinv[audit]'); "
+            "turn it off with --no-control (library: control=False)"
+        )
+    return bool(control)
+
+
+def control_run(
+    images: Any,
+    spec: Any,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    noise_std: float = 0.0,
+    chunk: int | None = None,
+    n_keep: int = 0,
+    progress: bool | None = None,
+    on_chunk: Any = None,
+) -> tuple[dict, np.ndarray | None]:
+    """The control of one split and mask: the SAME degraded images and masks as the
+    memorization report's runs of that split and mask, inpainted without the model.
+
+    ``images``: an array ``(N, *sample_shape)`` or a
+    :class:`~refinv.evaluation.chunked.NpzImages`; ``spec`` a
+    :class:`~refinv.operators.masks.MaskSpec`. The masks come from
+    ``default_rng(seed)`` and the noise from ``default_rng([seed, 2])``, one draw per
+    image in order, as in :func:`~refinv.evaluation.report.degrade` and
+    :func:`~refinv.evaluation.chunked.evaluate_split_chunked` (``chunk`` images at a
+    time; None: one batch). Returns ``(entry, first)``: ``entry`` is one element of the
+    report's ``control.runs`` (``mask``, ``split``, ``n``, ``accurate_rate``,
+    ``approximate_rate``, ``mean_psnr``, ``median_psnr``, ``seconds``, ``mse``,
+    ``psnr``; thresholds of the report), ``first`` the inpainted first ``n_keep``
+    images (None if ``n_keep`` is 0), for the figures. ``on_chunk(x, y, mask, xc, metrics)``
+    is called after each chunk (the engine's control units keep their per-image rows).
+    """
+    from .._progress import Progress
+    from ..operators.masks import erase, pixel_shape
+    from .chunked import _chunks
+    from .metrics import ACCURATE_MSE, APPROXIMATE_MSE
+    from .runs import recovery_metrics
+
+    n_total = len(images) if hasattr(images, "chunks") else int(np.asarray(images).shape[0])
+    size = int(chunk) if chunk is not None else max(n_total, 1)
+    rng_mask = np.random.default_rng(seed)
+    rng_noise = np.random.default_rng([seed, 2])
+    mse, psnr, keep = [], [], []
+    seconds, done = 0.0, 0
+    bar = Progress(n_total, desc=f"control {spec.text} {split}", enabled=progress)
+    try:
+        for _, x in _chunks(images, size):
+            m = int(x.shape[0])
+            mask = spec.draw(pixel_shape(tuple(x.shape[1:])), m, rng_mask)
+            y = erase(x, mask, noise_std=noise_std, rng=rng_noise)
+            t0 = time.perf_counter()
+            xc = biharmonic_inpaint(np.asarray(y), np.asarray(mask))
+            seconds += time.perf_counter() - t0
+            met = recovery_metrics(x, xc)
+            if on_chunk is not None:
+                on_chunk(x, y, mask, xc, met)
+            mse.append(met["mse"])
+            psnr.append(met["psnr"])
+            need = min(n_keep - sum(len(k) for k in keep), m)
+            if need > 0:
+                keep.append(xc[:need].astype(np.asarray(x).dtype))
+            done += m
+            bar.update(done)
+    finally:
+        bar.close()
+    mse_a = np.concatenate(mse) if mse else np.zeros(0)
+    psnr_a = np.concatenate(psnr) if psnr else np.zeros(0)
+    n = int(mse_a.shape[0])
+    finite = np.where(np.isnan(mse_a), np.inf, mse_a)
+    entry = {
+        "mask": spec.text,
+        "split": split,
+        "n": n,
+        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
+        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
+        "mean_psnr": float(np.mean(psnr_a)) if n else 0.0,
+        "median_psnr": float(np.median(psnr_a)) if n else 0.0,
+        "seconds": float(seconds),
+        "mse": [None if np.isnan(v) else float(v) for v in mse_a],
+        "psnr": [float(v) for v in psnr_a],
+    }
+    return entry, (np.concatenate(keep) if keep else None)
+
+
+def control_index(doc: dict) -> dict[tuple[str, str], dict]:
+    """``{(mask, split): control run}`` of a report (empty when the control was off)."""
+    ctrl = doc.get("control") or {}
+    return {(c["mask"], c["split"]): c for c in ctrl.get("runs", [])}

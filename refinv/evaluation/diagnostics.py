@@ -44,7 +44,7 @@ def mutual_coherence(W: Any, rows: Any = None) -> float:
     A = np.asarray(to_numpy(W), dtype=np.float64)
     if rows is not None:
         A = A[np.asarray(rows)]
-    A = A.reshape(A.shape[0], -1)
+    A = A.reshape(A.shape[0], int(np.prod(A.shape[1:])))  # not -1: W may have 0 rows
     nrm = np.linalg.norm(A, axis=0)
     keep = nrm > 0
     if keep.sum() < 2:

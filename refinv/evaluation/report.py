@@ -12,10 +12,18 @@ Reproducibility: for a given ``seed`` the masks of a split are drawn from
 memorization); the blind solver's Bernoulli initial mask uses
 ``default_rng([seed, 1])`` and noise ``default_rng([seed, 2])``.
 
-JSON schema (``SCHEMA_VERSION = 2``, stable; documented in docs/cli.md)::
+The control (``control=True``; by default wherever scikit-image is importable): the
+same degraded images, masks and splits filled in WITHOUT the model by biharmonic
+inpainting (:mod:`refinv.evaluation.control`), so that every rate has a model-free
+rate beside it: an approximate rate that the control matches on training images
+says nothing about memorization.
+
+JSON schema (``SCHEMA_VERSION = 3``, stable; documented in docs/cli.md; version 2
+added ``control``, version 3 the per-sample ``stop_reason`` and the solver settings
+``tol = "auto"``, ``patience`` and ``search_patience``)::
 
     {
-      "schema_version": 2, "tool": "refinv", "refinv_version": str,
+      "schema_version": 3, "tool": "refinv", "refinv_version": str,
       "command": str, "created_utc": str,
       "thresholds": {"accurate_mse": 1e-7, "approximate_mse": 5e-4,
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
@@ -35,9 +43,15 @@ JSON schema (``SCHEMA_VERSION = 2``, stable; documented in docs/cli.md)::
           "erased_fraction": float, "mask_error": float|null,
           "mse": [float], "psnr": [float], "iterations": [int],
           "converged": [bool], "diverged": [bool], "residual": [float|null],
-          "stop_reason": [str]   # per sample (version 2): converged, stalled,
-                                 # diverged, max_iter or callback
-      }]
+          "stop_reason": [str]   # per sample: converged, stalled, diverged, max_iter,
+                                 # callback (absent where the store kept none: sweep)
+      }],
+      "control": null | {"method": str, "runs": [{
+          "mask": str, "split": "train"|"test", "n": int,
+          "accurate_rate": float, "approximate_rate": float,
+          "mean_psnr": float, "median_psnr": float, "seconds": float,
+          "mse": [float|null], "psnr": [float]
+      }]}   # one run per (mask, split), joined to ``runs`` on (mask, split)
     }
 
 Rates are fractions in [0, 1]; each PSNR is clamped to [0, 200] dB (200 for
@@ -61,6 +75,11 @@ import numpy as np
 from .._progress import progress_label
 from ..errors import ConfigError, DivergenceWarning
 from ..operators.masks import MaskSpec, parse_mask, pixel_shape
+from .figures import _img as _img  # the audit's figures use it
+from .figures import figure_examples as figure_examples
+from .figures import figure_rate_vs_loss as figure_rate_vs_loss
+from .figures import png_bytes as png_bytes
+from .figures import require_figure_dependencies as require_figure_dependencies
 from .metrics import ACCURATE_MSE, APPROXIMATE_MSE, PSNR_CAP_DB
 from .runs import (
     METHODS,
@@ -76,7 +95,7 @@ from .runs import sample_lists as sample_lists
 
 # METHODS, degrade, run_method, method_options, effective_options, recovery_metrics,
 # run_entry, sample_lists and warn_diverged are importable from here too (documented in
-# refinv.evaluation.runs)
+# refinv.evaluation.runs), and the figures (refinv.evaluation.figures)
 __all__ = [
     "SCHEMA_VERSION",
     "memorization_report",
@@ -84,17 +103,16 @@ __all__ = [
     "checkpoint_entry",
     "layout_entry",
     "evaluate_split",
+    "report_plan",
+    "report_from_store",
+    "control_from_store",
     "format_table",
     "format_loss_table",
-    "figure_examples",
-    "png_bytes",
-    "require_figure_dependencies",
-    "figure_rate_vs_loss",
 ]
 
 log = logging.getLogger("refinv.evaluation.report")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _now() -> str:
@@ -182,6 +200,7 @@ def new_document(
         },
         "checkpoints": [],
         "runs": [],
+        "control": None,
     }
 
 
@@ -275,8 +294,15 @@ def memorization_report(
     chunk: int | None = None,
     files: dict | None = None,
     argv: Sequence[str] | None = None,
+    control: bool | None = None,
+    db: str | Path | None = None,
 ) -> dict:
     """Sweep checkpoints x masks x methods on the training and held-out images.
+
+    The report's steps: the plan (one unit per checkpoint x mask x split x method,
+    :func:`report_plan`), its run into a store (:func:`refinv.engine.execute.execute`,
+    in this process), the document from the store (:func:`report_from_store`), and the
+    figures (:func:`refinv.evaluation.figures.report_figures`).
 
     Parameters
     ----------
@@ -306,6 +332,15 @@ def memorization_report(
     files : ``role -> path`` of the input files for the ``provenance`` block (default: the
         models' own paths, ``model`` and ``checkpoint_1`` ..., where they have one).
     argv : the command line for the ``provenance`` block (default ``sys.argv``).
+    control : add the model-free control (:func:`~refinv.evaluation.control.control_run`:
+        biharmonic inpainting of the same degraded images with the true masks, per mask
+        and split) as ``doc["control"]``, beside every rate in :func:`format_table` and
+        in the figures. None (default): on where scikit-image is importable; True
+        without it: ConfigError; False: off (``doc["control"]`` is None).
+    db : a results database (:class:`~refinv.engine.store.Store`) to keep the runs in and
+        resume from: runs it already holds (same model, images and settings) are not
+        computed again. None: a temporary one. A plain callable (no ``sha256``) is known by
+        its label only.
 
     Returns
     -------
@@ -313,101 +348,31 @@ def memorization_report(
         The JSON-ready report (schema in the module docstring), with the same
         ``schema``, ``schema_version`` and ``provenance`` block as ``refinv evaluate --json``.
     """
+    from ..engine.execute import execute
+
     started = time.time()
-    if not isinstance(models, (list, tuple)):
-        models = [(getattr(models, "label", "model"), models)]
-    methods = list(methods)
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {m!r}")
-    specs = [ms if isinstance(ms, MaskSpec) else parse_mask(ms) for ms in masks]
+    models = _model_pairs(models)
+    specs = _checked(masks, methods)
     solver = dict(solver or {})
-    from .chunked import NpzImages
+    splits, chunk = _splits(train, test, chunk)
+    keep = n_figure if figures_dir is not None else 0
+    from .control import resolve_control
 
-    def images(a):
-        return a if isinstance(a, NpzImages) else np.asarray(a)
-
-    splits = [("train", images(train))]
-    if test is not None:
-        splits.append(("test", images(test)))
-    chunked = chunk is not None or any(isinstance(x, NpzImages) for _, x in splits)
-    if chunked and chunk is None:
-        from .chunked import DEFAULT_CHUNK as chunk
-    if chunked and (int(chunk) != chunk or chunk < 1):
-        raise ConfigError(f"chunk: expected a positive integer, got {chunk}")
-    first = splits[0][1]
-    pshape = pixel_shape(
-        tuple(first.sample_shape) if isinstance(first, NpzImages) else tuple(first.shape[1:])
-    )
-    doc = new_document(
-        command=command, seed=seed, noise_std=noise_std, masks=specs, methods=methods, solver=solver
-    )
-    fig_data: list[dict] = []
-    for label, f in models:
-        if chunked:
-            ck = _checkpoint_entry_chunked(str(label), f, splits, int(chunk))
-        else:
-            ck = checkpoint_entry(
-                str(label), f, splits[0][1], splits[1][1] if test is not None else None
-            )
-        doc["checkpoints"].append(ck)
-        for spec in specs:
-            for split, x in splits:
-                for method in methods:
-                    if chunked:
-                        k = n_figure if figures_dir is not None else 0
-                        entry, fig = _evaluate_split_chunked(
-                            f, x, spec, method, chunk=int(chunk), label=str(label),
-                            train_loss=ck["train_loss"], split=split, seed=seed,
-                            noise_std=noise_std, solver=solver, progress=progress, n_keep=k,
-                        )  # fmt: skip
-                        doc["runs"].append(entry)
-                        if figures_dir is not None:
-                            fig_data.append(
-                                dict(checkpoint=str(label), mask=spec.text, method=method,
-                                     split=split, **fig)
-                            )  # fmt: skip
-                        continue
-                    entry, res, y, mask = evaluate_split(
-                        f,
-                        x,
-                        spec,
-                        method,
-                        label=str(label),
-                        train_loss=ck["train_loss"],
-                        split=split,
-                        seed=seed,
-                        noise_std=noise_std,
-                        solver=solver,
-                        progress=progress,
-                    )
-                    doc["runs"].append(entry)
-                    if figures_dir is not None:
-                        k = min(n_figure, int(x.shape[0]))
-                        h_est = None
-                        if method == "blind":
-                            h_est = np.asarray(res.state.h)[:k].reshape(k, *pshape)
-                        fig_data.append(
-                            dict(
-                                checkpoint=str(label),
-                                mask=spec.text,
-                                method=method,
-                                split=split,
-                                x=x[:k],
-                                y=np.asarray(y)[:k],
-                                xhat=np.asarray(res.x)[:k],
-                                h_true=np.asarray(mask[:k]),
-                                h_est=h_est,
-                                mse=entry["mse"][:k],
-                            )
-                        )
-    if figures_dir is not None:
-        out = Path(figures_dir)
-        for i, d in enumerate(fig_data):
-            name = f"{i:03d}_{_slug(d['checkpoint'])}_{_slug(d['mask'])}_{d['method']}_{d['split']}.png"
-            figure_examples(out / name, **d)
-        if len(doc["checkpoints"]) > 1:
-            figure_rate_vs_loss(doc, out / "rate_vs_train_loss.png")
+    plan = report_plan(models, splits, specs, list(methods), seed=seed, noise_std=noise_std,
+                       solver=solver, chunk=chunk, keep=keep,
+                       control=resolve_control(control))  # fmt: skip
+    base = new_document(command=command, seed=seed, noise_std=noise_std, masks=specs,
+                        methods=list(methods), solver=solver)  # fmt: skip
+    with _store(db) as store:
+        _init_store(store, base, seed, noise_std, solver)
+        for label, f in models:  # the losses measured on these images, every time
+            store.add_checkpoint(_checkpoint(str(label), f, splits, chunk), refresh=True)
+        execute(plan.units, store, objects=plan.objects, progress=progress, quiet=False,
+                on_error="raise", on_done=_warn_unit(solver), replace=True)  # fmt: skip
+        doc = report_from_store(store, base, [g for g in plan.groups if g[2] in METHODS])
+        doc["control"] = control_from_store(store, plan)
+        if figures_dir is not None:
+            _figures(doc, store, plan, figures_dir)
     from ..provenance import provenance
 
     if files is None:
@@ -420,18 +385,140 @@ def memorization_report(
     return doc
 
 
-def _model_file(f: Any) -> str | None:
-    """The file a model was loaded from (an :class:`~refinv.onnx.OnnxModel` opened from a
-    path is labelled with it), or None (bytes, a proto, a plain callable)."""
-    label = getattr(f, "label", None)
-    return label if isinstance(label, str) and Path(label).is_file() else None
+# ------------------------------------------------------------------ the plan
+def _model_pairs(models: Any) -> list[tuple[str, Any]]:
+    if not isinstance(models, (list, tuple)):
+        models = [(getattr(models, "label", "model"), models)]
+    labels = [str(label) for label, _ in models]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"models: expected distinct labels, got {labels}")
+    return list(models)
 
 
-def _checkpoint_entry_chunked(label: str, f: Any, splits: list, chunk: int) -> dict:
-    """:func:`checkpoint_entry` with the losses measured ``chunk`` images at a time."""
+def _checked(masks: Sequence[str | MaskSpec], methods: Sequence[str]) -> list[MaskSpec]:
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {m!r}")
+    return [ms if isinstance(ms, MaskSpec) else parse_mask(ms) for ms in masks]
+
+
+def _splits(train: Any, test: Any, chunk: int | None) -> tuple[dict[str, Any], int | None]:
+    """``{"train": images, "test": images}`` (arrays or :class:`NpzImages`) and the chunk
+    size: ``chunk``, or the default one when the images are read from a file in chunks."""
+    from .chunked import DEFAULT_CHUNK, NpzImages
+
+    def images(a):
+        return a if isinstance(a, NpzImages) else np.asarray(a)
+
+    splits = {"train": images(train)}
+    if test is not None:
+        splits["test"] = images(test)
+    if chunk is None and any(isinstance(x, NpzImages) for x in splits.values()):
+        chunk = DEFAULT_CHUNK
+    if chunk is not None and (int(chunk) != chunk or chunk < 1):
+        raise ConfigError(f"chunk: expected a positive integer, got {chunk}")
+    return splits, None if chunk is None else int(chunk)
+
+
+def _content_sha(x: Any) -> str:
+    """The SHA-256 of an image array (dtype, shape, bytes), or of an ``NpzImages``' file."""
+    import hashlib
+
+    from .chunked import NpzImages
+
+    if isinstance(x, NpzImages):  # the file's content and the array's name in it
+        from ..provenance import file_sha256
+
+        return f"{file_sha256(x.path)}:{x.key}" + (":NHWC" if getattr(x, "_nhwc", False) else "")
+    a = np.ascontiguousarray(x)
+    return hashlib.sha256(str((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
+
+
+def report_plan(
+    models: list[tuple[str, Any]],
+    splits: dict[str, Any],
+    specs: list[MaskSpec],
+    methods: list[str],
+    *,
+    seed: int,
+    noise_std: float,
+    solver: dict,
+    chunk: int | None = None,
+    keep: int = 0,
+    control: bool = False,
+) -> Any:
+    """The plan of a memorization report on in-memory models and images: one unit per
+    checkpoint x mask x split x method (the whole split), in report order; with
+    ``control``, one unit of the model-free control per mask and split
+    (:func:`~refinv.evaluation.control.control_run`)."""
+    from ..engine.plan import CONTROL, CONTROL_CHECKPOINT, OBJECT_PREFIX, Plan, recovery_units
+
+    plan = Plan(units=[])
+    split_refs = {}
+    for split, x in splits.items():
+        ref = f"{OBJECT_PREFIX}{split}"
+        plan.objects[ref] = x
+        split_refs[split] = (ref, split, len(x), _content_sha(x))
+    for i, (label, f) in enumerate(models):
+        ref = f"{OBJECT_PREFIX}model{i}"
+        plan.objects[ref] = f
+        ck = {"label": str(label), "path": ref, "sha256": getattr(f, "sha256", None) or ""}
+        plan.units += recovery_units(
+            [ck], split_refs, [s.text for s in specs], methods, seed=seed, noise_std=noise_std,
+            solver=solver, chunk=chunk, keep=keep,
+        )  # fmt: skip
+    if control:  # no model: the images are read as the first model takes them
+        ck = {"label": CONTROL_CHECKPOINT, "path": f"{OBJECT_PREFIX}model0", "sha256": ""}
+        plan.units += recovery_units(
+            [ck], split_refs, [s.text for s in specs], [CONTROL], seed=seed,
+            noise_std=noise_std, solver={}, chunk=chunk, keep=keep, kind="control",
+        )  # fmt: skip
+    return plan
+
+
+# ------------------------------------------------------------------ the run
+def _store(db: str | Path | None) -> Any:
+    """The store of a report: ``db``, or a temporary one (removed on exit)."""
+    import contextlib
+    import tempfile
+
+    from ..engine.store import Store
+
+    @contextlib.contextmanager
+    def opened():
+        if db is not None:
+            with Store(db) as st:
+                yield st
+            return
+        with tempfile.TemporaryDirectory(prefix="refinv-report-") as tmp:
+            with Store(Path(tmp) / "report.sqlite") as st:
+                yield st
+
+    return opened()
+
+
+def _init_store(store: Any, base: dict, seed: int, noise_std: float, solver: dict) -> None:
+    import hashlib
+    import json
+
+    from ..engine.plan import json_default
+
+    settings = {"seed": int(seed), "noise_std": float(noise_std),
+                "solver": dict(sorted(solver.items()))}  # fmt: skip
+    text = json.dumps(settings, sort_keys=True, default=json_default)
+    store.init_sweep(
+        json.loads(text), hashlib.sha256(text.encode()).hexdigest()[:16],
+        base["settings"]["masks"], base["settings"]["methods"],
+    )  # fmt: skip
+
+
+def _checkpoint(label: str, f: Any, splits: dict, chunk: int | None) -> dict:
+    """The checkpoint entry (losses measured ``chunk`` images at a time when chunked)."""
+    if chunk is None:
+        return checkpoint_entry(label, f, splits["train"], splits.get("test"))
     from .chunked import mean_loss
 
-    losses = {split: mean_loss(f, x, chunk) for split, x in splits}
+    losses = {split: mean_loss(f, x, chunk) for split, x in splits.items()}
     return {
         "label": str(label),
         "model": str(getattr(f, "label", label)),
@@ -442,43 +529,161 @@ def _checkpoint_entry_chunked(label: str, f: Any, splits: list, chunk: int) -> d
     }
 
 
-def _evaluate_split_chunked(
-    f: Any, x: Any, spec: MaskSpec, method: str, *, n_keep: int, **kw: Any
-) -> tuple[dict, dict]:
-    """``evaluate_split_chunked``'s run entry and the first ``n_keep`` images of the run (for
-    the figures: ``x, y, xhat, h_true, h_est, mse``), collected across chunks."""
-    from .chunked import evaluate_split_chunked
+def _warn_unit(solver: dict):
+    """One DivergenceWarning per run with diverged samples (:func:`warn_diverged`)."""
+    from .runs import warn_unit_diverged
 
-    keep: dict[str, list] = {k: [] for k in ("x", "y", "xhat", "h_true", "h_est", "mse")}
-    got = [0]
+    def warn(unit: Any, out: dict) -> None:
+        warn_unit_diverged(unit, out, solver, stacklevel=6)  # the caller of memorization_report
 
-    def collect(start, xc, y, mask, res, met):
-        need = min(n_keep - got[0], int(xc.shape[0]))
-        if need <= 0:
-            return
-        keep["x"].append(np.array(xc[:need]))
-        keep["y"].append(np.array(np.asarray(y)[:need]))
-        keep["xhat"].append(np.array(np.asarray(res.x)[:need]))
-        keep["h_true"].append(np.array(np.asarray(mask)[:need]))
-        if method == "blind":
-            h = np.asarray(res.state.h)[:need]
-            keep["h_est"].append(np.array(h.reshape(need, *pixel_shape(tuple(xc.shape[1:])))))
-        keep["mse"].extend(None if np.isnan(v) else float(v) for v in met["mse"][:need])
-        got[0] += need
+    return warn
 
-    with progress_label(f"{kw.get('label', 'model')} {spec.text} {kw.get('split', 'train')}"):
-        entry = evaluate_split_chunked(
-            f, x, spec, method, on_chunk=collect if n_keep > 0 else None, **kw
+
+def _figures(doc: dict, store: Any, plan: Any, out: str | Path) -> None:
+    """The figures (:func:`~refinv.evaluation.figures.report_figures`) from the images each
+    run's first unit (and the control's) kept in the store."""
+    from .figures import report_figures
+
+    first = {(u.checkpoint, u.mask, u.method, u.split): u.task_id
+             for u in reversed(plan.units)}  # fmt: skip
+    report_figures(doc, store, out, first)
+
+
+def control_from_store(store: Any, plan: Any = None) -> dict | None:
+    """``doc["control"]``: one run of the model-free control per mask and split, as
+    :func:`~refinv.evaluation.control.control_run` returns it, from the control units of
+    ``plan`` (in its order) or, without a plan, every control run the store holds (masks in
+    the store's order, train first); None when there is none."""
+    from ..engine.plan import CONTROL, CONTROL_CHECKPOINT
+    from .control import CONTROL_METHOD
+
+    ids = None
+    if plan is not None:
+        units = [u for u in plan.units if u.kind == "control"]
+        ids = {u.task_id for u in units}
+        order = list(dict.fromkeys((u.mask, u.split) for u in units))
+    rows: dict[tuple, list[dict]] = {}
+    for r in store.results():
+        if (r["checkpoint"], r["method"]) == (CONTROL_CHECKPOINT, CONTROL) and (
+            ids is None or r["task_id"] in ids
+        ):
+            rows.setdefault((r["mask"], r["split"]), []).append(r)
+    if plan is None:
+        pos = {m: i for i, m in enumerate(store.meta().get("masks", []))}
+        order = sorted(rows, key=lambda k: (pos.get(k[0], 1 << 30), k[0], k[1] != "train"))
+    if not order or not rows:
+        return None
+    seconds = store.task_seconds(ids)
+    runs = []
+    for mask, split in order:
+        rs = sorted(rows.get((mask, split), []), key=lambda r: r["sample"])
+        sec = seconds.get((CONTROL_CHECKPOINT, mask, CONTROL, split), (0.0, None))[0]
+        runs.append(_control_entry(mask, split, rs, sec))
+    return {"method": CONTROL_METHOD, "runs": runs}
+
+
+def _control_entry(mask: str, split: str, rs: list[dict], seconds: float) -> dict:
+    """One control run from its stored rows (the fields and arithmetic of ``control_run``)."""
+    mse_a = np.array([np.nan if r["mse"] is None else r["mse"] for r in rs], dtype=np.float64)
+    psnr_a = np.array([r["psnr"] for r in rs], dtype=np.float64)
+    n = int(mse_a.shape[0])
+    finite = np.where(np.isnan(mse_a), np.inf, mse_a)
+    return {
+        "mask": mask, "split": split, "n": n,
+        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
+        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
+        "mean_psnr": float(np.mean(psnr_a)) if n else 0.0,
+        "median_psnr": float(np.median(psnr_a)) if n else 0.0,
+        "seconds": float(seconds),
+        "mse": [None if np.isnan(v) else float(v) for v in mse_a],
+        "psnr": [float(v) for v in psnr_a],
+    }  # fmt: skip
+
+
+def _model_file(f: Any) -> str | None:
+    """The file a model was loaded from (an :class:`~refinv.onnx.OnnxModel` opened from a
+    path is labelled with it), or None (bytes, a proto, a plain callable)."""
+    label = getattr(f, "label", None)
+    return label if isinstance(label, str) and Path(label).is_file() else None
+
+
+# ------------------------------------------------------------------ the document
+def report_from_store(
+    store: Any, doc: dict, groups: list[tuple] | None = None, task_ids: set | None = None
+) -> dict:
+    """``doc`` (a :func:`new_document`) with the checkpoints and the runs of ``store``.
+
+    One run per ``(checkpoint, mask, method, split)`` of ``groups``, in their order, and
+    their checkpoints (default: every run the store holds, ordered by checkpoint, mask,
+    split (train first) and method as the store lists them); its per-image numbers are the
+    stored rows, its ``erased_fraction`` and ``mask_error`` the exact pixel counts
+    (per-image means in a store without them). ``task_ids``: only these tasks' rows.
+    """
+    rows: dict[tuple, list[dict]] = {}
+    for r in store.results():
+        if task_ids is None or r["task_id"] in task_ids:
+            rows.setdefault((r["checkpoint"], r["mask"], r["method"], r["split"]), []).append(r)
+    checkpoints = store.checkpoints()
+    if groups is not None:  # the runs of a plan, in its order
+        keys = [g for g in groups if g in rows]
+        labels = list(dict.fromkeys(g[0] for g in groups))
+        by_label = {c["label"]: c for c in checkpoints}
+        checkpoints = [by_label[c] for c in labels if c in by_label]
+    else:  # every recovery run of the store (not its control's, nor other unit kinds')
+        keys = sorted(
+            (k for k in rows if k[2] in METHODS), key=_run_order(store.meta(), checkpoints)
         )
-    fig = {}
-    if n_keep > 0:
-        fig = {k: np.concatenate(v) if v else None for k, v in keep.items() if k != "mse"}
-        fig["mse"] = keep["mse"]
-    return entry, fig
+    doc["checkpoints"] = checkpoints
+    loss = {c["label"]: c["train_loss"] for c in checkpoints}
+    seconds = store.task_seconds(task_ids)
+    counts = store.group_counts(task_ids)
+    reasons = store.run_array("stop_reason", task_ids)  # per-image codes (StopReason.ALL)
+    for key in keys:
+        sec, ort = seconds.get(key, (0.0, None))
+        entry = _entry(key, loss.get(key[0]), rows[key], counts.get(key), sec, ort)
+        codes = reasons.get(key)
+        if codes is not None and len(codes) == entry["n"]:
+            from ..solvers._loop import StopReason
+
+            entry["stop_reason"] = [StopReason.ALL[int(c)] for c in codes]
+        doc["runs"].append(entry)
+    return doc
 
 
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in s)[:40]
+def _run_order(meta: dict, checkpoints: list[dict]):
+    """Checkpoint (store order), mask, split (train first), method: ``refinv evaluate``'s."""
+    pos = {k: {v: i for i, v in enumerate(vals)} for k, vals in (
+        ("ck", [c["label"] for c in checkpoints]), ("mask", meta.get("masks", [])),
+        ("method", meta.get("methods", [])))}  # fmt: skip
+
+    def order(k: tuple) -> tuple:
+        c, m, me, s = k
+        return (pos["ck"].get(c, 1 << 30), c, pos["mask"].get(m, 1 << 30), m, s != "train",
+                pos["method"].get(me, 1 << 30), me)  # fmt: skip
+
+    return order
+
+
+def _entry(key: tuple, train_loss, rs: list[dict], counts: dict | None, sec, ort) -> dict:
+    """One ``runs`` element from the stored rows of a run."""
+    checkpoint, mask, method, split = key
+    rs = sorted(rs, key=lambda r: r["sample"])
+    me = [r["mask_error"] for r in rs]
+    if counts is not None and counts["n"] == len(rs) and rs:
+        total = counts["pixels"] * len(rs)
+        erased = 1.0 - counts["observed"] / total
+        mask_error = counts["mismatched"] / total if me[0] is not None else None
+    else:  # a store written before the counts: per-image means
+        erased = float(np.mean([r["erased_fraction"] for r in rs])) if rs else 0.0
+        mask_error = None if (not rs or me[0] is None) else float(np.mean(me))
+    return run_entry(
+        checkpoint=checkpoint, train_loss=train_loss, method=method, mask=mask, split=split,
+        mse=[np.nan if r["mse"] is None else r["mse"] for r in rs],
+        psnr=[r["psnr"] for r in rs], iterations=[r["iterations"] for r in rs],
+        converged=[r["converged"] for r in rs], diverged=[r["diverged"] for r in rs],
+        residual=[r["residual"] for r in rs], erased_fraction=erased, mask_error=mask_error,
+        seconds=sec, onnx_seconds=ort,
+    )  # fmt: skip
 
 
 def _jsonable(d: dict) -> dict:
@@ -498,11 +703,20 @@ def _pct(v: float) -> str:
     return f"{100.0 * v:5.1f}%"
 
 
-_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (control)"}
+_SPLIT_TITLES = {"train": "train (memorized?)", "test": "held-out (never trained on)"}
+
+
+def _control_index(doc: dict) -> dict[tuple[str, str], dict]:
+    from .control import control_index
+
+    return control_index(doc)
 
 
 def format_table(doc: dict) -> str:
-    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns."""
+    """The memorization table: one row per (checkpoint, mask, method); train | held-out columns.
+
+    With the control (``doc["control"]``), each rate and the mean PSNR is followed by the
+    model-free control's value for the same mask and split (column ``ctl``)."""
     rows: dict[tuple, dict[str, dict]] = {}
     splits: list[str] = []
     for r in doc["runs"]:
@@ -514,7 +728,12 @@ def format_table(doc: dict) -> str:
     head = (["checkpoint"] if several else []) + ["mask", "method"]
     keys = {k: (k if several else k[1:]) for k in rows}
     widths = [max([len(h)] + [len(str(kp[i])) for kp in keys.values()]) for i, h in enumerate(head)]
-    cols = ["acc", "approx", "PSNR", "iters"]
+    ctl = _control_index(doc)
+    cols = (
+        ["acc", "ctl", "approx", "ctl", "PSNR", "ctl", "iters"]
+        if ctl
+        else ["acc", "approx", "PSNR", "iters"]
+    )
     block = " ".join(f"{c:>7}" for c in cols)
     title = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
     top = " | ".join(f"{_SPLIT_TITLES.get(s, s):^{len(block)}}" for s in splits)
@@ -534,10 +753,16 @@ def format_table(doc: dict) -> str:
                 continue
             secs += r["seconds"]
             it = float(np.mean(r["iterations"])) if r["iterations"] else 0.0
-            parts.append(
-                f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f} {it:7.1f}"
-            )
+            c = ctl.get((key[1], split)) if ctl else None
+            if not ctl:
+                cells = [_pct(r["accurate_rate"]), _pct(r["approximate_rate"])]
+                cells += [_psnr_cell(r), f"{it:.1f}"]
+            else:
+                cells = [_pct(r["accurate_rate"]), _pct(c["accurate_rate"]) if c else "-"]
+                cells += [_pct(r["approximate_rate"]), _pct(c["approximate_rate"]) if c else "-"]
+                cells += [_psnr_cell(r), f"{c['mean_psnr']:.1f}" if c else "-"]
+                cells += [f"{it:.1f}"]
+            parts.append(" ".join(f"{v:>7}" for v in cells))
         lines.append(f"{left}  | " + " | ".join(parts) + f" | {secs:5.1f}s")
     th = doc["thresholds"]
     lines.append(
@@ -545,6 +770,11 @@ def format_table(doc: dict) -> str:
         f"PSNR: mean dB (data range 1, capped at {th['psnr_cap_db']:g}); "
         "iters: mean iterations per image (outer for blind/known, f calls for ae-iterations)"
     )
+    if ctl:
+        lines.append(
+            f"ctl: the model-free control, {doc['control']['method']}, on the same degraded "
+            "images (same masks, same split); a train rate near its ctl is not memorization"
+        )
     return "\n".join(lines)
 
 
@@ -566,177 +796,13 @@ def format_loss_table(doc: dict) -> str:
             lines.append(
                 f"{mask:<{wm}}  {method:<14} {r['checkpoint']:<{wc}} {loss:>10} "
                 f"{_pct(r['accurate_rate']):>7} {_pct(r['approximate_rate']):>7} "
-                f"{r['mean_psnr']:7.1f}"
+                f"{_psnr_cell(r):>7}"
             )
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ figures
-#: The extra that figures need: matplotlib (its DejaVu font, the rate-vs-loss plot) and
-#: Pillow (PNG files, text; installed with matplotlib).
-FIGURES_EXTRA = "plot"
-
-
-def require_figure_dependencies(what: str = "figures") -> None:
-    """Import matplotlib and Pillow; a :class:`~refinv.errors.ConfigError` naming the
-    ``plot`` extra when either is missing."""
-    missing = []
-    for module, dist in (("matplotlib", "matplotlib"), ("PIL", "Pillow")):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(dist)
-    if missing:
-        raise ConfigError(
-            f"{what} need {' and '.join(missing)}, the packages of the '{FIGURES_EXTRA}' extra; "
-            f"install them with: pip install 'refinv[{FIGURES_EXTRA}]'"
-        )
-
-
-def _figure_class():
-    """matplotlib's ``Figure``, drawn without pyplot: the user's backend is never switched."""
-    require_figure_dependencies()
-    from matplotlib.figure import Figure
-
-    return Figure
-
-
-def _img(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
-    elif a.ndim == 1:
-        s = int(round(np.sqrt(a.size)))
-        a = a.reshape(s, -1) if s * s == a.size else a[None, :]
-    return np.clip(a, 0.0, 1.0)
-
-
-_FONTS: dict[float, Any] = {}
-
-
-def _font(size: float = 8.0) -> Any:
-    """DejaVu Sans (shipped with matplotlib) at ``size`` points on a 100 dpi page, for Pillow."""
-    if size not in _FONTS:
-        import os
-
-        from matplotlib import get_data_path
-        from PIL import ImageFont
-
-        path = os.path.join(get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
-        _FONTS[size] = ImageFont.truetype(path, size=round(size * 100 / 72))
-    return _FONTS[size]
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    """A PNG file (8-bit grayscale ``(H, W)`` or RGB ``(H, W, 3)`` uint8) from an array
-    (encoded by Pillow)."""
-    import io
-
-    from PIL import Image
-
-    a = np.ascontiguousarray(img, dtype=np.uint8)
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape:
-        raise ValueError(
-            f"png_bytes: expected a non-empty (H, W) or (H, W, 3) array, got {a.shape}"
-        )
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _tile_scale(hw: tuple[int, int]) -> int:
-    """Nearest-neighbour magnification of one image in the example grids (about 100 px)."""
-    return max(1, round(100 / max(hw)))
-
-
-def figure_examples(
-    path: str | Path,
-    *,
-    x: np.ndarray,
-    y: np.ndarray,
-    xhat: np.ndarray,
-    h_true: np.ndarray,
-    h_est: np.ndarray | None = None,
-    mse: Sequence[float | None] | None = None,
-    checkpoint: str = "",
-    mask: str = "",
-    method: str = "",
-    split: str = "",
-) -> Path:
-    """Grid: original / degraded / recovered / estimated mask (true mask if none), one column per image.
-
-    Drawn from the pixels with Pillow (no plotting figure): each image magnified by
-    :func:`_tile_scale` (nearest neighbour, gray levels 0..1 -> 0..255, clipped), row
-    names on the left, the recovered images' MSE above them and
-    ``checkpoint | mask | method | split`` on top, in matplotlib's DejaVu Sans.
-    """
-    require_figure_dependencies()
-    from PIL import Image, ImageDraw
-
-    from ..io import atomic_write_bytes
-
-    k = int(x.shape[0])
-    rows = [("original", x), ("degraded", y), ("recovered", xhat)]
-    rows.append(("estimated mask", h_est) if h_est is not None else ("true mask", h_true))
-    tiles = [[_img(arr[j]) for j in range(k)] for _, arr in rows]
-    hw = tiles[0][0].shape[:2] if k else (1, 1)
-    sc = _tile_scale(hw)
-    th, tw = hw[0] * sc, hw[1] * sc
-    gap, cap, title_h = 6, 14, 20
-    label_w = 12 + max(round(_font().getlength(name)) for name, _ in rows)
-    colour = any(t.ndim == 3 for r in tiles for t in r)
-    width = label_w + max(k, 1) * (tw + gap) + gap
-    height = title_h + len(rows) * (cap + th + gap) + gap
-    im = Image.new("RGB" if colour else "L", (width, height), "white")
-    draw = ImageDraw.Draw(im)
-
-    def text(s: str, left: int, top: int, h: int, size: float = 8.0) -> None:
-        """Black text from ``left``, vertically centred in ``[top, top + h)``."""
-        draw.text((left, top + h / 2), s, fill="black", font=_font(size), anchor="lm")
-
-    text(f"{checkpoint} | {mask} | {method} | {split}", gap, 2, title_h - 2, 9.0)
-    for i, (name, _) in enumerate(rows):
-        top = title_h + i * (cap + th + gap) + cap
-        text(name, 4, top, th)
-        for j in range(k):
-            left = label_w + j * (tw + gap)
-            if i == 2 and mse is not None and mse[j] is not None:
-                text(f"MSE {mse[j]:.1e}", left, top - cap, cap, 7.0)
-            t = np.round(tiles[i][j] * 255.0).astype(np.uint8)
-            t = np.repeat(np.repeat(t, sc, axis=0), sc, axis=1)
-            if colour and t.ndim == 2:
-                t = np.repeat(t[..., None], 3, axis=2)
-            im.paste(Image.fromarray(t), (left, top))
-    return atomic_write_bytes(path, png_bytes(np.asarray(im)))
-
-
-def figure_rate_vs_loss(doc: dict, path: str | Path) -> Path:
-    """Accurate recovery rate (train) vs train loss, one line per (mask, method): paper's Fig. 3."""
-    import io
-
-    from ..io import atomic_write_bytes
-
-    Figure = _figure_class()
-
-    by: dict[tuple, list] = {}
-    for r in doc["runs"]:
-        if r["split"] == "train" and r["train_loss"] is not None:
-            by.setdefault((r["mask"], r["method"]), []).append(
-                (r["train_loss"], r["accurate_rate"])
-            )
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
-    for (mask, method), pts in sorted(by.items()):
-        pts.sort()
-        ax.plot(
-            [p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{method}, {mask}"
-        )
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("train loss (MSE)")
-    ax.set_ylabel("accurate recovery rate (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+def _psnr_cell(r: dict) -> str:
+    """The table's mean PSNR of a run; ``n/a`` when every sample diverged (no estimate)."""
+    if r["n"] and r.get("n_diverged", 0) >= r["n"]:
+        return "n/a"
+    return f"{r['mean_psnr']:.1f}"

@@ -28,6 +28,7 @@ __all__ = [
     "sample_lists",
     "degrade",
     "warn_diverged",
+    "warn_unit_diverged",
 ]
 
 METHODS = ("blind", "known", "ae-iterations")
@@ -219,7 +220,7 @@ def degrade(
     return y, mask
 
 
-def warn_diverged(entry: dict, solver: dict | None) -> None:
+def warn_diverged(entry: dict, solver: dict | None, stacklevel: int = 3) -> None:
     """One DivergenceWarning per run that had diverged samples, saying which run (the
     solver's own warning is silenced by the callers)."""
     if entry["n_diverged"]:
@@ -230,5 +231,18 @@ def warn_diverged(entry: dict, solver: dict | None) -> None:
             f"(NaN/Inf or |x| > {blowup:g}) and were stopped (MSE null in the report); the "
             "others continued",
             DivergenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
+
+
+def warn_unit_diverged(unit: Any, out: dict, solver: dict | None, stacklevel: int = 3) -> None:
+    """:func:`warn_diverged` for one unit of work of the engine (a run, or a shard of one:
+    its image range is named) with its per-image ``diverged`` list ``out``."""
+    if unit.kind != "recovery" or not any(out.get("diverged", ())):
+        return
+    shard = unit.start > 0 or unit.stop < unit.n
+    entry = {"checkpoint": unit.checkpoint, "mask": unit.mask, "method": unit.method,
+             "split": f"{unit.split} [{unit.start}:{unit.stop}]" if shard else unit.split,
+             "n": len(out["diverged"]),
+             "n_diverged": int(sum(bool(v) for v in out["diverged"]))}  # fmt: skip
+    warn_diverged(entry, solver, stacklevel=stacklevel + 1)

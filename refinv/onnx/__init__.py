@@ -11,10 +11,21 @@ files) and :mod:`~refinv.onnx.limits` (its resource limits); :mod:`~refinv.onnx.
 :mod:`~refinv.onnx.graph` (:func:`read_chain`, its folding rules in ``_chain_rules``).
 """
 
-from .chain import Activation, Layer, LayerChain, dense_chain
-from .graph import read_chain
-from .loading import load_onnx
-from .model import OnnxModel
+import os as _os
+
+# onnxruntime 1.32 on Linux, when it is imported, writes a device id and an event database
+# under ~/.cache/Microsoft/DeveloperTools/.onnxruntime and looks up its telemetry server,
+# whatever disable_telemetry_events() says later; ORT_DISABLE_TELEMETRY=1 in the environment
+# before the import prevents both (measured: docs/security.md). refinv imports onnxruntime
+# only from this package, so it is set here unless REFINV_ORT_TELEMETRY=1 or the caller
+# chose a value.
+if _os.environ.get("REFINV_ORT_TELEMETRY", "") != "1":
+    _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from .chain import Activation, Layer, LayerChain, dense_chain  # noqa: E402
+from .graph import read_chain  # noqa: E402
+from .loading import load_onnx  # noqa: E402
+from .model import OnnxModel  # noqa: E402
 
 __all__ = [
     "OnnxModel",

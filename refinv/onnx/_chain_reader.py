@@ -38,13 +38,14 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxModelError, RefinvError, ResourceLimitError, UnsupportedGraphError
+from ._bounds import check_tensor_sizes
 from ._chain_builder import ChainBuilder
 from ._chain_rules import RULES, Node, Walk, attrs, fuse_plu, unsupported
 from .chain import Activation, LayerChain
-from .layout import detect_layout
+from .layout import detect_layout, resolve_layout
 from .limits import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, resolve_limit
 from .loading import prod
-from .session import open_session, run_session
+from .session import open_session, run_session, session_options
 
 __all__ = ["read_layer_chain"]
 
@@ -88,9 +89,8 @@ def _probe(
                 vi.name = out
                 probe.graph.output.append(vi)
                 known.add(out)
-    opts = ort.SessionOptions()
+    opts = session_options(None)  # one intra-op thread (onnxruntime's default: one per core)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     memory_limit = resolve_limit(
         None, "REFINV_ORT_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "memory_limit"
     )
@@ -102,12 +102,19 @@ def _probe(
             f"than a quarter of the memory ceiling of {int(memory_limit)} bytes; raise it with "
             "REFINV_ORT_MEMORY_LIMIT"
         )
+    # the probe keeps every intermediate tensor: sized from the graph before it runs
+    check_tensor_sizes(model, input_name, dims[0], memory_limit, label, kept=True)
     try:
         data = probe.SerializeToString()
     except Exception as exc:
         raise OnnxModelError(f"{label}: cannot serialize the probe model: {exc}") from exc
     sess = open_session(
-        data, opts, ["CPUExecutionProvider"], label=label, memory_limit=memory_limit
+        data,
+        opts,
+        ["CPUExecutionProvider"],
+        label=label,
+        memory_limit=memory_limit,
+        time_limit=time_limit,
     )
     names = [o.name for o in sess.get_outputs()]
     vals = run_session(
@@ -167,6 +174,10 @@ def _start(model: onnx.ModelProto, label: str, layout: str | None) -> tuple[Walk
             f"{len(g.output)} outputs"
         )
     in_vi = inputs[0]
+    dims = in_vi.type.tensor_type.shape.dim[1:]
+    if layout in ("NHWC", "NCHW") and all(d.HasField("dim_value") for d in dims):
+        # a given layout the graph contradicts is an error, as for OnnxModel(layout=...)
+        resolve_layout(layout, g, in_vi.name, tuple(d.dim_value for d in dims), label)
     nhwc = (layout if layout is not None else _graph_layout(g, in_vi, label)) == "NHWC"
     elem = in_vi.type.tensor_type.elem_type
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}

@@ -251,6 +251,12 @@ def _conv(w: Walk, n: Node) -> None:
         raise _refuse(w, n, f"auto_pad={a['auto_pad']!r}; expected explicit pads")
     b.refuse_idx(n.lbl, "a convolution")
     wt = w.const(node.input[1], n.lbl)
+    if not np.isfinite(wt).all():  # onnxruntime skips padded taps; a matrix multiplies them
+        raise _refuse(
+            w, n, f"the kernel holds {int((~np.isfinite(wt)).sum())} NaN/Inf value(s); the layer "
+            "chain would multiply them by the zero padding (NaN) where onnxruntime skips those "
+            "taps, so it would not be the model's function",
+        )  # fmt: skip
     nsp = wt.ndim - 2
     bias = w.const(node.input[2], n.lbl) if len(node.input) > 2 and node.input[2] else None
     conv = dict(
@@ -318,7 +324,11 @@ def _prelu(w: Walk, n: Node) -> None:
 
 def _clip(w: Walk, n: Node) -> None:
     _need_layer(w, n)
-    _close(w, n, "clip", clip_bounds(n.node, w.values))
+    bounds = clip_bounds(n.node, w.values)
+    if np.isnan(bounds).any():
+        raise _refuse(w, n, f"a NaN bound {bounds}: onnxruntime ignores it, refinv's clip would "
+                      "make every value NaN; refused rather than read differently")  # fmt: skip
+    _close(w, n, "clip", bounds)
 
 
 def _plu(w: Walk, n: Node) -> None:
@@ -338,6 +348,8 @@ def _max_min(w: Walk, n: Node) -> None:
             "scalar constant (Max(x, 0) is a ReLU)",
         )  # fmt: skip
     c0 = float(v.reshape(-1)[0])
+    if np.isnan(c0):
+        raise _refuse(w, n, f"{n.op} with NaN: its result is onnxruntime's implementation")
     _need_layer(w, n)
     if n.op == "Max" and c0 == 0.0:
         return _close(w, n, "relu")
@@ -432,6 +444,8 @@ def fuse_plu(nodes: list, consts: set, values: dict) -> tuple[list, dict]:
         if ui is None and users[0] != add_i:
             continue
         lo, hi = clip_bounds(c, values)
+        if np.isnan(lo) or np.isnan(hi):
+            continue  # left to the Clip rule, which refuses a NaN bound
         add = nodes[add_i]
         fused = onnx.helper.make_node("_PLU", [u], [add.output[0]], name=add.name or c.name)
         params[add.output[0]] = (a, b, lo, hi)

@@ -134,4 +134,14 @@ def resolve_layout(
             f"{label}: layout={layout!r} needs a {need + 1}-D input, the model declares "
             f"(batch, {', '.join(map(str, native))})"
         )
+    try:  # a layout the graph decides otherwise would transpose every image silently
+        found, how = detect_layout(graph, input_name, native, label)
+    except OnnxModelError:  # ambiguous: the given layout is the answer
+        return layout, "given (layout=)"
+    if found != layout:
+        raise ConfigError(
+            f"{label}: layout={layout!r} contradicts the graph: {how}, so the input is "
+            f"{found}; with {layout} every image would reach the model transposed. Leave the "
+            f"layout to refinv (or give layout={found!r})"
+        )
     return layout, "given (layout=)"

@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from ..errors import OnnxModelError, ResourceLimitError, UnsafeModelError, UnsupportedGraphError
+from ..io import is_file
+from ._bounds import check_structure
 from .limits import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_NODES,
     DEFAULT_MAX_SPARSE_BYTES,
+    DEFAULT_MAX_TEXT_BYTES,
     resolve_limit,
 )
 
@@ -122,7 +125,7 @@ def _safe_external_path(location: str, base_dir: Path, label: str) -> Path:
             f"{label}: external data path {location!r} resolves to {str(full)!r}, outside the "
             f"model's folder {str(base)!r}"
         )
-    if not full.is_file():
+    if not is_file(full, f"{label}: external data file"):
         raise UnsafeModelError(
             f"{label}: external data file {location!r} not found in the model's folder "
             f"{str(base)!r} (expected a regular file there; nothing outside it is read)"
@@ -144,6 +147,10 @@ def _scan(model: onnx.ModelProto, label: str) -> tuple[list, list, list]:
     sparse: list = []
     nodes: list = []
     stack: list = [model]
+    text_limit = resolve_limit(
+        None, "REFINV_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES, "REFINV_MAX_TEXT_BYTES"
+    )
+    text = 0
     while stack:
         msg = stack.pop()
         d = msg.DESCRIPTOR
@@ -166,6 +173,15 @@ def _scan(model: onnx.ModelProto, label: str) -> tuple[list, list, list]:
                             f"{label}: field {fd.full_name} holds {bytes(v)[:40]!r}, expected "
                             "UTF-8 text"
                         )
+                    text += len(v)
+            elif fd.type == fd.TYPE_BYTES and fd.name == "string_data":  # string tensors
+                text += sum(len(v) for v in val)
+            if text > text_limit > 0:
+                raise ResourceLimitError(
+                    f"{label}: more than {int(text_limit)} bytes of text (names, doc strings, "
+                    f"metadata, string tensors; field {fd.full_name} reached it), which every copy "
+                    "of the model repeats; raise the limit with REFINV_MAX_TEXT_BYTES (0: none)"
+                )
     return tensors, sparse, nodes
 
 
@@ -336,6 +352,7 @@ def load_onnx(
         label = f"ModelProto({model.graph.name or 'unnamed'})"
     _inline_tensors(tensors, base_dir, label, budget, limit)
     _check_sizes(nodes, sparse, label, limit)
+    check_structure(model, label)  # functions inlined, initializers: what onnxruntime builds
     if not allow_control_flow:
         _refuse_control_flow(nodes, label)
     _check_graph(model, label, check)
@@ -363,7 +380,7 @@ def _read_source(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = str(path)
-        if not path.is_file():
+        if not is_file(path, "model"):
             raise OnnxModelError(f"{label}: no such ONNX file")
         size = path.stat().st_size
         if size > budget[0]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import time
 from typing import Any
 
@@ -47,12 +48,14 @@ from ..errors import (
     ResourceLimitError,
     ShapeError,
 )
+from ._bounds import check_tensor_sizes
 from .layout import declared_dims, parse_image_shape, resolve_layout
-from .limits import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, resolve_limit
+from .limits import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, check_threads, resolve_limit
 from .loading import FLOAT_TYPES, ModelSource, load_onnx, onnx, prod
 from .session import (
     OrtStats,
     execution_providers,
+    open_cuda_session,
     open_session,
     run_session,
     session_options,
@@ -61,6 +64,23 @@ from .session import (
 __all__ = ["OnnxModel"]
 
 log = logging.getLogger("refinv.onnx")
+
+
+def _check_options(
+    provider: Any, batch_size: Any, intra_op_threads: Any, device_id: Any, allow_cf: Any
+) -> None:
+    """The options of :class:`OnnxModel` that are not limits, checked for type and range before
+    anything is read (a wrong type is a :class:`~refinv.errors.ConfigError`, not a traceback)."""
+    if not isinstance(provider, str):
+        raise ConfigError(f"provider: expected 'cpu' or 'cuda', got {provider!r}")
+    if not isinstance(allow_cf, bool):  # "no" would be true
+        raise ConfigError(f"allow_control_flow: expected True or False, got {allow_cf!r}")
+    for name, v, lo in (("batch_size", batch_size, 1), ("device_id", device_id, 0)):
+        if v is None and name == "batch_size":
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ConfigError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    check_threads(intra_op_threads)
 
 
 def _batch_axis_error(where: str, nb: int, got: tuple[int, ...]) -> OnnxModelError:
@@ -91,7 +111,9 @@ class OnnxModel:
         into chunks. Default: no splitting for dynamic-batch models.
     intra_op_threads : int, optional
         onnxruntime's intra-op thread count (default ``None``: 1 thread; ``0``:
-        onnxruntime's own default, one spinning thread per physical core).
+        onnxruntime's own default, one spinning thread per physical core); at most 4 per
+        CPU core (:func:`~refinv.onnx.limits.max_threads`), else
+        :class:`~refinv.errors.ConfigError`.
     device_id : int
         CUDA device for the CUDA provider.
     max_bytes : float, optional
@@ -103,22 +125,27 @@ class OnnxModel:
     time_limit : float, optional
         Wall-time limit of one onnxruntime call in seconds (a stuck call is
         stopped through ``RunOptions.terminate`` between two operators and
-        raises :class:`~refinv.errors.ResourceLimitError`). Default:
-        ``REFINV_ORT_TIME_LIMIT`` or 600; 0: no limit.
+        raises :class:`~refinv.errors.ResourceLimitError`), and of creating the
+        session (on Linux, first done in a child process killed past the limit).
+        Default: ``REFINV_ORT_TIME_LIMIT`` or 600; 0: no limit.
     memory_limit : float, optional
-        Ceiling of the session's CPU memory arena in bytes (weights and
-        activations; an allocation beyond it fails at once with
-        :class:`~refinv.errors.ResourceLimitError`); with ``provider="cuda"``
-        also the CUDA arena's ``gpu_mem_limit``. Default:
-        ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's own arena, no
-        ceiling.
+        Ceiling of the session's CPU memory arena in bytes (an allocation through
+        the arena beyond it fails at once with
+        :class:`~refinv.errors.ResourceLimitError`; measured, the weights and many
+        activations are allocated outside it: the documentation's "Security model"
+        page); with ``provider="cuda"`` also the CUDA arena's ``gpu_mem_limit``.
+        Before the probe runs, a tensor whose size the graph fixes is refused above a
+        quarter of it. Default: ``REFINV_ORT_MEMORY_LIMIT`` or 4 GiB; 0: onnxruntime's
+        own arena, no ceiling.
     layout : {"NCHW", "NHWC", "flat"}, optional
         The layout of the model's input. Default ``None``: detected from the
         graph where unambiguous (:func:`detect_layout`: a leading ``Transpose``
         with ``perm=[0, 3, 1, 2]`` means NHWC; a declared ``(N, C, H, W)`` with
         ``C`` 1 or 3 and ``H``, ``W`` not, NCHW; ``(N, H, W, C)`` likewise, NHWC;
         ``(N, D)``, flat); an ambiguous input such as ``(N, 3, 3, 3)`` raises
-        :class:`~refinv.errors.OnnxModelError` asking for ``layout=``.
+        :class:`~refinv.errors.OnnxModelError` asking for ``layout=``. A given layout
+        that contradicts what the graph decides (``"NHWC"`` for ``(N, 1, 25, 25)``) is a
+        :class:`~refinv.errors.ConfigError`.
     image_shape : tuple or str, optional
         Flat models ``(N, D)``: the image shape ``(C, H, W)`` (or ``(H, W)``,
         or ``"1x28x28"``) of a sample, ``C * H * W == D``
@@ -183,6 +210,7 @@ class OnnxModel:
         self.memory_limit = resolve_limit(
             memory_limit, "REFINV_ORT_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "memory_limit"
         )
+        _check_options(provider, batch_size, intra_op_threads, device_id, allow_control_flow)
         self.proto, self.label, self.base_dir = load_onnx(
             source, max_bytes=max_bytes, allow_control_flow=allow_control_flow
         )
@@ -203,9 +231,11 @@ class OnnxModel:
             if len(odims) >= 2 and all(isinstance(d, int) and d > 0 for d in odims[1:])
             else None
         )
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = None if batch_size is None else int(batch_size)
+        # what the probe batch makes, sized from the graph before anything is allocated
+        check_tensor_sizes(
+            self.proto, inp.name, self.fixed_batch or 3, self.memory_limit, self.label
+        )
         self._open(provider.lower(), device_id, intra_op_threads)
         self._out_shape: tuple[int, ...] | None = None
         self._out_shape = self._probe(out)
@@ -262,19 +292,15 @@ class OnnxModel:
         providers = execution_providers(provider, device_id, self.memory_limit)
         self.provider = provider
         self.device_id = device_id
-        self.session = open_session(
+        opener = open_cuda_session if provider == "cuda" else open_session
+        self.session = opener(
             self._bytes,
             session_options(intra_op_threads),
             providers,
             label=self.label,
             memory_limit=self.memory_limit,
+            time_limit=self.time_limit,
         )
-        if provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise BackendError(
-                f"{self.label}: provider='cuda': onnxruntime-gpu could not start its CUDA "
-                "provider (no usable GPU, or the CUDA 12 / cuDNN 9 libraries it needs are "
-                f"not found) and fell back to {self.session.get_providers()}"
-            )
 
     # ---------------------------------------------------------------- layout
     def _set_layout(self, layout: str | None, input_name: str) -> None:

@@ -17,12 +17,22 @@ import itertools
 import logging
 import os
 import re
+import select
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..backend import (
+    GPU_DEFAULT,
+    NativeStderr,
+    cuda_libraries_text,
+    gpu_route_for,
+    installed_onnxruntime_gpu_cuda_major,
+)
 from ..errors import BackendError, ConfigError, OnnxModelError, ResourceLimitError
+from .limits import check_threads
 
 __all__ = [
     "open_session",
@@ -30,6 +40,7 @@ __all__ = [
     "session_options",
     "execution_providers",
     "cuda_provider_missing",
+    "open_cuda_session",
     "OrtStats",
     "GPU_INSTALL",
 ]
@@ -64,6 +75,7 @@ def open_session(
     *,
     label: str,
     memory_limit: float,
+    time_limit: float = 0.0,
 ) -> Any:
     """An onnxruntime session for an already validated, inline model.
 
@@ -72,30 +84,154 @@ def open_session(
     and, with ``memory_limit > 0``, gives the session its own CPU arena capped
     at ``memory_limit`` bytes (onnxruntime's environment allocator: registered
     anew right before the session is created, under a lock).
+
+    Session creation cannot be interrupted inside onnxruntime, so on Linux it is first done
+    in a forked child process (:func:`_trial`, CPU provider) that is killed past
+    ``time_limit`` seconds and whose address space is capped near ``memory_limit``: a model
+    whose creation runs out of either is a :class:`~refinv.errors.ResourceLimitError`, and
+    an onnxruntime crash while creating it kills the child, not this process. The session
+    itself is then created here (the same work the child finished). A model whose creation
+    already completed in this process (same bytes and options) is not tried again.
     """
     import onnxruntime as ort
 
     so.add_session_config_entry("session.load_model_format", "ONNX")
+    if memory_limit > 0:
+        so.add_session_config_entry("session.use_env_allocators", "1")
+    _trial(model_bytes, so, label=label, time_limit=time_limit, memory_limit=memory_limit)
     with _SESSION_LOCK:
-        _telemetry(ort)
-        if memory_limit > 0:
-            so.add_session_config_entry("session.use_env_allocators", "1")
-            mem = ort.OrtMemoryInfo(
-                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-            )
-            # max_mem, extend strategy 1 (kSameAsRequested: no power-of-two overshoot)
-            ort.create_and_register_allocator(mem, ort.OrtArenaCfg(int(memory_limit), 1, -1, -1))
+        return _create(ort, model_bytes, so, providers, label, memory_limit)
+
+
+def _create(
+    ort: Any, model_bytes: bytes, so: Any, providers: list, label: str, memory_limit: float
+):
+    _telemetry(ort)
+    if memory_limit > 0:
+        mem = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        # max_mem, extend strategy 1 (kSameAsRequested: no power-of-two overshoot)
+        ort.create_and_register_allocator(mem, ort.OrtArenaCfg(int(memory_limit), 1, -1, -1))
+    try:
+        return ort.InferenceSession(
+            model_bytes,
+            sess_options=so,
+            providers=providers,
+            disabled_optimizers=["ConstantFolding"],
+        )
+    except Exception as exc:
+        raise OnnxModelError(
+            f"{label}: onnxruntime could not load the model: {_ort_message(exc)}"
+        ) from exc
+
+
+# sha256 of (options, model bytes) whose session creation completed in a child (this process)
+_TRIED: set[str] = set()
+_MEMORY_WORDS = ("bad_alloc", "Failed to allocate", "Available memory", "out of memory",
+                 "std::bad_array_new_length", "Cannot allocate memory", "MemoryError")  # fmt: skip
+
+
+def _trial(model_bytes: bytes, so: Any, *, label: str, time_limit: float, memory_limit: float):
+    """Create the session once in a forked child, bounded in time and memory (Linux)."""
+    import hashlib
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux") or (time_limit <= 0 and memory_limit <= 0):
+        return  # fork without exec is unsafe elsewhere (macOS frameworks); no bound asked
+    opts = f"{so.graph_optimization_level}|{memory_limit}|"
+    key = hashlib.sha256(opts.encode() + model_bytes).hexdigest()
+    if key in _TRIED:
+        return
+    import onnxruntime as ort
+
+    r, w = os.pipe()
+    with _SESSION_LOCK, warnings.catch_warnings():  # no thread of ours is creating a session
+        # Python >= 3.12 warns on fork() in a threaded process: the child only creates the
+        # session (no lock of ours taken) and exits with os._exit
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: create, report, exit (no Python cleanup, no atexit)
         try:
-            return ort.InferenceSession(
-                model_bytes,
-                sess_options=so,
-                providers=providers,
-                disabled_optimizers=["ConstantFolding"],
+            os.close(r)
+            _cap_address_space(memory_limit, len(model_bytes), so.intra_op_num_threads)
+            _create(ort, model_bytes, so, ["CPUExecutionProvider"], label, memory_limit)
+            os.write(w, b"ok")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(w, f"err:{type(exc).__name__}: {exc}"[:60000].encode(errors="replace"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    t0 = time.monotonic()
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = time_limit - (time.monotonic() - t0) if time_limit > 0 else None
+            if left is not None and left <= 0:
+                raise ResourceLimitError(
+                    f"{label}: creating the onnxruntime session took longer than the time limit "
+                    f"of {time_limit:g} s and was stopped (onnxruntime builds the graph then: "
+                    "inlined functions, initializers); raise it with OnnxModel(..., "
+                    "time_limit=...) or REFINV_ORT_TIME_LIMIT (seconds, 0: no limit)"
+                )
+            ready, _, _ = select.select([r], [], [], min(left, 1.0) if left is not None else 1.0)
+            if ready:
+                data = os.read(r, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+    except BaseException:  # over time, or Ctrl-C: the child goes too
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(r)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD ignored by the application: reaped already
+            status = 0
+    msg = b"".join(chunks).decode(errors="replace")
+    if msg == "ok":
+        _TRIED.add(key)
+        return
+    if msg.startswith("err:"):
+        text = msg[4:]
+        if any(wd in text for wd in _MEMORY_WORDS):
+            raise ResourceLimitError(
+                f"{label}: creating the onnxruntime session needs more memory than the ceiling "
+                f"of {int(memory_limit)} bytes allows ({text[:300]}); raise it with "
+                "OnnxModel(..., memory_limit=...) or REFINV_ORT_MEMORY_LIMIT (bytes, 0: none)"
             )
-        except Exception as exc:
-            raise OnnxModelError(
-                f"{label}: onnxruntime could not load the model: {_ort_message(exc)}"
-            ) from exc
+        kind, _, text = text.partition(": ")
+        if text.startswith(f"{label}: "):
+            text = text[len(label) + 2 :]
+        raise OnnxModelError(f"{label}: {text}" if kind == "OnnxModelError" else f"{label}: "
+                             f"creating the session failed in the trial child: {kind}: {text}")  # fmt: skip
+    how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {status}"
+    raise OnnxModelError(
+        f"{label}: onnxruntime died ({how}) while creating the session in a child process (a "
+        "crash inside onnxruntime, or memory beyond the ceiling); the model is refused"
+    )
+
+
+def _cap_address_space(memory_limit: float, model_bytes: int, threads: int) -> None:
+    """In the trial child: an address-space limit of what it has now plus the memory ceiling,
+    two copies of the model, and room for onnxruntime's threads (stack and malloc arena each)."""
+    if memory_limit <= 0:
+        return
+    import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            vm = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):  # no /proc: the time limit alone bounds it
+        return
+    cores = os.cpu_count() or 1
+    room = vm + int(memory_limit) + 2 * model_bytes + 2**30 + 80 * 2**20 * max(threads, cores)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = room if hard == resource.RLIM_INFINITY else min(room, hard)
+    if soft == resource.RLIM_INFINITY or cap < soft:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
 def _ort_message(exc: BaseException) -> str:
@@ -226,8 +362,16 @@ class OrtStats:
         self.seconds = 0.0
 
 
-# The one command that swaps the CPU runtime for the GPU one (docs/gpu.md).
-GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.18'"
+# The one command that swaps the CPU runtime for the GPU one, for the CUDA major of the gpu extra
+# (docs/gpu.md, refinv.backend.GPU_ROUTES); cuda_provider_missing gives the one of the installed
+# onnxruntime-gpu's CUDA major.
+GPU_INSTALL = GPU_DEFAULT.install
+
+
+def _gpu_fix() -> str:
+    """The install command for the CUDA major of the installed onnxruntime-gpu (the gpu
+    extra's when none is installed or its major is unknown)."""
+    return gpu_route_for(installed_onnxruntime_gpu_cuda_major()).install
 
 
 def _dist_version(name: str) -> str | None:
@@ -247,26 +391,81 @@ def cuda_provider_missing(available: list[str]) -> str:
     installed last owns the shared files, and typically only the CPU providers load.
     """
     cpu, gpu = _dist_version("onnxruntime"), _dist_version("onnxruntime-gpu")
+    fix = _gpu_fix()
     if cpu and gpu:
         return (
             f"provider='cuda': both onnxruntime {cpu} (CPU) and onnxruntime-gpu {gpu} are "
             "installed; they share one 'onnxruntime' package folder and the CPU build's files "
-            f"are the ones loaded (providers {available}). Fix: {GPU_INSTALL}"
+            f"are the ones loaded (providers {available}). Fix: {fix}"
         )
     if gpu:
         return (
             f"provider='cuda': onnxruntime-gpu {gpu} is installed but reports no "
-            f"CUDAExecutionProvider (providers {available}); reinstall it: {GPU_INSTALL}"
+            f"CUDAExecutionProvider (providers {available}); reinstall it: {fix}"
         )
     return (
         "provider='cuda' needs onnxruntime-gpu instead of the CPU onnxruntime"
-        f"{f' {cpu}' if cpu else ''} (providers {available}). Fix: {GPU_INSTALL}"
+        f"{f' {cpu}' if cpu else ''} (providers {available}). Fix: {fix}"
     )
+
+
+def open_cuda_session(
+    model_bytes: bytes,
+    so: Any,
+    providers: list[Any],
+    *,
+    label: str,
+    memory_limit: float,
+    time_limit: float = 0.0,
+) -> Any:
+    """:func:`open_session` on the CUDA provider.
+
+    First ``onnxruntime.preload_dlls()`` (onnxruntime >= 1.21): it loads the CUDA and cuDNN
+    libraries of the ``nvidia-*`` pip packages that ``onnxruntime-gpu[cuda,cudnn]`` installs.
+    onnxruntime's own log lines (in colour, straight to the terminal from C++) are kept off
+    stderr (:class:`refinv.backend.NativeStderr`) and passed to the ``refinv.onnx`` logger
+    (``-v``). When the CUDA provider did not start, :class:`~refinv.errors.BackendError`
+    names the CUDA major the installed onnxruntime-gpu needs, what onnxruntime said, and the
+    fix: onnxruntime would otherwise run on the CPU silently.
+    """
+    ort = _ort()
+    with NativeStderr() as native:
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            try:
+                preload()
+            except Exception as exc:  # a missing package: onnxruntime says more below
+                log.debug("onnxruntime.preload_dlls(): %s", exc)
+        session = open_session(
+            model_bytes, so, providers, label=label, memory_limit=memory_limit,
+            time_limit=time_limit,
+        )  # fmt: skip
+    lines = [ln for ln in native.text.splitlines() if ln.strip()]
+    for ln in lines:
+        log.info("onnxruntime: %s", ln)
+    if "CUDAExecutionProvider" not in session.get_providers():
+        major = installed_onnxruntime_gpu_cuda_major()
+        said = "; onnxruntime said: " + " / ".join(_short(ln) for ln in lines[-2:]) if lines else ""
+        raise BackendError(
+            f"{label}: provider='cuda': onnxruntime-gpu could not start its CUDA provider (no "
+            f"usable GPU, or the {cuda_libraries_text(major)} it needs are not found) and fell "
+            f"back to {session.get_providers()}{said}. Fix: {gpu_route_for(major).install} "
+            "(its cuda and cudnn extras install those libraries; a driver without CUDA "
+            f"{major or 13} support needs the other route of docs/gpu.md)"
+        )
+    return session
+
+
+def _short(line: str) -> str:
+    """An onnxruntime log line without its time stamp and source location."""
+    return re.sub(r"^.*?\] ", "", line).strip()
 
 
 def session_options(intra_op_threads: int | None) -> Any:
     """onnxruntime ``SessionOptions``: one intra-op thread by default (``0``: onnxruntime's own
-    default), one inter-op thread, warnings and errors only."""
+    default; at most :func:`~refinv.onnx.limits.max_threads`), one inter-op thread, warnings
+    and errors only."""
+    intra_op_threads = check_threads(intra_op_threads)
     so = _ort().SessionOptions()
     # default ONE intra-op thread (never slower than onnxruntime's spinning pool on a loaded
     # machine; docs/benchmarks.md "time to verdict"); 0 = onnxruntime's own default

@@ -59,7 +59,7 @@ import numpy as np
 
 from ..backend import as_generator, from_numpy, namespace
 from ..errors import ConfigError, MaskError, MaskSpecError, ShapeError
-from ..io import load_npz
+from ..io import is_file, load_npz
 
 __all__ = [
     "pixel_shape",
@@ -417,7 +417,7 @@ def parse_mask(spec: str | os.PathLike) -> MaskSpec:
         # file name with a colon still works)
         path, key = Path(arg), None
         head, sep, tail = arg.rpartition(":")
-        if sep and head and tail and not path.is_file():
+        if sep and head and tail and not is_file(path, "mask file"):
             path, key = Path(head), tail
         try:
             arrays = load_npz(path)  # never unpickles

@@ -50,6 +50,8 @@ class StopReason:
     MAX_ITER = "max_iter"
     DIVERGED = "diverged"
     CALLBACK = "callback"
+    #: every reason, in a fixed order (a stored reason is its index here)
+    ALL = ("converged", "stalled", "max_iter", "diverged", "callback")
 
 
 class Check(NamedTuple):

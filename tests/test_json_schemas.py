@@ -218,7 +218,7 @@ def test_default_solver_settings_are_recorded_with_their_values(documents, name)
     if "blind" in solver:  # the defaults docs/cli.md lists, present although not given
         b = solver["blind"]
         assert (b["rho"], b["tol"], b["patience"], b["mask_init"], b["tau"], b["clip"]) == (
-            0.5, "auto", 20, "ones", 0.0, False)  # fmt: skip
+            0.5, "auto", 40, "ones", 0.0, False)  # fmt: skip
     if "known" in solver:
         assert solver["known"]["rho"] == 0.5 and solver["known"]["reinsert"] is True
 

@@ -56,8 +56,9 @@ accurate recovery 87% / 40% vs 76% / 23% at rho = 1 and 33% / 2% at rho = 2;
 known mask 98% / 58% vs 90% / 39% at rho = 1), ``mask_init = "ones"`` (87% /
 40% vs 84% / 34% with Bernoulli(0.5), the paper's choice for fully connected
 models), ``inner_iter = 10``, ``max_iter = 100`` (those rates were measured with
-the earlier stopping rule, ``tol = 1e-6``; ``tol="auto"`` with ``patience = 20`` gives
-the same per-image verdicts in fewer calls, docs/benchmarks.md). Clipping raised blind
+the earlier stopping rule, ``tol = 1e-6``; ``tol="auto"`` with ``patience = 40`` makes
+55% of those calls and changes 37 of 26,100 per-image verdicts, 6 for the worse:
+docs/benchmarks.md, "Calls to a verdict"). Clipping raised blind
 recovery further (94% / 54%) but stays off by default.
 """
 

@@ -46,6 +46,7 @@ MODEL = MODELS / "onnx" / "faces25_lrelu_6x256.onnx"
 DATA = MODELS / "data" / "faces25.npz"
 MASKS = "random:0.5,center:9,rows:2"
 METHODS = "blind,known,ae-iterations"
+DEMO_MODEL = "colour16_convae_lrelu_c4"  # --commands demo: refinv demo --model DEMO_MODEL
 
 DRIVER = r"""
 import sys, time, json, resource, os
@@ -128,6 +129,9 @@ def command(cmd: str, out: Path, extra: str) -> list[str]:
             "--out", str(out / "audit"), "--quiet",
             *shlex.split(extra),
         ]  # fmt: skip
+    if cmd == "demo":  # the conv autoencoder's demo (its model file from the checkout run)
+        return ["demo", "--model", DEMO_MODEL, "--json", str(out / "report.json"), "--quiet",
+                *shlex.split(extra)]  # fmt: skip
     return [
         "evaluate", str(MODEL),
         "--train", f"{DATA}:train", "--test", f"{DATA}:test",
@@ -162,7 +166,7 @@ def run_once(src: Path, cmd: str, extra: str) -> dict:
             rec["n_figures"] = None
             runs = report["recovery"]["runs"] if "recovery" in report else report["runs"]
         else:
-            rec["n_figures"] = len(sorted((out / "fig").glob("*.png")))
+            rec["n_figures"] = len(sorted((out / "fig").glob("*.png"))) if cmd != "demo" else 0
             report = json.loads((out / "report.json").read_text())
             runs = report["runs"]
         rec["n_runs"] = len(runs)
@@ -197,7 +201,8 @@ def main(argv=None) -> None:
     )  # fmt: skip
     ap.add_argument(
         "--commands", default="evaluate,audit",
-        help="comma-separated refinv commands timed, interleaved (default evaluate,audit)",
+        help="comma-separated refinv commands timed, interleaved (default evaluate,audit; "
+        f"demo: refinv demo --model {DEMO_MODEL}, its model file from each --src checkout)",
     )  # fmt: skip
     ap.add_argument(
         "--from-partial", default=None, metavar="PATH",

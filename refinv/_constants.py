@@ -14,7 +14,8 @@ MASK_GRAMMAR = (
 #: the recovery solvers' defaults (chosen by measurement, see refinv.solvers.recovery)
 RECOVERY_DEFAULTS = dict(
     max_iter=100,
-    tol=1e-6,
+    tol="auto",
+    patience=40,
     rho=0.5,
     inner_iter=10,
     mask_init="ones",

@@ -34,7 +34,8 @@ def test_stops_at_first_checked_call_below_tol(k, max_iter):
     y = c + np.array([1e-4, 1e-2, 1.0, 30.0, 1e3])[:, None, None, None] * rng.random((5, 1, 3, 3))
     f = _contraction(c, 0.7)
     tol = 1e-7
-    res = ae_iterations(f, y, tol=tol, max_iter=max_iter, check_every=k)
+    # patience=None: the plain "< tol" rule this test is about (no stall detection)
+    res = ae_iterations(f, y, tol=tol, patience=None, max_iter=max_iter, check_every=k)
     xs, r = _every_call_residuals(f, y, max_iter)
     checked = [j for j in range(1, max_iter + 1) if j % k == 0 or j == max_iter]
     for i in range(len(y)):
@@ -46,7 +47,7 @@ def test_stops_at_first_checked_call_below_tol(k, max_iter):
         np.testing.assert_allclose(res.residual[i], r[want - 1, i], rtol=1e-12)
     # K = 1 is the every-call rule; K > 1 stops at the next checked call at the latest here
     # (the relative change of a contraction decreases, so it stays below tol once it is)
-    every = ae_iterations(f, y, tol=tol, max_iter=max_iter, check_every=1)
+    every = ae_iterations(f, y, tol=tol, patience=None, max_iter=max_iter, check_every=1)
     for i in range(len(y)):
         j = every.iterations[i]
         nxt = min([c_ for c_ in checked if c_ >= j] or [max_iter])

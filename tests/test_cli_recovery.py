@@ -47,7 +47,7 @@ def test_recover(files, capsys):
     assert rc == 0
     doc = json.loads((d / "sum.json").read_text())
     (run,) = doc["runs"]
-    assert doc["schema_version"] == 2 and doc["command"] == "recover"
+    assert doc["schema_version"] == 3 and doc["command"] == "recover"
     assert run["method"] == "known" and run["split"] == "train" and run["n"] == 5
     assert run["accurate_rate"] == 1.0
     for k in ("accurate_rate", "approximate_rate", "mean_psnr", "n", "seconds"):

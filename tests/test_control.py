@@ -147,8 +147,8 @@ def test_evaluate_cli_control(tmp_path, capsys):
     assert main([*base, "--json", str(tmp_path / "on.json")]) == 0
     out = capsys.readouterr().out
     doc = json.loads((tmp_path / "on.json").read_text())
-    validate(doc)  # schema version 2: the control block
-    assert doc["schema_version"] == 2 and len(doc["control"]["runs"]) == 2
+    validate(doc)  # the control block (schema version 2 on; 3: stop_reason)
+    assert doc["schema_version"] == 3 and len(doc["control"]["runs"]) == 2
     assert "ctl" in out and "biharmonic" in out
     assert main([*base, "--no-control", "--json", str(tmp_path / "off.json")]) == 0
     out = capsys.readouterr().out

@@ -179,8 +179,9 @@ def documents(tmp_path_factory):
 
 
 # the audit's version 2: the three-way verdict, exact intervals, low-FPR operating points
-# stability 2: fixed_point, null radii; report 2: the model-free control
-SCHEMA_VERSIONS = {"audit": 2, "stability": 2, "report": 2}
+# stability 2: fixed_point, null radii; report 2: the model-free control, report 3: the
+# per-sample stop_reason and tol "auto", patience, search_patience in settings.solver
+SCHEMA_VERSIONS = {"audit": 2, "stability": 2, "report": 3}
 ALL = ["demo", "recover", "evaluate", "audit", "stability", "inspect", "invert", "bregman",
        "report"]  # fmt: skip
 
@@ -216,8 +217,8 @@ def test_default_solver_settings_are_recorded_with_their_values(documents, name)
         assert opts == effective_options(method, given, noisy=noisy)
     if "blind" in solver:  # the defaults docs/cli.md lists, present although not given
         b = solver["blind"]
-        assert (b["rho"], b["tol"], b["mask_init"], b["tau"], b["clip"]) == (
-            0.5, 1e-6, "ones", 0.0, False)  # fmt: skip
+        assert (b["rho"], b["tol"], b["patience"], b["mask_init"], b["tau"], b["clip"]) == (
+            0.5, "auto", 40, "ones", 0.0, False)  # fmt: skip
     if "known" in solver:
         assert solver["known"]["rho"] == 0.5 and solver["known"]["reinsert"] is True
 

@@ -180,7 +180,7 @@ def test_report_matches_refinv_evaluate(tmp_path):
     # the library's report also carries "schema" and "provenance" (refinv report adds them
     # when it writes the JSON, below)
     assert set(doc) | {"schema", "provenance"} == set(ref)
-    assert doc["schema_version"] == 2 and doc["command"] == "sweep"
+    assert doc["schema_version"] == 3 and doc["command"] == "sweep"
     assert doc["control"] is None  # a sweep database holds no control runs
     assert doc["checkpoints"][0]["sha256"] == f.sha256
     assert doc["checkpoints"][0]["train_loss"] == ref["checkpoints"][0]["train_loss"]

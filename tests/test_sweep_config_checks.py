@@ -67,7 +67,7 @@ def test_the_base_config_is_valid(tmp_path):
         ("top", "noise_std = -0.1", "noise_std: expected a finite number"),
         ("solver", "rho = nan", "solver.rho: expected a finite number > 0"),
         ("solver", "rho = 0", "solver.rho: expected a finite number > 0"),
-        ("solver", "tol = inf", "solver.tol: expected a finite number >= 0"),
+        ("solver", "tol = inf", "solver.tol: expected 'auto' or a finite number >= 0"),
         ("solver", "tol = -1", "solver.tol"),
         ("solver", "tau = nan", "solver.tau"),
         ("solver", "blowup = nan", "solver.blowup"),

@@ -98,9 +98,21 @@ def test_settings_that_are_not_refinvs_json_are_refused(clean, tmp_path, capsys,
 
 
 def _damage(src: Path, dst: Path) -> None:
-    """dst = src with 1 KB of random bytes in the middle (a disk or copy error)."""
+    """dst = src with 1 KB of random bytes in the middle of its per-image rows (a disk or
+    copy error; the middle of the file can be a page of the arrays table, whose damage the
+    next run repairs by computing the task's arrays again)."""
     data = bytearray(src.read_bytes())
     mid = len(data) // 2
+    con = sqlite3.connect(src)
+    try:  # the middle page of the results table, where SQLite's dbstat can say
+        pages = [r[0] for r in con.execute("SELECT pageno FROM dbstat WHERE name = 'results'")]
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+        if pages:
+            mid = (sorted(pages)[len(pages) // 2] - 1) * size + size // 2
+    except sqlite3.DatabaseError:
+        pass
+    finally:
+        con.close()
     data[mid : mid + 1024] = np.random.default_rng(0).bytes(1024)
     dst.write_bytes(bytes(data))
     con = sqlite3.connect(dst)

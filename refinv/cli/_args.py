@@ -282,6 +282,16 @@ def one_of(text: str, choices: tuple[str, ...], what: str, several: bool = True)
 
 
 # ------------------------------------------------------------------ solver and runtime
+def _tol(text: str) -> float | str:
+    """``--tol``: ``auto`` or a number."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
 def add_solver_args(p: argparse.ArgumentParser) -> None:
     """Solver and runtime options shared by recover / evaluate / audit / demo."""
     from .._constants import RECOVERY_DEFAULTS as DEFAULTS
@@ -301,8 +311,20 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
         help=f"ADMM penalty, 1/2-fidelity convention (default {DEFAULTS['rho']})",
     )  # fmt: skip
     g.add_argument(
-        "--tol", type=float, default=None,
-        help=f"per-sample stop on the relative change of x (default {DEFAULTS['tol']:g})",
+        "--tol", type=_tol, default=None,
+        help="per-sample stop: 'auto' (default: the relative change of x has reached the "
+        "floating-point floor, docs/theory/recovery.md) or a number (relative change < TOL; "
+        "0: run every iteration)",
+    )  # fmt: skip
+    g.add_argument(
+        "--patience", type=int, default=None,
+        help="stop a sample as stalled after this many checks without progress of its data "
+        f"misfit (default {DEFAULTS['patience']}; 0: never)",
+    )  # fmt: skip
+    g.add_argument(
+        "--search-patience", type=int, default=None,
+        help="blind: also stop a sample whose mask still moves after this many outer "
+        "iterations without progress (default: never; fewer calls, but a late find is lost)",
     )  # fmt: skip
     g.add_argument(
         "--mask-init", default=None,

@@ -41,6 +41,8 @@ def solver_options(args: argparse.Namespace) -> dict:
         "inner_iter": args.inner_iter,
         "rho": args.rho,
         "tol": args.tol,
+        "patience": getattr(args, "patience", None),
+        "search_patience": getattr(args, "search_patience", None),
         "mask_init": args.mask_init,
         "tau": args.tau,
         "clip": True if args.clip else None,

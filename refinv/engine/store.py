@@ -634,6 +634,30 @@ class Store:
             g["mismatched"] += int(np.sum(d["mismatched"])) if "mismatched" in d else 0
         return {k: g for k, g in out.items() if g.pop("ok")}
 
+    def run_array(self, name: str, task_ids: set[str] | None = None) -> dict[tuple, Any]:
+        """``(checkpoint, mask, method, split) -> array``: a per-image array ``name`` of each
+        run, its done tasks' arrays (of ``task_ids``) in sample order; a run with a task
+        without it is left out."""
+        if "arrays" not in self._tables():
+            return {}
+        tasks = {r[0]: r for r in self._done_rows(task_ids)}
+        got = {
+            tid: _from_npy(data, self.path)
+            for tid, data in self.conn.execute(
+                "SELECT task_id, data FROM arrays WHERE name = ?", (name,)
+            )  # fmt: skip
+            if tid in tasks
+        }
+        parts: dict[tuple, list] = {}
+        for tid, c, m, me, s, a, b, _, _ in tasks.values():
+            parts.setdefault((c, m, me, s), []).append((a, b, got.get(tid)))
+        out = {}
+        for key, ps in parts.items():
+            ps.sort(key=lambda p: p[0])
+            if all(p[2] is not None and len(p[2]) == p[1] - p[0] for p in ps):
+                out[key] = np.concatenate([p[2] for p in ps]) if ps else np.zeros(0)
+        return out
+
     def _done_rows(self, task_ids: set[str] | None = None) -> list[tuple]:
         """``(task_id, checkpoint, mask, method, split, start, stop, seconds, onnx_seconds)``
         of the done tasks (of ``task_ids``), in rowid order."""

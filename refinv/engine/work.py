@@ -333,6 +333,12 @@ class _Columns:
             self.lists.setdefault(k, []).extend(v)
         for k, v in counts.items():
             self.arrays.setdefault(k, []).append(v.astype(np.int64))
+        reasons = getattr(res, "stop_reason", None)
+        if reasons is not None and all(r is not None for r in reasons):
+            from ..solvers._loop import StopReason  # kept as codes: StopReason.ALL's index
+
+            codes = np.array([StopReason.ALL.index(r) for r in reasons], dtype=np.uint8)
+            self.arrays.setdefault("stop_reason", []).append(codes)
         self.pixels = int(mflat.shape[1])
         if estimates:
             self.arrays.setdefault("x_hat_all", []).append(np.array(np.asarray(res.x)))

@@ -246,6 +246,7 @@ def evaluate_split_chunked(
     if method == "blind":
         opts.setdefault("rng", np.random.default_rng([seed, 1]))
     cols: dict[str, list] = {k: [] for k in ("mse", "psnr", "it", "conv", "div", "res")}
+    reasons: list[str] = []
     observed = pixels = mismatched = 0
     stats = getattr(f, "stats", None)
     ort0 = stats.seconds if stats is not None else None
@@ -274,6 +275,7 @@ def evaluate_split_chunked(
             ("conv", res.converged), ("div", res.diverged), ("res", res.residual),
         ):  # fmt: skip
             cols[k].append(np.asarray(v))
+        reasons.extend(res.stop_reason)
         if on_chunk is not None:
             on_chunk(start, x, y, mask, res, met)
         del res, y, x, mask
@@ -293,6 +295,7 @@ def evaluate_split_chunked(
         converged=cat("conv", bool),
         diverged=cat("div", bool),
         residual=cat("res", np.float64),
+        stop_reason=reasons,
         erased_fraction=float(1.0 - observed / pixels) if pixels else 0.0,
         mask_error=(float(mismatched / pixels) if pixels else 0.0) if method == "blind" else None,
         seconds=seconds,

@@ -18,11 +18,12 @@ inpainting (:mod:`refinv.evaluation.control`), so that every rate has a model-fr
 rate beside it: an approximate rate that the control matches on training images
 says nothing about memorization.
 
-JSON schema (``SCHEMA_VERSION = 2``, stable; documented in docs/cli.md; version 2
-added ``control``)::
+JSON schema (``SCHEMA_VERSION = 3``, stable; documented in docs/cli.md; version 2
+added ``control``, version 3 the per-sample ``stop_reason`` and the solver settings
+``tol = "auto"``, ``patience`` and ``search_patience``)::
 
     {
-      "schema_version": 2, "tool": "refinv", "refinv_version": str,
+      "schema_version": 3, "tool": "refinv", "refinv_version": str,
       "command": str, "created_utc": str,
       "thresholds": {"accurate_mse": 1e-7, "approximate_mse": 5e-4,
                      "psnr_data_range": 1.0, "psnr_cap_db": 200.0},
@@ -41,7 +42,9 @@ added ``control``)::
           "n_diverged": int, "seconds": float, "onnx_seconds": float|null,
           "erased_fraction": float, "mask_error": float|null,
           "mse": [float], "psnr": [float], "iterations": [int],
-          "converged": [bool], "diverged": [bool], "residual": [float|null]
+          "converged": [bool], "diverged": [bool], "residual": [float|null],
+          "stop_reason": [str]   # per sample: converged, stalled, diverged, max_iter,
+                                 # callback (absent where the store kept none: sweep)
       }],
       "control": null | {"method": str, "runs": [{
           "mask": str, "split": "train"|"test", "n": int,
@@ -109,7 +112,7 @@ __all__ = [
 
 log = logging.getLogger("refinv.evaluation.report")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _now() -> str:
@@ -148,6 +151,7 @@ def _run_entry(
         converged=res.converged,
         diverged=res.diverged,
         residual=res.residual,
+        stop_reason=res.stop_reason,
         erased_fraction=float(1.0 - np.mean(mask)) if n else 0.0,
         mask_error=mask_error,
         seconds=seconds,
@@ -633,9 +637,16 @@ def report_from_store(
     loss = {c["label"]: c["train_loss"] for c in checkpoints}
     seconds = store.task_seconds(task_ids)
     counts = store.group_counts(task_ids)
+    reasons = store.run_array("stop_reason", task_ids)  # per-image codes (StopReason.ALL)
     for key in keys:
         sec, ort = seconds.get(key, (0.0, None))
-        doc["runs"].append(_entry(key, loss.get(key[0]), rows[key], counts.get(key), sec, ort))
+        entry = _entry(key, loss.get(key[0]), rows[key], counts.get(key), sec, ort)
+        codes = reasons.get(key)
+        if codes is not None and len(codes) == entry["n"]:
+            from ..solvers._loop import StopReason
+
+            entry["stop_reason"] = [StopReason.ALL[int(c)] for c in codes]
+        doc["runs"].append(entry)
     return doc
 
 

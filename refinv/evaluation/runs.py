@@ -92,10 +92,20 @@ def run_method(
 def method_options(method: str, solver: dict) -> dict:
     """Keep only the options a method accepts (blind: all; known: no mask_init/tau; ae: few)."""
     allowed = {
-        "blind": {"max_iter", "tol", "rho", "inner_iter", "mask_init", "tau", "clip", "blowup"},
+        "blind": {
+            "max_iter",
+            "tol",
+            "rho",
+            "inner_iter",
+            "mask_init",
+            "tau",
+            "clip",
+            "blowup",
+            "search_patience",
+        },  # fmt: skip
         "known": {"max_iter", "tol", "rho", "inner_iter", "clip", "blowup", "reinsert"},
         "ae-iterations": {"max_iter", "tol", "clip", "blowup"},
-    }[method]
+    }[method] | {"patience"}  # every method stops by the same rule
     out = {k: v for k, v in solver.items() if k in allowed and v is not None}
     if method == "ae-iterations" and ("max_iter" in out or solver.get("inner_iter") is not None):
         # equal cost: the baseline gets as many calls of f as blind's outer x inner (each
@@ -154,11 +164,13 @@ def run_entry(
     mask_error: float | None,
     seconds: float,
     onnx_seconds: float | None,
+    stop_reason: Any = None,
 ) -> dict:
     """One element of the report's ``runs`` from per-sample values (schema in docs/cli.md).
 
     ``mse`` may hold NaN (diverged samples; written as ``null``), ``residual``
     non-finite values (``null``). Rates count a NaN MSE as not recovered.
+    ``stop_reason`` (the solver's per-sample reasons) is written when given.
     """
     m = np.asarray(mse, dtype=np.float64)
     p = np.asarray(psnr, dtype=np.float64)
@@ -182,6 +194,7 @@ def run_entry(
         "erased_fraction": float(erased_fraction),
         "mask_error": mask_error,
         **sample_lists(m, p, iterations, converged, diverged, residual),
+        **({} if stop_reason is None else {"stop_reason": [str(v) for v in stop_reason]}),
     }
 
 

@@ -1,8 +1,9 @@
 """Solvers: one shared loop (:func:`run_loop`), one result type (:class:`SolverResult`)."""
 
-from ._loop import SolverResult, StopReason, relative_change, run_loop
+from ._loop import Check, SolverResult, StopReason, relative_change, run_loop
+from ._stopping import FloorRule
 
-__all__ = ["SolverResult", "StopReason", "run_loop", "relative_change"]
+__all__ = ["SolverResult", "StopReason", "Check", "FloorRule", "run_loop", "relative_change"]
 
 from .recovery import ae_iterations, blind_recovery, known_mask_recovery  # noqa: E402
 

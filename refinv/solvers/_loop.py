@@ -4,9 +4,12 @@ A solver is a *step function* ``step(state) -> (state, residual)`` that reads
 like its paper's algorithm box, plus an initial *state*: a ``NamedTuple``
 whose array fields all carry the batch on axis 0 (``None`` fields are
 allowed and passed through). ``residual`` is one non-negative number per
-sample (an array of shape ``(batch,)`` in the state's namespace); the loop
-stops a sample when its residual drops below ``tol`` (converged), when it
-stops being finite or its iterate blows up (diverged), or at ``max_iter``.
+sample (an array of shape ``(batch,)`` in the state's namespace), or a
+:class:`Check` that adds a data misfit and a "still moving" flag per sample;
+the loop stops a sample when its residual drops below ``tol`` (converged) or,
+given a ``rule`` (:class:`~refinv.solvers._stopping.FloorRule`), when the rule
+says it converged or stalled, when it stops being finite or its iterate blows
+up (diverged), or at ``max_iter``.
 
 Per-sample stopping is real: a stopped sample leaves the batch, so later
 iterations cost only what is still running, and each sample's result is the
@@ -34,16 +37,39 @@ from .._progress import Progress
 from ..backend import device_of, from_numpy, namespace, to_numpy
 from ..errors import ConfigError, DivergenceWarning
 
-__all__ = ["SolverResult", "run_loop", "take_batch", "StopReason"]
+__all__ = ["SolverResult", "run_loop", "take_batch", "StopReason", "Check"]
 
 log = logging.getLogger("refinv.solvers")
 
 
 class StopReason:
+    """Why a sample stopped (``SolverResult.stop_reason``)."""
+
     CONVERGED = "converged"
+    STALLED = "stalled"
     MAX_ITER = "max_iter"
     DIVERGED = "diverged"
     CALLBACK = "callback"
+    #: every reason, in a fixed order (a stored reason is its index here)
+    ALL = ("converged", "stalled", "max_iter", "diverged", "callback")
+
+
+class Check(NamedTuple):
+    """What a step reports at a check, per sample (arrays of shape ``(batch,)``).
+
+    ``change``: the stopping quantity (the relative change of the iterate);
+    ``misfit``: a relative data misfit ``||r(x)|| / ||y||`` whose stagnation far
+    above the floating-point floor means the sample will not converge to a fit
+    of the data (``None``: not measured); ``moving``: True where a discrete part
+    of the state changed at this step (the blind solver's mask), so the sample is
+    still searching; ``scale``: ``||x|| / ||y||``, which converts a distance
+    relative to ``x`` into the misfit's units.
+    """
+
+    change: Any
+    misfit: Any = None
+    moving: Any = None
+    scale: Any = None
 
 
 @dataclass
@@ -66,7 +92,9 @@ class SolverResult:
     residual : numpy.ndarray of float, shape (batch,)
         The last residual of each sample (the stopping quantity).
     stop_reason : list of str
-        Per sample: ``"converged"``, ``"max_iter"``, ``"diverged"`` or ``"callback"``.
+        Per sample: ``"converged"``, ``"stalled"`` (a stopping rule gave up on it:
+        no progress towards a fit of the data), ``"max_iter"``, ``"diverged"`` or
+        ``"callback"``.
     history : numpy.ndarray or None, shape (n_checks, batch)
         Residual of each sample at each check (NaN once a sample stopped), if recorded.
     seconds : float
@@ -153,7 +181,7 @@ def _concat_states(parts: list[NamedTuple], order: np.ndarray) -> NamedTuple:
 
 def _per_sample_maxabs(x: Any) -> Any:
     if type(x) is np.ndarray:  # NumPy fast path (the same reduction, no namespace lookup)
-        return np.max(np.abs(x.reshape(x.shape[0], -1)), axis=1)
+        return np.abs(x.reshape(x.shape[0], -1)).max(axis=1)
     xp = namespace(x)
     flat = xp.reshape(x, (x.shape[0], -1))
     return xp.max(xp.abs(flat), axis=1)
@@ -174,6 +202,7 @@ def run_loop(
     info: dict | None = None,
     progress: bool | None = None,
     warn_divergence: bool = True,
+    rule: Any = None,
 ) -> SolverResult:
     """Run ``step`` on a batched ``state`` with per-sample stopping.
 
@@ -201,6 +230,11 @@ def run_loop(
         A sample whose ``max |x|`` exceeds this is stopped as diverged.
     progress : bool or None
         Show a progress bar on stderr (``None``: only when stderr is a TTY).
+    rule : FloorRule, optional
+        A per-sample stopping rule (:class:`~refinv.solvers._stopping.FloorRule`)
+        that replaces the ``tol`` test: at each check ``rule.update(active,
+        change, misfit, moving, scale)`` (the step's :class:`Check`, on the host)
+        returns which samples converged and which stalled (reason ``"stalled"``).
     """
     if max_iter < 1:
         raise ConfigError(f"max_iter: expected a positive integer, got {max_iter}")
@@ -226,7 +260,7 @@ def run_loop(
     cur = state
     bar = Progress(total=max_iter, desc=method or "solve", enabled=progress)
 
-    def finish(mask: np.ndarray, why: str | None) -> None:
+    def finish(mask: np.ndarray, why: str | None, k: int) -> None:
         nonlocal cur, active
         if not mask.any():
             return
@@ -234,6 +268,7 @@ def run_loop(
         keep_idx = np.flatnonzero(~mask)
         parts.append(take_batch(cur, done_idx) if keep_idx.size else cur)
         order_parts.append(active[done_idx])
+        iterations[active[done_idx]] = k  # the samples ran k steps (set once, when they stop)
         if why is not None:
             for i in active[done_idx]:
                 reason[i] = why
@@ -244,10 +279,11 @@ def run_loop(
     try:
         for k in range(1, max_iter + 1):
             cur, res = step(cur)
-            iterations[active] = k
-            last = k == max_iter
-            if k % check_every and not last:
+            if k % check_every and k != max_iter:
                 continue
+            chk = res if isinstance(res, Check) else None
+            if chk is not None:
+                res = chk.change
             res_h = np.asarray(to_numpy(res), dtype=np.float64).reshape(-1)
             xmax = np.asarray(to_numpy(_per_sample_maxabs(getattr(cur, primary))), np.float64)
             residual[active] = res_h
@@ -256,15 +292,32 @@ def run_loop(
                 row[active] = res_h
                 history.append(row)
             div = ~np.isfinite(res_h) | ~np.isfinite(xmax) | (xmax > blowup)
-            conv = (res_h < tol) & ~div
+            if rule is None:
+                conv = (res_h < tol) & ~div
+                stall = None
+            else:
+                mis = mov = scl = None
+                if chk is not None and chk.misfit is not None:
+                    mis = np.asarray(to_numpy(chk.misfit), dtype=np.float64).reshape(-1)
+                if chk is not None and chk.moving is not None:
+                    mov = np.asarray(to_numpy(chk.moving), dtype=bool).reshape(-1)
+                if chk is not None and chk.scale is not None:
+                    scl = np.asarray(to_numpy(chk.scale), dtype=np.float64).reshape(-1)
+                conv, stall = rule.update(active, res_h, mis, mov, scl)
+                conv = conv & ~div
+                stall = stall & ~div & ~conv
             diverged[active[div]] = True
             converged[active[conv]] = True
             stop_cb = False
             if callback is not None:
                 stop_cb = bool(callback(k, cur, res))
             done = div | conv
-            # order matters: diverged first, then converged, then the rest
-            for sel, why in ((div, StopReason.DIVERGED), (conv & ~div, StopReason.CONVERGED)):
+            stops = [(div, StopReason.DIVERGED), (conv & ~div, StopReason.CONVERGED)]
+            if stall is not None:
+                done = done | stall
+                stops.append((stall, StopReason.STALLED))
+            # order matters: diverged first, then converged, then stalled, then the rest
+            for sel, why in stops:
                 if sel.any():
                     for i in active[sel]:
                         reason[i] = why
@@ -272,14 +325,14 @@ def run_loop(
                 rest = ~done
                 for i in active[rest]:
                     reason[i] = StopReason.CALLBACK
-                finish(np.ones(active.size, dtype=bool), None)
+                finish(np.ones(active.size, dtype=bool), None, k)
                 break
-            finish(done, None)
+            finish(done, None, k)
             bar.update(k)
             if active.size == 0:
                 break
         if active.size:
-            finish(np.ones(active.size, dtype=bool), None)
+            finish(np.ones(active.size, dtype=bool), None, k)
     finally:
         bar.close()
 
@@ -310,6 +363,9 @@ def run_loop(
     )
 
 
+_EPS: dict = {}  # NumPy dtype -> its eps as a 0-d array (relative_change's fast path)
+
+
 def relative_change(xp: Any, new: Any, old: Any, eps: float | None = None) -> Any:
     """Per-sample ``||new - old|| / max(||old||, eps)`` over all non-batch axes."""
     b = new.shape[0]
@@ -318,10 +374,14 @@ def relative_change(xp: Any, new: Any, old: Any, eps: float | None = None) -> An
         # array is sqrt(add.reduce(x * x)) along the axis; tested): no namespace lookups
         d = (new - old).reshape(b, -1)
         o = old.reshape(b, -1)
-        e = np.finfo(new.dtype).eps if eps is None else eps
+        e = _EPS.get(new.dtype) if eps is None else None
+        if e is None:
+            e = np.asarray(np.finfo(new.dtype).eps if eps is None else eps, dtype=new.dtype)
+            if eps is None:
+                _EPS[new.dtype] = e
         num = np.sqrt(np.add.reduce(d * d, axis=1))
         den = np.sqrt(np.add.reduce(o * o, axis=1))
-        return num / np.maximum(den, np.asarray(e, dtype=new.dtype))
+        return num / np.maximum(den, e)
     d = xp.reshape(new - old, (b, -1))
     o = xp.reshape(old, (b, -1))
     if eps is None:

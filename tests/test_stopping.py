@@ -436,3 +436,21 @@ def test_search_patience_stops_a_search_that_makes_no_progress():
     with pytest.raises(ConfigError, match="search_patience"):
         blind_recovery(lambda a: a, y, search_patience=-2)
     assert blind_recovery(lambda a: a, y, search_patience=4).info["search_patience"] == 4
+
+
+def test_the_misfit_of_a_black_image_or_a_huge_iterate_warns_nothing():
+    """A diverging iterate or an all-black degraded image (||y|| = 0) makes the misfit overflow
+    to inf (no progress, as the rule should read it) without a NumPy RuntimeWarning reaching
+    the user (it leaked into `refinv audit`'s output before)."""
+    import warnings
+
+    from refinv.solvers.recovery import _Norms
+
+    y = np.zeros((2, 1, 3, 3), dtype=np.float32)
+    y[1] = 0.5
+    x = np.full_like(y, 1e30)  # x * x overflows float32 inside the misfit
+    r2 = np.minimum((x - y) / 1e20, 1.0) ** 2  # finite squared residuals, some nonzero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mis, scale = _Norms(np).misfit(r2, x, y)
+    assert mis[0] > 1e30 and np.isfinite(mis[1]) and np.isinf(scale).all()

@@ -316,16 +316,19 @@ class _Norms:
     def misfit(self, r2: Any, x: Any, y: Any) -> tuple[Any, Any]:
         """``(sqrt(sum r2) / ||y||, ||x|| / ||y||)`` per sample (``r2``: squared residuals)."""
         xp = self.xp
-        if self.y is not y:
-            self.y, self.ny = y, xp.sqrt(_per_sample_sum(xp, y * y))
-        num = xp.sqrt(_per_sample_sum(xp, r2))
-        nx = xp.sqrt(_per_sample_sum(xp, x * x))
-        if type(num) is np.ndarray:
-            den = np.maximum(self.ny, np.finfo(x.dtype).tiny)
-        else:
-            tiny = xp.finfo(x.dtype).smallest_normal
-            den = xp.maximum(self.ny, xp.asarray(tiny, dtype=x.dtype, device=device_of(x)))
-        return num / den, nx / den
+        # a diverging iterate or an all-black image (||y|| = 0) overflows to inf here, which
+        # is what the rule should read (no progress); NumPy's warning about it is not news
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            if self.y is not y:
+                self.y, self.ny = y, xp.sqrt(_per_sample_sum(xp, y * y))
+            num = xp.sqrt(_per_sample_sum(xp, r2))
+            nx = xp.sqrt(_per_sample_sum(xp, x * x))
+            if type(num) is np.ndarray:
+                den = np.maximum(self.ny, np.finfo(x.dtype).tiny)
+            else:
+                tiny = xp.finfo(x.dtype).smallest_normal
+                den = xp.maximum(self.ny, xp.asarray(tiny, dtype=x.dtype, device=device_of(x)))
+            return num / den, nx / den
 
 
 def _tol_info(tol: float | str) -> float | str:

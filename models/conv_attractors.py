@@ -6,12 +6,16 @@ training image by central differences through onnxruntime
 fraction of images where it is < 1. Writes ``attractor_fraction``,
 ``jacobian_spectral_radius`` and ``attractor_method`` into the manifest.
 
-    OPENBLAS_NUM_THREADS=1 python models/conv_attractors.py
+    OPENBLAS_NUM_THREADS=1 python models/conv_attractors.py [NAME_PART ...]
+
+NAME_PART (default ``colour16_convae``): the entries whose path contains one of them, e.g.
+``colour16_unet`` for the gradient-trained U-Net.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +26,12 @@ from refinv.evaluation.stability import model_jacobian
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parts = (sys.argv[1:] if argv is None else argv) or ["colour16_convae"]
     man_path = HERE / "MANIFEST.json"
     man = json.loads(man_path.read_text())
     for rel, rec in man["files"].items():
-        if "colour16_convae" not in rel:
+        if rec.get("kind") != "autoencoder" or not any(p in rel for p in parts):
             continue
         f = OnnxModel(HERE / rel, intra_op_threads=1)
         with np.load(HERE / rec["dataset"], allow_pickle=False) as z:

@@ -215,7 +215,7 @@ def main(argv=None) -> None:
         np.savez(out / "colour32.npz", train=c_tr, test=c_te)
     if "colour16" in only:
         c_tr, c_te = colour(np.random.default_rng(ss[3]), size=16)
-        np.savez(out / "colour16.npz", train=c_tr, test=c_te)
+        np.savez(out / "colour16.npz", train=c_tr, test=c_te, train10=c_tr[:10])
     if "digits28_1797" in only:
         a_tr, a_te = digits_all(np.random.default_rng(ss[0]), np.random.default_rng(ss[4]))
         a_tr, a_te = upsample28(a_tr), upsample28(a_te)
@@ -248,7 +248,8 @@ SOURCES = {
     "random choice (SeedSequence(seed).spawn(3)[2]) of 50 train / 50 test tiles",
     "colour16": "non-overlapping 16x16 tiles (channels first) of the same four skimage.data "
     "images after the same 2x2 area downscaling; random choice (SeedSequence(seed).spawn(4)[3]) "
-    "of 50 train / 50 test tiles",
+    "of 50 train / 50 test tiles; train10 = train[:10] (the training set of the gradient-trained "
+    "U-Net colour16_unet4_lrelu_dn_n10)",
     "digits28_1797": "all 1797 sklearn digits upsampled to 28x28 like digits28.npz; train = the "
     "100 digits28 training images followed by 1100 others (order: SeedSequence(seed).spawn(5)[4]), "
     "test = the 100 digits28 held-out images followed by the remaining 497; train100 = train[:100], "

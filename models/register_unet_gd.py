@@ -53,7 +53,9 @@ def main(argv=None) -> None:
     with np.load(HERE / data, allow_pickle=False) as z:
         x, xt = z[a.split], z["test"]
     if x.shape[0] != args["n"]:
-        raise SystemExit(f"--split {a.split} has {x.shape[0]} images, the run trained on {args['n']}")
+        raise SystemExit(
+            f"--split {a.split} has {x.shape[0]} images, the run trained on {args['n']}"
+        )
     dst = HERE / "onnx" / f"{a.name}.onnx"
     shutil.copyfile(a.run / "final.onnx", dst)
     log = [json.loads(line) for line in (a.run / "log.jsonl").read_text().splitlines()]
@@ -80,8 +82,7 @@ def main(argv=None) -> None:
         init="Kaiming normal (leaky_relu, a=0.1), zero biases",
         optimizer="full batch, torch 2.13.0+cpu, 1 thread; Adam, then L-BFGS (strong Wolfe, "
         "history 50) in float32, then in float64 (exported in float32)",
-        script=(command(src_args, names) + " ; then " if src_args else "")
-        + command(args, names),
+        script=(command(src_args, names) + " ; then " if src_args else "") + command(args, names),
         schedule=a.notes,
         finish="none: every weight from gradient descent (no closed-form layer)",
         exporter="torch.onnx.export legacy (dynamo=False)",

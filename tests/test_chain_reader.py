@@ -229,7 +229,7 @@ def _shipped_models():
 def test_shipped_models_match_onnxruntime(path):
     if path is None:
         pytest.skip("no shipped ONNX models in models/onnx")
-    if path.name.startswith(("colour32_unet", "colour16_convae")):
+    if path.name.startswith(("colour32_unet", "colour16_unet", "colour16_convae")):
         # U-Nets have skip connections and pooling, the conv autoencoder an upsampling Resize
         # and a locally connected read-out: they must be refused, naming the node
         with pytest.raises(UnsupportedGraphError, match=r"node .* \(op "):

@@ -454,3 +454,15 @@ def test_the_misfit_of_a_black_image_or_a_huge_iterate_warns_nothing():
         warnings.simplefilter("error")
         mis, scale = _Norms(np).misfit(r2, x, y)
     assert mis[0] > 1e30 and np.isfinite(mis[1]) and np.isinf(scale).all()
+
+
+def test_a_divergence_warning_points_at_the_users_line():
+    """The DivergenceWarning names the caller's file and line, not refinv's internals (the
+    README's snippet showed 'refinv/solvers/recovery.py:542: DivergenceWarning')."""
+    from refinv.errors import DivergenceWarning
+    from refinv.solvers import blind_recovery
+
+    y = np.full((2, 1, 2, 2), 0.5)
+    with pytest.warns(DivergenceWarning) as rec:
+        blind_recovery(lambda a: 10.0 * a, y, max_iter=50)  # grows without bound
+    assert rec[0].filename == __file__, rec[0].filename

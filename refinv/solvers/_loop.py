@@ -25,6 +25,8 @@ leaves the device inside the loop.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -344,7 +346,8 @@ def run_loop(
             f"{method or 'solver'}: {int(diverged.sum())} of {n} samples diverged "
             f"(NaN/Inf or |x| > {blowup:g}) and were stopped; the others continued"
         )
-        warnings.warn(msg, DivergenceWarning, stacklevel=3)  # one message: no log line too
+        # one message, no log line too; attributed to the user's line that called refinv
+        warnings.warn(msg, DivergenceWarning, stacklevel=_outside_refinv())
     log.debug(
         "%s: %d samples, %d iterations max, %.3f s", method, n, int(iterations.max()), seconds
     )
@@ -361,6 +364,19 @@ def run_loop(
         method=method,
         info=dict(info or {}),
     )
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _outside_refinv() -> int:
+    """The ``stacklevel`` that attributes a warning raised by the caller of this function to
+    the first frame outside the refinv package (the user's call), whatever the depth of the
+    solver that warns."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _EPS: dict = {}  # NumPy dtype -> its eps as a 0-d array (relative_change's fast path)

@@ -155,31 +155,6 @@ def _per_image(cols: dict, control_psnr: dict, settings: list, split: str) -> di
     }
 
 
-def _exposure(per_image: dict, gallery_idx: list[int]) -> dict:
-    def split(s):
-        pi = per_image[s]
-        return {
-            "n": len(pi["best_mse"]),
-            "exposed": int(pi["exposed"].sum()),
-            "exposed_indices": [int(i) for i in np.flatnonzero(pi["exposed"])],
-            "approximate": int(pi["approx"].sum()),
-            "approximate_indices": [int(i) for i in np.flatnonzero(pi["approx"])],
-            "median_best_gain_db": float(np.median(pi["best_gain"])),
-        }
-
-    return {
-        "definition": "An image is exposed (extracted exactly) when at least one (mask, method) "
-        f"recovers it with MSE < {ACCURATE_MSE:g} and closer than the model-free control; "
-        f"approximately when MSE < {APPROXIMATE_MSE:g} (PSNR > 33 dB) and closer than the "
-        "control",
-        "train": split("train"),
-        "test": split("test"),
-        "gallery_indices": gallery_idx,
-        "gallery_order": "largest PSNR gain of the model's recovery over the control (best "
-        "setting), then the lowest MSE",
-    }
-
-
 def _auc_by_setting(cols: dict, settings: list) -> list[dict]:
     from .stats import midrank_auc
 

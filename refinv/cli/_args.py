@@ -207,6 +207,21 @@ def add_figures(p, help: str = "write PNG figures into this folder (needs matplo
     p.add_argument("--figures", default=None, metavar="DIR", help=help)
 
 
+def add_executor(p, scheduler_note: str = "") -> None:
+    """``--workers`` and ``--scheduler``: where the units of an engine plan run (``refinv
+    sweep``, ``refinv audit``); ``scheduler_note`` ends the scheduler's help."""
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes (default 1: run in this process); with --scheduler local, the "
+        "number of LocalCluster workers",
+    )  # fmt: skip
+    p.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS|local",
+        help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
+        "start a LocalCluster with --workers workers" + scheduler_note,
+    )  # fmt: skip
+
+
 def add_layout(p, help: str | None = None) -> None:
     """``--layout``: the MODEL's input layout."""
     p.add_argument(

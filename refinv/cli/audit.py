@@ -65,17 +65,9 @@ def register(sub) -> None:
         help="reuse the units the results store DIR/store.sqlite holds (an interrupted audit "
         "continues; without it the store starts afresh)",
     )  # fmt: skip
-    p.add_argument(
-        "--workers", type=int, default=1,
-        help="worker processes (default 1: run in this process); with --scheduler local, the "
-        "number of LocalCluster workers",
-    )  # fmt: skip
-    p.add_argument(
-        "--scheduler", default=None, metavar="ADDRESS|local",
-        help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
-        "start a LocalCluster with --workers workers (every worker needs this refinv and the "
-        "model and data files at the same paths)",
-    )  # fmt: skip
+    _args.add_executor(
+        p, " (every worker needs this refinv and the model and data files at the same paths)"
+    )
     p.add_argument(
         "--shard-size", type=int, default=None, metavar="N",
         help="images per unit of work (default: a whole split per unit; smaller units spread "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import _args
+
 __all__ = ["register", "run"]
 
 
@@ -24,16 +26,7 @@ def register(sub) -> None:
         "--db", default=None, metavar="PATH",
         help="results database (default: CONFIG with suffix .sqlite)",
     )  # fmt: skip
-    p.add_argument(
-        "--workers", type=int, default=1,
-        help="worker processes (default 1: run in this process); with --scheduler local, the "
-        "number of LocalCluster workers",
-    )  # fmt: skip
-    p.add_argument(
-        "--scheduler", default=None, metavar="ADDRESS|local",
-        help="run on Dask distributed: a scheduler address (tcp://host:8786), or 'local' to "
-        "start a LocalCluster with --workers workers",
-    )  # fmt: skip
+    _args.add_executor(p)
     p.add_argument(
         "--send-files", action="store_true",
         help="with --scheduler: send the model, data and mask files to the Dask workers as "

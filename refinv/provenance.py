@@ -17,12 +17,18 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["DEPENDENCIES", "environment", "file_sha256", "provenance"]
+__all__ = ["DEPENDENCIES", "environment", "file_sha256", "provenance", "utc_now"]
 
 # distributions whose versions decide a result (core dependencies first)
 DEPENDENCIES = (
     "numpy", "scipy", "array-api-compat", "onnx", "onnxruntime", "onnxruntime-gpu", "tqdm",
 )  # fmt: skip
+
+
+def utc_now() -> str:
+    """The current UTC time as the documents and stores of refinv write it
+    (``2026-12-07T19:49:46Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -79,7 +85,7 @@ def provenance(
         inputs[role] = {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
     out = {
         "argv": list(sys.argv if argv is None else argv),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_utc": utc_now(),
         "environment": environment(),
         "inputs": inputs,
     }

@@ -56,7 +56,6 @@ them (a warning) and the sweep recomputes them.
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import logging
@@ -68,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..provenance import utc_now
 
 __all__ = ["Store", "STORE_SCHEMA_VERSION"]
 
@@ -150,10 +150,6 @@ def _create(path: Path) -> None:
         pass
     except OSError:
         pass  # unwritable folder and the like: sqlite3.connect says so below
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Store:
@@ -415,7 +411,7 @@ class Store:
                 "fingerprint": fingerprint,
                 "masks": old_masks + [m for m in masks if m not in old_masks],
                 "methods": old_methods + [m for m in methods if m not in old_methods],
-                "created_utc": meta.get("created_utc", _now()),
+                "created_utc": meta.get("created_utc", utc_now()),
             }
             for k, v in rows.items():
                 self.conn.execute(
@@ -581,7 +577,7 @@ class Store:
                 seconds,
                 onnx_seconds,
                 version,
-                _now(),
+                utc_now(),
             ),
         )
 

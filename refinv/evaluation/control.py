@@ -108,7 +108,6 @@ def control_run(
     from .._progress import Progress
     from ..operators.masks import erase, pixel_shape
     from .chunked import _chunks
-    from .metrics import ACCURATE_MSE, APPROXIMATE_MSE
     from .runs import recovery_metrics
 
     n_total = len(images) if hasattr(images, "chunks") else int(np.asarray(images).shape[0])
@@ -140,21 +139,26 @@ def control_run(
         bar.close()
     mse_a = np.concatenate(mse) if mse else np.zeros(0)
     psnr_a = np.concatenate(psnr) if psnr else np.zeros(0)
-    n = int(mse_a.shape[0])
-    finite = np.where(np.isnan(mse_a), np.inf, mse_a)
-    entry = {
-        "mask": spec.text,
+    entry = control_entry(spec.text, split, mse_a, psnr_a, seconds)
+    return entry, (np.concatenate(keep) if keep else None)
+
+
+def control_entry(
+    mask: str, split: str, mse_a: np.ndarray, psnr_a: np.ndarray, seconds: float
+) -> dict:
+    """One element of a report's ``control.runs`` from per-image MSE (NaN: none) and PSNR
+    arrays: the rates at the report's thresholds, PSNR summaries and the per-image lists
+    (``control_run`` and the report computed from a store both build it here)."""
+    from .runs import rate_fields
+
+    return {
+        "mask": mask,
         "split": split,
-        "n": n,
-        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
-        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
-        "mean_psnr": float(np.mean(psnr_a)) if n else 0.0,
-        "median_psnr": float(np.median(psnr_a)) if n else 0.0,
+        **rate_fields(mse_a, psnr_a),
         "seconds": float(seconds),
         "mse": [None if np.isnan(v) else float(v) for v in mse_a],
         "psnr": [float(v) for v in psnr_a],
     }
-    return entry, (np.concatenate(keep) if keep else None)
 
 
 def control_index(doc: dict) -> dict[tuple[str, str], dict]:

@@ -62,7 +62,6 @@ stays standard. A diverged sample never counts as recovered.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import time
 import warnings
@@ -75,6 +74,7 @@ import numpy as np
 from .._progress import progress_label
 from ..errors import ConfigError, DivergenceWarning
 from ..operators.masks import MaskSpec, parse_mask, pixel_shape
+from ..provenance import utc_now
 from .figures import _img as _img  # the audit's figures use it
 from .figures import figure_examples as figure_examples
 from .figures import figure_rate_vs_loss as figure_rate_vs_loss
@@ -113,10 +113,6 @@ __all__ = [
 log = logging.getLogger("refinv.evaluation.report")
 
 SCHEMA_VERSION = 3
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _run_entry(
@@ -181,7 +177,7 @@ def new_document(
         "tool": "refinv",
         "refinv_version": __version__,
         "command": command,
-        "created_utc": _now(),
+        "created_utc": utc_now(),
         "thresholds": {
             "accurate_mse": ACCURATE_MSE,
             "approximate_mse": APPROXIMATE_MSE,
@@ -583,21 +579,13 @@ def control_from_store(store: Any, plan: Any = None) -> dict | None:
 
 
 def _control_entry(mask: str, split: str, rs: list[dict], seconds: float) -> dict:
-    """One control run from its stored rows (the fields and arithmetic of ``control_run``)."""
+    """One control run from its stored rows (``control_run``'s entry, built by the same
+    function)."""
+    from .control import control_entry
+
     mse_a = np.array([np.nan if r["mse"] is None else r["mse"] for r in rs], dtype=np.float64)
     psnr_a = np.array([r["psnr"] for r in rs], dtype=np.float64)
-    n = int(mse_a.shape[0])
-    finite = np.where(np.isnan(mse_a), np.inf, mse_a)
-    return {
-        "mask": mask, "split": split, "n": n,
-        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
-        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
-        "mean_psnr": float(np.mean(psnr_a)) if n else 0.0,
-        "median_psnr": float(np.median(psnr_a)) if n else 0.0,
-        "seconds": float(seconds),
-        "mse": [None if np.isnan(v) else float(v) for v in mse_a],
-        "psnr": [float(v) for v in psnr_a],
-    }  # fmt: skip
+    return control_entry(mask, split, mse_a, psnr_a, seconds)
 
 
 def _model_file(f: Any) -> str | None:

@@ -147,6 +147,21 @@ def effective_options(method: str, solver: dict | None = None, *, noisy: bool = 
     return out
 
 
+def rate_fields(mse: np.ndarray, psnr: np.ndarray) -> dict:
+    """``n``, the accurate and approximate rates (a NaN MSE counts as not recovered) and the
+    mean and median PSNR of per-image arrays: the fields every run of a report
+    (recoveries and the model-free control) shares."""
+    n = int(mse.shape[0])
+    finite = np.where(np.isnan(mse), np.inf, mse)
+    return {
+        "n": n,
+        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
+        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
+        "mean_psnr": float(np.mean(psnr)) if n else 0.0,
+        "median_psnr": float(np.median(psnr)) if n else 0.0,
+    }
+
+
 def run_entry(
     *,
     checkpoint: str,
@@ -175,18 +190,13 @@ def run_entry(
     m = np.asarray(mse, dtype=np.float64)
     p = np.asarray(psnr, dtype=np.float64)
     n = int(m.shape[0])
-    finite = np.where(np.isnan(m), np.inf, m)
     return {
         "checkpoint": checkpoint,
         "train_loss": train_loss,
         "method": method,
         "mask": mask,
         "split": split,
-        "n": n,
-        "accurate_rate": float(np.mean(finite < ACCURATE_MSE)) if n else 0.0,
-        "approximate_rate": float(np.mean(finite < APPROXIMATE_MSE)) if n else 0.0,
-        "mean_psnr": float(np.mean(p)) if n else 0.0,
-        "median_psnr": float(np.median(p)) if n else 0.0,
+        **rate_fields(m, p),
         "converged_rate": float(np.mean(np.asarray(converged, dtype=bool))) if n else 0.0,
         "n_diverged": int(np.sum(np.asarray(diverged, dtype=bool))),
         "seconds": float(seconds),
